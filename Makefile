@@ -1,0 +1,48 @@
+# Quick start: `make demo` and `make test`; each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+# Benchmarks run on Debian's Python: built with PGO and LTO like the official container images.
+BENCH_PYTHON ?= /usr/bin/python3.11
+BENCH_VENV ?= .venv-bench
+BENCH_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install test lint typecheck unit integration demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv $(VENV) || { echo "cannot create a virtualenv: apt-get install python3-venv"; exit 1; }
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: install
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+integration: install
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/mta-ingress demo
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e .
+	@touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python loadtest/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,79 @@
+"""Command line: ``mta-ingress run | check-config | print-config | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ingress import __version__, config
+from ingress.observe import configure_logging
+
+log = logging.getLogger("mta_ingress")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mta-ingress",
+        description="Ingress for Kubernetes mail clusters (SMTP with PROXY protocol, HTTP, HTTPS).",
+    )
+    parser.add_argument("--version", action="version", version=f"mta-ingress {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", metavar="FILE",
+                         help="TOML configuration file (default: $MTA_INGRESS_CONFIG, or none)")
+        sub.add_argument("--preset", help="greenarrow (default) or none")
+        sub.add_argument("--release", help="Helm release name used by the greenarrow preset")
+        sub.add_argument("--workers", type=int, help="worker processes; 0 = one per usable CPU")
+        sub.add_argument("--set", dest="assignments", action="append", default=[],
+                         metavar="KEY=VALUE",
+                         help="set any key, e.g. --set "
+                              "'listeners.smtp587.bind=[\"127.0.0.1:2587\"]' (repeatable)")
+        return sub
+
+    with_config("run", "Run the ingress.")
+    with_config("check-config", "Validate the configuration; exit 1 listing every problem.")
+    with_config("print-config", "Print the effective configuration as TOML.")
+    demo = commands.add_parser("demo", help="Run the single-node demo on loopback.",
+                               description="Run the single-node demo on loopback.")
+    demo.add_argument("--base-port", type=int, default=20000,
+                      help="first port of the block the demo uses (default 20000)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> config.Config:
+    overrides: dict[str, Any] = {"preset": args.preset, "release": args.release,
+                                 "workers": args.workers}
+    return config.load(args.config, overrides=overrides, assignments=args.assignments)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging()
+    if args.command == "demo":
+        from ingress import demo
+
+        return demo.main(base_port=args.base_port)
+    try:
+        effective = _load(args)
+    except config.ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    if args.command == "check-config":
+        for listener in effective.enabled_listeners:
+            if listener.mode == "http":
+                print(f"warning: listeners.{listener.name}: mode \"http\" is not served by this "
+                      "version; the listener will not be opened", file=sys.stderr)
+        print("configuration ok")
+        return 0
+    if args.command == "print-config":
+        sys.stdout.write(config.to_toml(effective))
+        return 0
+    from ingress import server
+
+    return server.serve(effective)

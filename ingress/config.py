@@ -1,0 +1,572 @@
+"""Configuration: presets, then a TOML file, then ``MTA_INGRESS_*`` environment, then flags.
+
+Theory of operation
+-------------------
+Each layer is a plain nested ``dict`` (what ``tomllib`` returns).  The layers are deep-merged
+over the preset chosen by the merged top-level ``preset`` key, so that a file table
+``[listeners.smtp587]`` with only ``bind`` changes the bind address of the preset's listener and
+keeps its backend.  While merging, every leaf remembers which layer set it, so a validation
+problem is reported against the file, variable or flag the operator has to fix, as
+``SOURCE: key: what is wrong``.  Validation collects every problem before failing: an operator
+fixing a broken ConfigMap wants the whole list at once, not one error per restart.
+
+The result is a frozen dataclass tree; nothing reads configuration anywhere else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from ingress import presets
+
+ENV_PREFIX = "MTA_INGRESS_"
+DEFAULT_PRESET = "greenarrow"
+DEFAULT_RELEASE = "ga1"
+
+Mode = Literal["tcp", "http"]
+SendProxy = Literal["v1", "v2", "none"]
+BackendDown = Literal["smtp-421", "close"]
+LogFormat = Literal["logfmt", "json"]
+
+
+class ConfigError(Exception):
+    """Every problem found in one load, each as ``source: key: what is wrong``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    bind: tuple[Address, ...]
+    mode: Mode
+    accept_proxy: bool
+    backend: str | None
+    tls: bool
+    on_backend_down: BackendDown
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    servers: tuple[Address, ...]
+    send_proxy: SendProxy
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float
+    tcp_idle: float
+    proxy_header: float
+    drain: float
+    grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    preset: str
+    release: str
+    workers: int
+    log_format: LogFormat
+    listeners: Mapping[str, ListenerConfig]
+    backends: Mapping[str, BackendConfig]
+    timeouts: Timeouts
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def enabled_listeners(self) -> list[ListenerConfig]:
+        return [listener for listener in self.listeners.values() if listener.enabled]
+
+
+# --- durations ---------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"500ms"``, ``"5s"``, ``"1m"``, ``"1h"``, ``"1m30s"`` -> seconds; HAProxy-style units."""
+    text = text.strip()
+    position = 0
+    total = 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+        position = match.end()
+    if position != len(text) or not text:
+        raise ValueError(f"{text!r} is not a duration like 500ms, 5s, 1m or 1h")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+# --- addresses ---------------------------------------------------------------------------------
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def parse_address(text: str, *, allow_hostname: bool) -> Address:
+    """``host:port``, ``[v6]:port``; for binds also ``:port`` (every IPv4 interface, as HAProxy)."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            raise ValueError(f"{text!r}: an IPv6 address is written [address]:port")
+        host, port_text = text[1:close], text[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{text!r} has no port: write host:port")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write an IPv6 address in brackets, [address]:port")
+        if host == "":
+            if allow_hostname:
+                raise ValueError(f"{text!r} has no host")
+            host = "0.0.0.0"
+        if not _is_ip(host):
+            if not allow_hostname:
+                raise ValueError(f"{text!r}: a listener binds an IP address, not {host!r}")
+            if not _HOSTNAME.fullmatch(host):
+                raise ValueError(f"{text!r}: {host!r} is not a valid host name")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return Address(host, int(port_text))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# --- layering ----------------------------------------------------------------------------------
+
+Tree = dict[str, Any]
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _merge(base: Tree, layer: Mapping[str, Any], source: str, origins: dict[str, str],
+           prefix: str = "") -> None:
+    for key, value in layer.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value, source, origins, path + ".")
+        else:
+            base[key] = _copy(value)
+            for sub in _leaf_paths(value, path):
+                origins[sub] = source
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
+
+
+def _leaf_paths(value: Any, path: str) -> Iterator[str]:
+    yield path
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _leaf_paths(item, f"{path}.{key}")
+
+
+def _origin(origins: Mapping[str, str], path: str) -> str:
+    probe = path.split("[", 1)[0]
+    while probe:
+        if probe in origins:
+            return origins[probe]
+        probe = probe.rpartition(".")[0]
+    return "defaults"
+
+
+def _parse_value(text: str) -> Any:
+    """A flag or variable value: TOML syntax when it parses (``true``, ``3``, ``["a", "b"]``),
+    otherwise the text itself, so that ``--set release=ga2`` needs no quotes."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_path(tree: Tree, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = tree.setdefault(part, {})
+        if not isinstance(child, dict):
+            child = tree[part] = {}
+        tree = child
+    tree[parts[-1]] = value
+
+
+_ENV_SCALARS = ("preset", "release", "workers", "log_format")
+_TIMEOUT_KEYS = ("connect", "tcp_idle", "proxy_header", "drain", "grace")
+
+
+def environment_layer(environ: Mapping[str, str]) -> Tree:
+    """``MTA_INGRESS_WORKERS=2``, ``MTA_INGRESS_TIMEOUTS_GRACE=30s``; ``MTA_INGRESS_SET`` holds
+    ``key.path=value`` assignments separated by newlines or ``;`` for anything deeper."""
+    layer: Tree = {}
+    for key in _ENV_SCALARS:
+        if (value := environ.get(f"{ENV_PREFIX}{key.upper()}")) is not None:
+            layer[key] = _parse_value(value)
+    for key in _TIMEOUT_KEYS:
+        if (value := environ.get(f"{ENV_PREFIX}TIMEOUTS_{key.upper()}")) is not None:
+            layer.setdefault("timeouts", {})[key] = value
+    for assignment in re.split(r"[;\n]", environ.get(f"{ENV_PREFIX}SET", "")):
+        if assignment.strip():
+            dotted, _, value = assignment.strip().partition("=")
+            _set_path(layer, dotted.strip(), _parse_value(value.strip()))
+    return layer
+
+
+def assignments_layer(assignments: list[str]) -> tuple[Tree, list[str]]:
+    layer: Tree = {}
+    problems = []
+    for assignment in assignments:
+        dotted, sep, value = assignment.partition("=")
+        if not sep or not dotted.strip():
+            problems.append(f"--set: {assignment}: write key.path=value")
+            continue
+        _set_path(layer, dotted.strip(), _parse_value(value.strip()))
+    return layer, problems
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    assignments: list[str] | None = None,
+) -> Config:
+    """Build the effective configuration, or raise ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    layers: list[tuple[str, Tree]] = []
+    problems: list[str] = []
+    if path is None and environ.get(f"{ENV_PREFIX}CONFIG"):
+        path = environ[f"{ENV_PREFIX}CONFIG"]
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                layers.append((str(path), tomllib.load(handle)))
+        except OSError as error:
+            raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError([f"{path}: not valid TOML: {error}"]) from None
+    env_layer = environment_layer(environ)
+    if env_layer:
+        layers.append(("environment", env_layer))
+    flag_layer: Tree = {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            flag_layer[key] = value
+    set_layer, set_problems = assignments_layer(assignments or [])
+    problems += set_problems
+    _merge(flag_layer, set_layer, "--set", {})
+    if flag_layer:
+        layers.append(("flags", flag_layer))
+
+    top: Tree = {}
+    for _, layer in layers:
+        top.update({k: v for k, v in layer.items() if k in ("preset", "release")})
+    preset = top.get("preset", DEFAULT_PRESET)
+    release = top.get("release", DEFAULT_RELEASE)
+    origins: dict[str, str] = {}
+    if not isinstance(release, str) or not _NAME.fullmatch(release):
+        release_source = _source_of(layers, "release")
+        problems.append(f"{release_source}: release: must be a name like ga1, not {release!r}")
+        release = DEFAULT_RELEASE
+    try:
+        tree = presets.build(preset, release)
+    except KeyError:
+        preset_source = _source_of(layers, "preset")
+        problems.append(
+            f"{preset_source}: preset: unknown preset {preset!r}; "
+            f"choose one of {', '.join(presets.NAMES)}"
+        )
+        preset = "none"
+        tree = presets.build(preset, release)
+    _merge({}, tree, f"preset {preset}", origins)
+    for source, layer in layers:
+        _merge(tree, layer, source, origins)
+    config = _validate(tree, origins, problems)
+    if problems:
+        raise ConfigError(problems)
+    if config is None:
+        raise ConfigError(["configuration: invalid"])
+    return config
+
+
+def _source_of(layers: list[tuple[str, Tree]], key: str) -> str:
+    source = "defaults"
+    for name, layer in layers:
+        if key in layer:
+            source = name
+    return source
+
+
+class _Checker:
+    """Reads typed values out of the merged tree, recording problems against their source."""
+
+    def __init__(self, origins: Mapping[str, str], problems: list[str]) -> None:
+        self.origins = origins
+        self.problems = problems
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{_origin(self.origins, path)}: {path}: {message}")
+
+    def table(self, tree: Mapping[str, Any], path: str, allowed: set[str]) -> Mapping[str, Any]:
+        if not isinstance(tree, Mapping):
+            self.problem(path, f"must be a table, not {_kind(tree)}")
+            return {}
+        for key in tree:
+            if key not in allowed:
+                self.problem(f"{path}.{key}" if path else key,
+                             f"unknown key; known keys here: {', '.join(sorted(allowed))}")
+        return tree
+
+    def string(self, tree: Mapping[str, Any], path: str, key: str, default: str,
+               choices: tuple[str, ...] = ()) -> str:
+        value = tree.get(key, default)
+        full = f"{path}.{key}" if path else key
+        if not isinstance(value, str):
+            self.problem(full, f"must be a string, not {_kind(value)}")
+            return default
+        if choices and value not in choices:
+            self.problem(full, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+            return default
+        return value
+
+    def boolean(self, tree: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
+        value = tree.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{path}.{key}", f"must be true or false, not {_kind(value)}")
+            return default
+        return value
+
+    def duration(self, tree: Mapping[str, Any], path: str, key: str, default: str,
+                 *, allow_zero: bool = False) -> float:
+        value = tree.get(key, default)
+        full = f"{path}.{key}"
+        if not isinstance(value, str):
+            self.problem(full, f"must be a duration string like \"5s\", not {_kind(value)}")
+            return parse_duration(default)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as error:
+            self.problem(full, str(error))
+            return parse_duration(default)
+        if seconds == 0 and not allow_zero:
+            self.problem(full, "must be longer than zero")
+            return parse_duration(default)
+        return seconds
+
+    def addresses(self, tree: Mapping[str, Any], path: str, key: str, *,
+                  allow_hostname: bool) -> tuple[Address, ...]:
+        value = tree.get(key)
+        full = f"{path}.{key}"
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.problem(full, "must be a non-empty list of \"host:port\" strings")
+            return ()
+        result = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.problem(f"{full}[{index}]",
+                             f"must be a \"host:port\" string, not {_kind(item)}")
+                continue
+            try:
+                result.append(parse_address(item, allow_hostname=allow_hostname))
+            except ValueError as error:
+                self.problem(f"{full}[{index}]", str(error))
+        return tuple(result)
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+_TOP_KEYS = {"preset", "release", "workers", "log_format", "listeners", "backends", "timeouts"}
+_LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_down", "enabled"}
+_BACKEND_KEYS = {"servers", "send_proxy"}
+TIMEOUT_DEFAULTS = {"connect": "5s", "tcp_idle": "5m", "proxy_header": "5s", "drain": "10s",
+                    "grace": "5m"}
+
+
+def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Config | None:
+    check = _Checker(origins, problems)
+    check.table(tree, "", _TOP_KEYS)
+    workers = tree.get("workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 1024:
+        check.problem("workers", f"must be a whole number from 0 (one per CPU) to 1024, "
+                                 f"not {workers!r}")
+        workers = 0
+    log_format = check.string(tree, "", "log_format", "logfmt", ("logfmt", "json"))
+
+    timeouts_tree = check.table(tree.get("timeouts", {}), "timeouts", set(TIMEOUT_DEFAULTS))
+    timeouts = Timeouts(**{
+        key: check.duration(timeouts_tree, "timeouts", key, default,
+                            allow_zero=key in ("drain",))
+        for key, default in TIMEOUT_DEFAULTS.items()
+    })
+
+    backends: dict[str, BackendConfig] = {}
+    for name, raw in check.table(tree.get("backends", {}), "backends", _any_key(tree, "backends")
+                                 ).items():
+        path = f"backends.{name}"
+        if not _NAME.fullmatch(name):
+            check.problem(path, "a backend name uses letters, digits, '-', '_' and '.'")
+        body = check.table(raw, path, _BACKEND_KEYS)
+        if not body and not isinstance(raw, Mapping):
+            continue
+        backends[name] = BackendConfig(
+            name=name,
+            servers=check.addresses(body, path, "servers", allow_hostname=True),
+            send_proxy=cast(SendProxy, check.string(body, path, "send_proxy", "none",
+                                                    ("v1", "v2", "none"))),
+        )
+
+    listeners: dict[str, ListenerConfig] = {}
+    seen_binds: dict[Address, str] = {}
+    for name, raw in check.table(tree.get("listeners", {}), "listeners",
+                                 _any_key(tree, "listeners")).items():
+        path = f"listeners.{name}"
+        if not _NAME.fullmatch(name):
+            check.problem(path, "a listener name uses letters, digits, '-', '_' and '.'")
+        body = check.table(raw, path, _LISTENER_KEYS)
+        if not body and not isinstance(raw, Mapping):
+            continue
+        enabled = check.boolean(body, path, "enabled", True)
+        mode = cast(Mode, check.string(body, path, "mode", "tcp", ("tcp", "http")))
+        binds = check.addresses(body, path, "bind", allow_hostname=False)
+        backend = body.get("backend")
+        if backend is not None and not isinstance(backend, str):
+            check.problem(f"{path}.backend", f"must be a backend name, not {_kind(backend)}")
+            backend = None
+        if enabled:
+            if backend is None and mode == "tcp":
+                check.problem(f"{path}.backend", "a tcp listener needs a backend")
+            elif backend is not None and backend not in backends:
+                known = ", ".join(sorted(backends)) or "none are defined"
+                check.problem(f"{path}.backend", f"no backend named {backend!r} ({known})")
+            for index, address in enumerate(binds):
+                if address in seen_binds:
+                    check.problem(f"{path}.bind[{index}]",
+                                  f"{address} is already bound by listener {seen_binds[address]!r}")
+                seen_binds[address] = name
+        listeners[name] = ListenerConfig(
+            name=name,
+            bind=binds,
+            mode=mode,
+            accept_proxy=check.boolean(body, path, "accept_proxy", False),
+            backend=backend,
+            tls=check.boolean(body, path, "tls", False),
+            on_backend_down=cast(BackendDown, check.string(
+                body, path, "on_backend_down", "smtp-421", ("smtp-421", "close"))),
+            enabled=enabled,
+        )
+    if not problems and not any(listener.enabled for listener in listeners.values()):
+        check.problem("listeners", "no listener is enabled: there would be nothing to serve")
+
+    preset = tree.get("preset", DEFAULT_PRESET)
+    release = tree.get("release", DEFAULT_RELEASE)
+    return Config(
+        preset=preset if isinstance(preset, str) else DEFAULT_PRESET,
+        release=release if isinstance(release, str) else DEFAULT_RELEASE,
+        workers=workers,
+        log_format=cast(LogFormat, log_format),
+        listeners=listeners,
+        backends=backends,
+        timeouts=timeouts,
+    )
+
+
+def _any_key(tree: Mapping[str, Any], section: str) -> set[str]:
+    value = tree.get(section, {})
+    return set(value) if isinstance(value, Mapping) else set()
+
+
+# --- printing ----------------------------------------------------------------------------------
+
+
+def to_toml(config: Config) -> str:
+    """The effective configuration in the file format, loadable with ``preset = "none"``."""
+    lines = [
+        f"preset = {_toml(config.preset)}",
+        f"release = {_toml(config.release)}",
+        f"workers = {config.workers}",
+        f"log_format = {_toml(config.log_format)}",
+        "",
+        "[timeouts]",
+    ]
+    for key in TIMEOUT_DEFAULTS:
+        lines.append(f"{key} = {_toml(format_duration(getattr(config.timeouts, key)))}")
+    for listener in config.listeners.values():
+        lines += ["", f"[listeners.{_toml_key(listener.name)}]",
+                  f"enabled = {_toml(listener.enabled)}",
+                  f"bind = {_toml([str(a) for a in listener.bind])}",
+                  f"mode = {_toml(listener.mode)}",
+                  f"accept_proxy = {_toml(listener.accept_proxy)}"]
+        if listener.backend is not None:
+            lines.append(f"backend = {_toml(listener.backend)}")
+        lines += [f"tls = {_toml(listener.tls)}",
+                  f"on_backend_down = {_toml(listener.on_backend_down)}"]
+    for backend in config.backends.values():
+        lines += ["", f"[backends.{_toml_key(backend.name)}]",
+                  f"servers = {_toml([str(a) for a in backend.servers])}",
+                  f"send_proxy = {_toml(backend.send_proxy)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return str(value)
+
+
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml(name)

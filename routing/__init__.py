@@ -1,0 +1,1 @@
+"""Where traffic goes: backends, balancing, route table, discovery."""

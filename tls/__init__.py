@@ -1,0 +1,1 @@
+"""Certificates: store, SNI selection, reload, self-signed fallback, ACME."""
