@@ -1,0 +1,116 @@
+"""Access log: one line per TCP session (and, later, per HTTP request) on stdout.
+
+Lines are batched and written with ``os.write`` in chunks of at most ``PIPE_BUF`` bytes cut at
+line ends: several worker processes share one stdout pipe, and a write of at most ``PIPE_BUF``
+bytes to a pipe is atomic, so lines of different workers never interleave.  Batching keeps the
+per-session cost to formatting a string; a flush happens at most ``FLUSH_DELAY`` after a line.
+Operational messages (start, warnings, errors) go through :mod:`logging` to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import select
+import time
+from typing import Any
+
+FLUSH_DELAY = 0.05
+PIPE_BUF = select.PIPE_BUF
+_MAX_BATCH = 64
+
+log = logging.getLogger("mta_ingress")
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s.%(msecs)03dZ level=%(levelname)s pid=%(process)d %(message)s",
+        "%Y-%m-%dT%H:%M:%S"))
+    logging.Formatter.converter = time.gmtime
+    root = logging.getLogger("mta_ingress")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def quote(value: str) -> str:
+    """logfmt value: bare when it has no space, quote or equals sign."""
+    if value and not any(c in value for c in ' "=\\') and value.isprintable():
+        return value
+    return json.dumps(value)
+
+
+class _Clock:
+    """ISO-8601 timestamps; the second-resolution prefix is formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+
+class AccessLog:
+    def __init__(self, log_format: str = "logfmt", fd: int = 1) -> None:
+        self._json = log_format == "json"
+        self._fd = fd
+        self._lines: list[str] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._clock = _Clock()
+
+    def record(self, fields: dict[str, Any]) -> None:
+        fields = {"ts": self._clock.now(), **fields}
+        if self._json:
+            line = json.dumps(fields, separators=(",", ":"))
+        else:
+            line = " ".join(f"{key}={quote(str(value))}" for key, value in fields.items())
+        self._lines.append(line)
+        if len(self._lines) >= _MAX_BATCH:
+            self.flush()
+        elif self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._flush_handle = loop.call_later(FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._lines:
+            return
+        chunk: list[bytes] = []
+        size = 0
+        for line in self._lines:
+            data = line.encode("utf-8", "backslashreplace") + b"\n"
+            if size + len(data) > PIPE_BUF and chunk:
+                self._write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        if chunk:
+            self._write(b"".join(chunk))
+        self._lines.clear()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                select.select([], [self._fd], [], 1.0)
+                continue
+            except OSError:
+                return  # stdout gone (closed pipe): losing log lines must not stop the relay
+            view = view[written:]

@@ -1,0 +1,339 @@
+"""The process: a supervisor and its worker processes.
+
+Theory of operation
+-------------------
+The supervisor loads the configuration, forks ``workers`` processes and then only watches them.
+Each worker opens its own listening sockets with ``SO_REUSEPORT`` (the kernel spreads new
+connections over them) and runs one uvloop event loop.  A worker tells the supervisor it is
+listening by writing one byte to a pipe; the supervisor declares the ingress started when every
+worker has done so.  A worker that cannot bind exits with ``EXIT_CONFIG`` and the supervisor
+stops everything instead of restarting it in a loop: a port taken by another program will not
+free itself.  A worker that dies later is restarted (with a pause when it keeps dying young).
+
+The supervisor blocks the signals it handles and takes them synchronously with
+``sigtimedwait``: no handler runs in the middle of a fork, and a signal that arrives between two
+checks is never lost.  Workers unblock them and handle them on their event loop.
+
+Shutdown (SIGTERM, as Kubernetes sends it): every worker at once reports not-ready (the
+readiness answer of HTTP listeners turns 503) but keeps accepting for ``timeouts.drain``, the
+time the endpoints controller needs to take the pod out of the Service; then it closes its
+listeners, gives open sessions up to ``timeouts.grace`` to finish on their own, aborts what is
+left, and exits 0.  SIGINT does the same without the drain period; a second SIGINT to the
+supervisor kills the workers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ingress.config import Address, Config, ListenerConfig
+from ingress.observe import AccessLog
+from ingress.tcp_relay import RelayContext, RelaySession, make_factory
+from routing.backends import Backend, Resolver
+
+log = logging.getLogger("mta_ingress.server")
+
+EXIT_CONFIG = 78  # sysexits EX_CONFIG: do not restart, the same error would come back
+LISTEN_BACKLOG = 4096
+RESTART_PAUSE = 1.0
+START_TIMEOUT = 10.0
+
+
+def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup v2 ``cpu.max`` quota
+    (what a Kubernetes CPU limit becomes), rounded up."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return count
+    if quota == "max":
+        return count
+    return max(1, min(count, math.ceil(int(quota) / int(period))))
+
+
+def worker_count(config: Config) -> int:
+    return config.workers or cpu_limit()
+
+
+def listening_socket(address: Address) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # Leave IPv4 to an explicit 0.0.0.0 bind, so that both may be configured.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Worker:
+    def __init__(self, config: Config, index: int) -> None:
+        self.config = config
+        self.index = index
+        self.access_log = AccessLog(config.log_format)
+        self.sessions: set[RelaySession] = set()
+        self.servers: list[asyncio.Server] = []
+        self.draining = False
+        self.stopping = False
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Bind every listener; raises OSError if one cannot be bound."""
+        loop = asyncio.get_running_loop()
+        resolver = Resolver()
+        backends = {
+            name: Backend(name, [(a.host, a.port) for a in backend.servers], resolver)
+            for name, backend in self.config.backends.items()
+        }
+        for listener in self.config.enabled_listeners:
+            factory = self._factory(listener, backends)
+            if factory is None:
+                continue
+            for address in listener.bind:
+                sock = listening_socket(address)
+                server = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
+                self.servers.append(server)
+
+    def _factory(self, listener: ListenerConfig,
+                 backends: dict[str, Backend]) -> Callable[[], asyncio.Protocol] | None:
+        if listener.mode == "http":
+            # The HTTP proxy is the next piece of work (issue 3); until then the listener is
+            # not opened, and that is said loudly rather than serving something half-built.
+            if self.index == 0:
+                log.warning("msg=\"listener not started: mode http is not available in this "
+                            "version\" listener=%s", listener.name)
+            return None
+        if listener.backend is None:
+            raise ValueError(f"tcp listener {listener.name} has no backend")
+        backend_config = self.config.backends[listener.backend]
+        ctx = RelayContext(
+            listener=listener,
+            backend=backends[listener.backend],
+            send_proxy=backend_config.send_proxy,
+            timeouts=self.config.timeouts,
+            access_log=self.access_log,
+            sessions=self.sessions,
+            worker=self.index,
+        )
+        return make_factory(ctx)
+
+    def begin_shutdown(self, fast: bool) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.draining = True
+        drain = 0.0 if fast else self.config.timeouts.drain
+        log.info("msg=\"shutting down\" worker=%d drain_s=%g grace_s=%g sessions=%d",
+                 self.index, drain, self.config.timeouts.grace, len(self.sessions))
+        task = asyncio.get_running_loop().create_task(self._shutdown(drain))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shutdown(self, drain: float) -> None:
+        await asyncio.sleep(drain)
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + self.config.timeouts.grace
+        # Polling, only during shutdown, spares every session end a callback in normal running.
+        while self.sessions and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.abort("shutdown-grace-expired")
+        if self.sessions:
+            await asyncio.sleep(0.05)  # let the aborts' connection_lost callbacks run
+        self.access_log.flush()
+        self._stopped.set()
+
+    async def serve(self, ready_fd: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown, False)
+        loop.add_signal_handler(signal.SIGINT, self.begin_shutdown, True)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        await self.start()
+        if ready_fd is not None:
+            os.write(ready_fd, b"r")
+            os.close(ready_fd)
+        await self._stopped.wait()
+        for server in self.servers:
+            await server.wait_closed()
+
+    def _reload(self) -> None:
+        # Nothing reloadable yet; the certificate store (issue 4) hooks in here.
+        log.info("msg=\"SIGHUP received: nothing to reload\" worker=%d", self.index)
+
+
+def run_worker(config: Config, index: int, ready_fd: int | None) -> int:
+    import uvloop
+
+    worker = Worker(config, index)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(worker.serve(ready_fd))
+    except OSError as error:
+        log.error("msg=\"cannot listen\" worker=%d error=%r", index, str(error))
+        return EXIT_CONFIG
+    finally:
+        worker.access_log.flush()
+    return 0
+
+
+class Supervisor:
+    HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.count = worker_count(config)
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.started_at: dict[int, float] = {}
+        self.stopping: signal.Signals | None = None
+        self.failed = False
+
+    def _spawn(self, index: int, ready_fd: int | None) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self.HANDLED)
+                for signum in self.HANDLED:
+                    signal.signal(signum, signal.SIG_DFL)
+                code = run_worker(self.config, index, ready_fd)
+            except BaseException:
+                logging.getLogger("mta_ingress").exception("msg=\"worker crashed\"")
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.children[pid] = index
+        self.started_at[pid] = time.monotonic()
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.HANDLED)
+        read_fd, write_fd = os.pipe()
+        for index in range(self.count):
+            self._spawn(index, write_fd)
+        os.close(write_fd)
+        if not self._await_ready(read_fd):
+            self._kill_all(signal.SIGTERM)
+            self._reap_all(timeout=5.0)
+            return 1
+        listeners = [f"{listener.name}={','.join(map(str, listener.bind))}"
+                     for listener in self.config.enabled_listeners if listener.mode == "tcp"]
+        log.info("msg=\"ready\" workers=%d listeners=%s", self.count, " ".join(listeners))
+        return self._watch()
+
+    def _await_ready(self, read_fd: int) -> bool:
+        ready = 0
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while ready < self.count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.error("msg=\"workers did not start in time\"")
+                    return False
+                readable, _, _ = select.select([read_fd], [], [], min(remaining, 0.1))
+                if readable:
+                    data = os.read(read_fd, 64)
+                    if not data:  # every writer exited: some worker died before listening
+                        break
+                    ready += len(data)
+                if self._reap() and ready < self.count:
+                    return False
+        finally:
+            os.close(read_fd)
+        return ready >= self.count
+
+    def _reap(self) -> list[tuple[int, int]]:
+        """Collect exited children; returns (worker index, exit status) pairs."""
+        exited = []
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            index = self.children.pop(pid, -1)
+            self.started_at.pop(pid, None)
+            exited.append((index, os.waitstatus_to_exitcode(status)))
+        return exited
+
+    def _watch(self) -> int:
+        deadline = math.inf
+        while True:
+            info = signal.sigtimedwait(self.HANDLED, 0.5)
+            signum = info.si_signo if info is not None else None
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self.stopping == signal.SIGINT and signum == signal.SIGINT:
+                    log.warning("msg=\"second SIGINT: stopping at once\"")
+                    self._kill_all(signal.SIGKILL)
+                elif self.stopping is None:
+                    self.stopping = signal.Signals(signum)
+                    t = self.config.timeouts
+                    drain = 0.0 if signum == signal.SIGINT else t.drain
+                    deadline = time.monotonic() + drain + t.grace + 5.0
+                    self._kill_all(signum)
+            elif signum == signal.SIGHUP:
+                self._kill_all(signal.SIGHUP)
+            for index, code in self._reap():
+                if self.stopping is not None:
+                    continue
+                if code == EXIT_CONFIG:
+                    log.error("msg=\"worker cannot listen; stopping\" worker=%d", index)
+                    self.failed = True
+                    self.stopping = signal.SIGTERM
+                    self._kill_all(signal.SIGTERM)
+                    deadline = time.monotonic() + 5.0
+                    continue
+                log.error("msg=\"worker exited; restarting\" worker=%d code=%d", index, code)
+                self._restart(index)
+            if self.stopping is not None and not self.children:
+                return 1 if self.failed else 0
+            if time.monotonic() > deadline:
+                log.error("msg=\"workers did not stop in time; killing\"")
+                self._kill_all(signal.SIGKILL)
+                deadline = math.inf
+
+    def _restart(self, index: int) -> None:
+        time.sleep(RESTART_PAUSE)  # a worker that crashes at once must not spin the CPU
+        self._spawn(index, None)
+
+    def _kill_all(self, signum: int) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _reap_all(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        self._kill_all(signal.SIGKILL)
+        while self.children:
+            self._reap()
+            time.sleep(0.01)
+
+
+def serve(config: Config) -> int:
+    return Supervisor(config).run()

@@ -1,0 +1,164 @@
+"""A small SMTP server that reads the PROXY header: the demo's stand-in for GreenArrow's MTA and
+Event Tracker, and the counting backend of the benchmarks.
+
+It answers every command, accepts any message, and says in its replies which client address
+the PROXY header gave it, so that a person trying the demo sees the address travel.  It is not
+a mail server: messages are counted (and their size and client address kept), then dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from ingress import proxy_protocol
+
+MAX_LINE = 4096
+
+
+@dataclass(slots=True)
+class Received:
+    client: str
+    mail_from: bytes
+    recipients: list[bytes]
+    size: int
+
+
+@dataclass(slots=True)
+class StubStats:
+    sessions: int = 0
+    messages: list[Received] = field(default_factory=list)
+    proxy_errors: int = 0
+
+
+def _format(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "unknown"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class StubSmtp(asyncio.Protocol):
+    """One SMTP session.  Lines are cut with ``bytes.find`` on a buffer: cheap enough that the
+    stub is not what a benchmark measures."""
+
+    def __init__(self, name: str, stats: StubStats, *, expect_proxy: bool) -> None:
+        self._name = name
+        self._stats = stats
+        self._expect_proxy = expect_proxy
+        self._buffer = bytearray()
+        self._in_data = False
+        self._data_size = 0
+        self._mail_from = b""
+        self._recipients: list[bytes] = []
+        self._client = "unknown"
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._stats.sessions += 1
+        peer = transport.get_extra_info("peername")
+        self._client = _format((peer[0], peer[1])) if peer else "unknown"
+        if not self._expect_proxy:
+            self._banner()
+
+    def _banner(self) -> None:
+        self._reply(f"220 {self._name} ESMTP demo stub; your address is {self._client}")
+
+    def _reply(self, text: str) -> None:
+        if self._transport is not None:
+            self._transport.write(text.encode() + b"\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._expect_proxy:
+            try:
+                parsed = proxy_protocol.parse_header(self._buffer)
+            except proxy_protocol.ProxyProtocolError as error:
+                self._stats.proxy_errors += 1
+                self._reply(f"421 4.7.0 bad PROXY header: {error.reason}")
+                self._close()
+                return
+            if parsed is None:
+                return
+            header, length = parsed
+            if header.client_address is not None:
+                self._client = _format(header.client_address)
+            del self._buffer[:length]
+            self._expect_proxy = False
+            self._banner()
+        self._process()
+
+    def _process(self) -> None:
+        buffer = self._buffer
+        start = 0
+        while self._transport is not None:
+            if self._in_data:
+                # Count body bytes up to the terminating "\r\n.\r\n" without splitting lines.
+                end = buffer.find(b"\r\n.\r\n", max(start - 2, 0))
+                if end < 0:
+                    keep = max(start, len(buffer) - 4)
+                    self._data_size += keep - start
+                    start = keep
+                    break
+                self._data_size += end - start + 2
+                start = end + 5
+                self._in_data = False
+                self._stats.messages.append(Received(
+                    self._client, self._mail_from, self._recipients, self._data_size))
+                self._reply(f"250 2.0.0 queued by {self._name} "
+                            f"({self._data_size} bytes, client {self._client})")
+                self._recipients = []
+                continue
+            end = buffer.find(b"\r\n", start)
+            if end < 0:
+                if len(buffer) - start > MAX_LINE:
+                    self._reply("500 5.5.2 line too long")
+                    self._close()
+                break
+            self._command(bytes(buffer[start:end]))
+            start = end + 2
+        del buffer[:start]
+
+    def _command(self, line: bytes) -> None:
+        verb = line[:4].upper()
+        if verb in (b"EHLO", b"HELO"):
+            self._reply(f"250-{self._name} hello, client {self._client}\r\n250-PIPELINING\r\n"
+                        "250-8BITMIME\r\n250 SIZE 104857600" if verb == b"EHLO"
+                        else f"250 {self._name}")
+        elif verb == b"MAIL":
+            self._mail_from = line[10:].strip()
+            self._recipients = []
+            self._reply("250 2.1.0 ok")
+        elif verb == b"RCPT":
+            self._recipients.append(line[8:].strip())
+            self._reply("250 2.1.5 ok")
+        elif verb == b"DATA":
+            if not self._recipients:
+                self._reply("503 5.5.1 no recipients")
+                return
+            self._in_data = True
+            self._data_size = 0
+            self._reply("354 end with <CRLF>.<CRLF>")
+        elif verb in (b"RSET", b"NOOP"):
+            self._recipients = []
+            self._reply("250 2.0.0 ok")
+        elif verb == b"QUIT":
+            self._reply("221 2.0.0 bye")
+            self._close()
+        else:
+            self._reply("502 5.5.2 command not implemented")
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+
+def factory(name: str, stats: StubStats, *, expect_proxy: bool) -> Callable[[], StubSmtp]:
+    return lambda: StubSmtp(name, stats, expect_proxy=expect_proxy)

@@ -1,0 +1,414 @@
+"""TCP relay: SMTP (or any TCP protocol) to a backend, behind a PROXY protocol header.
+
+Theory of operation
+-------------------
+A session is two transports: the client's (accepted by a listener) and the backend's (opened by
+the session).  :class:`RelaySession` is the client side's protocol and owns the session;
+:class:`_BackendSide` is the backend's protocol and only forwards events to the session.
+
+States, in order::
+
+    AWAIT_PROXY  (accept-proxy listeners only) bytes are buffered until the inbound PROXY
+                 header is complete; nothing is sent to anyone before that, and a bad or late
+                 header closes the client with a log line saying why.
+    CONNECTING   servers are tried in round-robin order until one accepts or the connect
+                 timeout runs out; client bytes that arrive meanwhile are kept (reading pauses
+                 past a limit).  If none accepts: SMTP ``421`` to the client, then close, so that
+                 the sender queues and retries instead of hanging.
+    RELAY        the outbound PROXY header is written alone, first, then any kept client bytes,
+                 then bytes flow both ways.  SMTP servers speak first: nothing waits for the
+                 client.
+    CLOSED       both transports are gone; one log line is written.
+
+Flow control: when one side's transport reports its write buffer above the high-water mark
+(``pause_writing``), reading from the *other* side is paused until it drains.  Memory per
+session is thus bounded by two write buffers whatever the speed difference of the peers.
+
+Half-close: an EOF from one side is passed on as an EOF (``write_eof``) to the other, and the
+session keeps relaying the other direction: a client may shut down its sending side and still
+read the reply.  When both sides have sent EOF, both transports are closed.  A reset or error on
+one side closes the other after flushing what was already received from it.
+
+Why not streams: ``asyncio`` streams add a buffer copy and a task per direction; the protocol
+callbacks here hand each received ``bytes`` object straight to the other transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from ingress import proxy_protocol
+from ingress.observe import AccessLog
+from routing.backends import Backend
+
+if TYPE_CHECKING:
+    from ingress.config import ListenerConfig, Timeouts
+
+log = logging.getLogger("mta_ingress.tcp")
+
+SMTP_UNAVAILABLE = b"421 4.3.2 Service not available, try again later\r\n"
+# Client bytes kept while the backend connection is being opened; an SMTP client sends nothing
+# before the banner, so this only matters for pipelining clients and other TCP protocols.
+PENDING_LIMIT = 256 * 1024
+# Twice asyncio's default: fewer pause/resume round trips on bulk DATA transfers.
+WRITE_HIGH_WATER = 256 * 1024
+
+AWAIT_PROXY, CONNECTING, RELAY, CLOSED = range(4)
+
+
+@dataclass(slots=True)
+class RelayContext:
+    """What every session of one listener shares."""
+
+    listener: ListenerConfig
+    backend: Backend
+    send_proxy: str
+    timeouts: Timeouts
+    access_log: AccessLog
+    sessions: set[RelaySession]
+    worker: int = 0
+
+
+def _format(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "-"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int]) -> bytes:
+    if version == "v1":
+        return proxy_protocol.encode_v1(client, local)
+    if version == "v2":
+        return proxy_protocol.encode_v2(client, local)
+    return b""
+
+
+class RelaySession(asyncio.Protocol):
+    __slots__ = (
+        "_backend_transport", "_client_eof", "_connect_task", "_ctx", "_detail", "_end",
+        "_idle_handle", "_inbound", "_last_activity", "_loop", "_pending", "_pending_paused",
+        "_pending_size", "_proxy_handle",
+        "_server_eof", "_server_label", "_started", "_state", "bytes_in", "bytes_out",
+        "client_address", "local_address", "transport",
+    )
+
+    def __init__(self, ctx: RelayContext) -> None:
+        self._ctx = ctx
+        self._loop = asyncio.get_running_loop()
+        self._state = AWAIT_PROXY
+        self.transport: asyncio.Transport | None = None
+        self._backend_transport: asyncio.Transport | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._inbound = bytearray()
+        self._client_eof = False
+        self._server_eof = False
+        self._end = ""
+        self._detail = ""
+        self._pending_paused = False
+        self._server_label = "-"
+        self._proxy_handle: asyncio.TimerHandle | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.client_address: tuple[str, int] | None = None
+        self.local_address: tuple[str, int] | None = None
+        self._started = self._last_activity = self._loop.time()
+
+    # --- client side ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.client_address = (peer[0], peer[1]) if peer else None
+        self.local_address = (sock[0], sock[1]) if sock else None
+        self._ctx.sessions.add(self)
+        self._arm_idle_timer()
+        if self._ctx.listener.accept_proxy:
+            self._proxy_handle = self._loop.call_later(
+                self._ctx.timeouts.proxy_header, self._proxy_header_timeout)
+        else:
+            self._start_connect()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self._last_activity = self._loop.time()
+        if self._state == RELAY:
+            self._backend_transport.write(data)  # type: ignore[union-attr]
+        elif self._state == CONNECTING:
+            self._keep(data)
+        elif self._state == AWAIT_PROXY:
+            self._inbound += data
+            self._read_proxy_header()
+
+    def eof_received(self) -> bool:
+        self._client_eof = True
+        if self._state == AWAIT_PROXY:
+            self._finish("client-closed-before-proxy-header")
+            return False
+        if self._state == RELAY:
+            if self._server_eof:
+                self._end = self._end or "closed"
+                self._close_both()
+                return False
+            self._end = self._end or "client-closed"
+            backend = self._backend_transport
+            if backend is not None and backend.can_write_eof():
+                backend.write_eof()
+        # CONNECTING: the EOF is passed on once the backend connection exists.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self._end:
+            self._end = "client-reset" if exc is not None else "client-closed"
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        if self._proxy_handle is not None:
+            self._proxy_handle.cancel()
+        backend = self._backend_transport
+        if backend is not None and not backend.is_closing():
+            backend.close()
+        self._maybe_done()
+
+    def pause_writing(self) -> None:
+        if self._backend_transport is not None:
+            self._backend_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._backend_transport is not None and not self._backend_transport.is_closing():
+            self._backend_transport.resume_reading()
+
+    # --- inbound PROXY header ------------------------------------------------------------------
+
+    def _read_proxy_header(self) -> None:
+        try:
+            parsed = proxy_protocol.parse_header(self._inbound)
+        except proxy_protocol.ProxyProtocolError as error:
+            self._finish("bad-proxy-header", detail=f"{error.reason}: {error}")
+            return
+        if parsed is None:
+            return
+        header, length = parsed
+        if self._proxy_handle is not None:
+            self._proxy_handle.cancel()
+            self._proxy_handle = None
+        if header.client_address is not None:
+            self.client_address = header.client_address
+            if header.destination is not None:
+                self.local_address = header.destination
+        payload = bytes(self._inbound[length:])
+        self._inbound = bytearray()
+        self.bytes_in -= length
+        self._start_connect()
+        if payload:
+            self._keep(payload)
+
+    def _proxy_header_timeout(self) -> None:
+        self._proxy_handle = None
+        if self._state == AWAIT_PROXY:
+            self._finish("proxy-header-timeout")
+
+    # --- backend connection --------------------------------------------------------------------
+
+    def _keep(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > PENDING_LIMIT and self.transport is not None:
+            self._pending_paused = True
+            self.transport.pause_reading()
+
+    def _start_connect(self) -> None:
+        self._state = CONNECTING
+        self._connect_task = self._loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        ctx = self._ctx
+        deadline = self._loop.time() + ctx.timeouts.connect
+        failure = "no server address"
+        try:
+            async with asyncio.timeout_at(deadline):
+                for endpoint in await ctx.backend.endpoints():
+                    try:
+                        await self._loop.create_connection(
+                            self._backend_factory, endpoint.host, endpoint.port)
+                    except OSError as error:
+                        failure = f"{endpoint.server} ({endpoint.host}): {error.strerror or error}"
+                        continue
+                    self._server_label = endpoint.server
+                    return
+        except TimeoutError:
+            failure = f"connect timeout after {ctx.timeouts.connect:g}s ({failure})"
+        self._refuse(failure)
+
+    def _backend_factory(self) -> _BackendSide:
+        return _BackendSide(self)
+
+    def backend_connected(self, transport: asyncio.Transport) -> None:
+        if self.transport is None or self._state != CONNECTING:
+            transport.abort()  # the client left while we were connecting
+            return
+        self._backend_transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._state = RELAY
+        client, local = self.client_address, self.local_address
+        if self._ctx.send_proxy != "none" and client is not None and local is not None:
+            # The header goes alone, in one write, before any payload: some receivers read
+            # exactly one segment for it.
+            transport.write(outbound_header(self._ctx.send_proxy, client, local))
+        if self._pending:
+            transport.write(b"".join(self._pending))
+            self._pending.clear()
+            self._pending_size = 0
+            if self._pending_paused:
+                self._pending_paused = False
+                self.transport.resume_reading()
+        if self._client_eof and transport.can_write_eof():
+            self._end = "client-closed"
+            transport.write_eof()
+
+    def _refuse(self, failure: str) -> None:
+        if self.transport is None:
+            return
+        log.warning("msg=\"no backend server reachable\" listener=%s backend=%s client=%s "
+                    "error=%r", self._ctx.listener.name, self._ctx.backend.name,
+                    _format(self.client_address), failure)
+        if self._ctx.listener.on_backend_down == "smtp-421":
+            self.transport.write(SMTP_UNAVAILABLE)
+            self.bytes_out += len(SMTP_UNAVAILABLE)
+        self._finish("no-backend", detail=failure)
+
+    # --- backend side events (from _BackendSide) -----------------------------------------------
+
+    def server_data(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self._last_activity = self._loop.time()
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def server_eof(self) -> bool:
+        self._server_eof = True
+        if self._client_eof:
+            self._end = self._end or "closed"
+            self._close_both()
+            return False
+        self._end = self._end or "server-closed"
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+        return True
+
+    def server_lost(self, exc: Exception | None) -> None:
+        self._backend_transport = None
+        if not self._end:
+            self._end = "server-reset" if exc is not None else "server-closed"
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._maybe_done()
+
+    def server_pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def server_resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # --- ending --------------------------------------------------------------------------------
+
+    def _arm_idle_timer(self) -> None:
+        self._idle_handle = self._loop.call_at(
+            self._last_activity + self._ctx.timeouts.tcp_idle, self._idle_check)
+
+    def _idle_check(self) -> None:
+        # Re-arming on each check instead of on each read keeps the per-read cost to one
+        # float store.
+        if self._state == CLOSED:
+            return
+        if self._loop.time() - self._last_activity >= self._ctx.timeouts.tcp_idle:
+            self._idle_handle = None
+            self._end = "idle-timeout"
+            self._close_both()
+        else:
+            self._arm_idle_timer()
+
+    def _finish(self, end: str, detail: str = "") -> None:
+        self._end = end
+        self._detail = detail
+        self._close_both()
+
+    def _close_both(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        if self._backend_transport is not None and not self._backend_transport.is_closing():
+            self._backend_transport.close()
+
+    def abort(self, end: str) -> None:
+        """End the session at once (shutdown grace expired)."""
+        self._end = end
+        for transport in (self.transport, self._backend_transport):
+            if transport is not None:
+                transport.abort()
+
+    def _maybe_done(self) -> None:
+        if self.transport is not None or self._backend_transport is not None:
+            return
+        if self._state == CLOSED:
+            return
+        self._state = CLOSED
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        ctx = self._ctx
+        ctx.sessions.discard(self)
+        fields: dict[str, object] = {
+            "kind": "tcp",
+            "listener": ctx.listener.name,
+            "client": _format(self.client_address),
+            "backend": ctx.backend.name,
+            "server": self._server_label,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_ms": round((self._loop.time() - self._started) * 1000),
+            "end": self._end,
+            "worker": ctx.worker,
+        }
+        if self._detail:
+            fields["detail"] = self._detail[:200]
+        ctx.access_log.record(fields)
+
+
+class _BackendSide(asyncio.Protocol):
+    __slots__ = ("_session",)
+
+    def __init__(self, session: RelaySession) -> None:
+        self._session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._session.backend_connected(cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        self._session.server_data(data)
+
+    def eof_received(self) -> bool:
+        return self._session.server_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._session.server_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._session.server_pause_writing()
+
+    def resume_writing(self) -> None:
+        self._session.server_resume_writing()
+
+
+def make_factory(ctx: RelayContext) -> Callable[[], RelaySession]:
+    return lambda: RelaySession(ctx)
+

@@ -1,0 +1,105 @@
+"""Backend servers: name resolution and the order in which servers are tried.
+
+A server written as an IP literal is used as is.  A host name (a Kubernetes Service such as
+``ga1-ingress-mta``) is resolved with the system resolver and the answer kept for
+``RESOLVE_TTL`` seconds: resolving on every SMTP session would put a thread-pool round trip and
+a DNS query on the per-connection path, and a ClusterIP changes only when the Service is
+recreated.  A failed lookup is not cached beyond ``NEGATIVE_TTL`` so that a Service created after
+the ingress is found quickly; while a name fails, the last good answer is still used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger("mta_ingress.backends")
+
+RESOLVE_TTL = 30.0
+NEGATIVE_TTL = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One address to connect to, and the configured server it came from (for the log)."""
+
+    host: str
+    port: int
+    server: str
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class Resolver:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._answers: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._failures: dict[tuple[str, int], float] = {}
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """IP addresses for host, IPv4 first (cluster Services are usually IPv4-only)."""
+        if _is_ip(host):
+            return [host]
+        key = (host, port)
+        now = self._clock()
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if self._failures.get(key, 0.0) > now:
+            return cached[1] if cached else []
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as error:
+            self._failures[key] = now + NEGATIVE_TTL
+            if cached:
+                log.warning("msg=\"lookup failed, using the last answer\" host=%s error=%r",
+                            host, str(error))
+                return cached[1]
+            log.warning("msg=\"lookup failed\" host=%s error=%r", host, str(error))
+            return []
+        addresses: list[str] = []
+        for family, *_, sockaddr in sorted(infos, key=lambda info: info[0] != socket.AF_INET):
+            address = str(sockaddr[0])
+            if family in (socket.AF_INET, socket.AF_INET6) and address not in addresses:
+                addresses.append(address)
+        self._answers[key] = (now + RESOLVE_TTL, addresses)
+        self._failures.pop(key, None)
+        return addresses
+
+
+class Backend:
+    """The servers of one backend, tried round-robin: each new session starts one further on,
+    and on a connect failure the session moves on to the next server."""
+
+    def __init__(self, name: str, servers: Sequence[tuple[str, int]], resolver: Resolver) -> None:
+        self.name = name
+        self.servers = list(servers)
+        self._resolver = resolver
+        self._next = 0
+
+    def rotation(self) -> list[tuple[str, int]]:
+        count = len(self.servers)
+        start = self._next % count
+        self._next = (start + 1) % count
+        return self.servers[start:] + self.servers[:start]
+
+    async def endpoints(self) -> list[Endpoint]:
+        """Every address of every server, in this session's order."""
+        result: list[Endpoint] = []
+        for host, port in self.rotation():
+            label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            for address in await self._resolver.resolve(host, port):
+                result.append(Endpoint(address, port, label))
+        return result
