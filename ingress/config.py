@@ -122,7 +122,7 @@ def format_duration(seconds: float) -> str:
     for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         if seconds >= size and float(seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"
-    return f"{round(seconds * 1000)}ms"
+    return f"{seconds * 1000:.12g}ms"
 
 
 # --- addresses ---------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def parse_address(text: str, *, allow_hostname: bool) -> Address:
             raise ValueError(f"{text!r}: an IPv6 address is written [address]:port")
         host, port_text = text[1:close], text[close + 2 :]
         try:
-            ipaddress.IPv6Address(host)
+            host = str(ipaddress.IPv6Address(host))
         except ValueError:
             raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
     else:
@@ -154,12 +154,14 @@ def parse_address(text: str, *, allow_hostname: bool) -> Address:
             if allow_hostname:
                 raise ValueError(f"{text!r} has no host")
             host = "0.0.0.0"
-        if not _is_ip(host):
+        if _is_ip(host):
+            host = str(ipaddress.ip_address(host))
+        else:
             if not allow_hostname:
                 raise ValueError(f"{text!r}: a listener binds an IP address, not {host!r}")
             if not _HOSTNAME.fullmatch(host):
                 raise ValueError(f"{text!r}: {host!r} is not a valid host name")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     return Address(host, int(port_text))
 
@@ -233,25 +235,32 @@ def _set_path(tree: Tree, dotted: str, value: Any) -> None:
     tree[parts[-1]] = value
 
 
-_ENV_SCALARS = ("preset", "release", "workers", "log_format")
+_ENV_TEXT = ("preset", "release", "log_format")
 _TIMEOUT_KEYS = ("connect", "tcp_idle", "proxy_header", "drain", "grace")
 
 
-def environment_layer(environ: Mapping[str, str]) -> Tree:
+def environment_layer(environ: Mapping[str, str]) -> tuple[Tree, list[str]]:
     """``MTA_INGRESS_WORKERS=2``, ``MTA_INGRESS_TIMEOUTS_GRACE=30s``; ``MTA_INGRESS_SET`` holds
     ``key.path=value`` assignments separated by newlines or ``;`` for anything deeper."""
     layer: Tree = {}
-    for key in _ENV_SCALARS:
+    problems: list[str] = []
+    for key in _ENV_TEXT:
         if (value := environ.get(f"{ENV_PREFIX}{key.upper()}")) is not None:
-            layer[key] = _parse_value(value)
+            layer[key] = value
+    if (workers := environ.get(f"{ENV_PREFIX}WORKERS")) is not None:
+        layer["workers"] = _parse_value(workers)
     for key in _TIMEOUT_KEYS:
         if (value := environ.get(f"{ENV_PREFIX}TIMEOUTS_{key.upper()}")) is not None:
             layer.setdefault("timeouts", {})[key] = value
     for assignment in re.split(r"[;\n]", environ.get(f"{ENV_PREFIX}SET", "")):
         if assignment.strip():
-            dotted, _, value = assignment.strip().partition("=")
+            dotted, sep, value = assignment.strip().partition("=")
+            if not sep or not dotted.strip():
+                problems.append(f"environment: {ENV_PREFIX}SET: {assignment.strip()!r}: "
+                                "write key.path=value")
+                continue
             _set_path(layer, dotted.strip(), _parse_value(value.strip()))
-    return layer
+    return layer, problems
 
 
 def assignments_layer(assignments: list[str]) -> tuple[Tree, list[str]]:
@@ -290,7 +299,8 @@ def load(
             raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError([f"{path}: not valid TOML: {error}"]) from None
-    env_layer = environment_layer(environ)
+    env_layer, env_problems = environment_layer(environ)
+    problems += env_problems
     if env_layer:
         layers.append(("environment", env_layer))
     flag_layer: Tree = {}
@@ -314,6 +324,8 @@ def load(
         problems.append(f"{release_source}: release: must be a name like ga1, not {release!r}")
         release = DEFAULT_RELEASE
     try:
+        if not isinstance(preset, str):
+            raise KeyError(preset)
         tree = presets.build(preset, release)
     except KeyError:
         preset_source = _source_of(layers, "preset")
@@ -477,18 +489,21 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
         if not body and not isinstance(raw, Mapping):
             continue
         enabled = check.boolean(body, path, "enabled", True)
+        before = len(problems)
         mode = cast(Mode, check.string(body, path, "mode", "tcp", ("tcp", "http")))
         binds = check.addresses(body, path, "bind", allow_hostname=False)
         backend = body.get("backend")
         if backend is not None and not isinstance(backend, str):
             check.problem(f"{path}.backend", f"must be a backend name, not {_kind(backend)}")
             backend = None
-        if enabled:
+        # A listener whose mode or backend is already reported gets no follow-up guess about it.
+        if enabled and len(problems) == before:
             if backend is None and mode == "tcp":
                 check.problem(f"{path}.backend", "a tcp listener needs a backend")
             elif backend is not None and backend not in backends:
                 known = ", ".join(sorted(backends)) or "none are defined"
                 check.problem(f"{path}.backend", f"no backend named {backend!r} ({known})")
+        if enabled:
             for index, address in enumerate(binds):
                 if address in seen_binds:
                     check.problem(f"{path}.bind[{index}]",

@@ -56,11 +56,11 @@ def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     count = len(os.sched_getaffinity(0))
     try:
         quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
+        if quota == "max":
+            return count
+        return max(1, min(count, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError, ZeroDivisionError):
         return count
-    if quota == "max":
-        return count
-    return max(1, min(count, math.ceil(int(quota) / int(period))))
 
 
 def worker_count(config: Config) -> int:

@@ -1,0 +1,240 @@
+"""The command line: ``mta-ingress run | check-config | print-config``, ``--version``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ingress import __version__, config
+from ingress.cli import main
+
+BROKEN = (
+    "workers = -1\n"
+    "[timeouts]\n"
+    'connect = "5 parsecs"\n'
+    "[listeners.smtp25]\n"
+    'bind = ["localhost:25"]\n'
+    "[backends.mta-smtp]\n"
+    'send_proxy = "v3"\n'
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The CLI reads os.environ: no MTA_INGRESS_* of the test run may leak in; and main()
+    reconfigures the "mta_ingress" logger, which is put back afterwards."""
+    for name in list(os.environ):
+        if name.startswith("MTA_INGRESS_"):
+            monkeypatch.delenv(name)
+    logger = logging.getLogger("mta_ingress")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def write(tmp_path: Path, text: str, name: str = "ingress.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+# --- --version and usage -------------------------------------------------------------------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"mta-ingress {__version__}\n"
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([])
+    assert caught.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_workers_flag_must_be_a_number(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["check-config", "--workers", "many"])
+    assert caught.value.code == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+# --- check-config --------------------------------------------------------------------------------
+
+
+def test_check_config_default_is_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "configuration ok\n"
+    warned = [line.split(":")[1].strip() for line in lines(captured.err)]
+    assert sorted(warned) == ["listeners.http", "listeners.http-proxied", "listeners.https",
+                              "listeners.https-proxied"]
+    assert all(line.startswith("warning: ") for line in lines(captured.err))
+
+
+def test_check_config_file_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, '[listeners.smtp587]\nbind = ["127.0.0.1:2587"]\n')
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert capsys.readouterr().out == "configuration ok\n"
+
+
+def test_check_config_lists_every_problem(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, BROKEN)
+    assert main(["check-config", "--config", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert sorted(lines(captured.err)) == sorted([
+        f"{path}: workers: must be a whole number from 0 (one per CPU) to 1024, not -1",
+        f"{path}: timeouts.connect: '5 parsecs' is not a duration like 500ms, 5s, 1m or 1h",
+        f"{path}: listeners.smtp25.bind[0]: 'localhost:25': a listener binds an IP address, "
+        "not 'localhost'",
+        f"{path}: backends.mta-smtp.send_proxy: must be one of 'v1', 'v2', 'none', not 'v3'",
+    ])
+
+
+def test_check_config_names_environment_and_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MTA_INGRESS_TIMEOUTS_GRACE", "0s")
+    monkeypatch.setenv("MTA_INGRESS_CONFIG", str(write(tmp_path, "workers = 2000\n")))
+    assert main(["check-config", "--preset", "bogus", "--set", "log_format=xml",
+                 "--set", "broken"]) == 1
+    assert sorted(lines(capsys.readouterr().err)) == sorted([
+        "--set: broken: write key.path=value",
+        "flags: preset: unknown preset 'bogus'; choose one of greenarrow, none",
+        f"{tmp_path / 'ingress.toml'}: workers: must be a whole number from 0 (one per CPU) "
+        "to 1024, not 2000",
+        "environment: timeouts.grace: must be longer than zero",
+        "flags: log_format: must be one of 'logfmt', 'json', not 'xml'",
+    ])
+
+
+def test_check_config_negative_workers_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--workers", "-1"]) == 1
+    assert lines(capsys.readouterr().err) == [
+        "flags: workers: must be a whole number from 0 (one per CPU) to 1024, not -1"]
+
+
+def test_check_config_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "workers = = 2\n")
+    assert main(["check-config", "--config", str(path)]) == 1
+    (line,) = lines(capsys.readouterr().err)
+    assert line.startswith(f"{path}: not valid TOML: ")
+
+
+def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.toml"
+    assert main(["check-config", "--config", str(path)]) == 1
+    assert lines(capsys.readouterr().err) == [f"{path}: cannot read: No such file or directory"]
+
+
+def test_run_with_broken_configuration_does_not_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(tmp_path, BROKEN)
+    assert main(["run", "--config", str(path)]) == 1
+    assert len(lines(capsys.readouterr().err)) == 4
+
+
+# --- print-config --------------------------------------------------------------------------------
+
+
+def test_print_config_default_loads_back_equal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["print-config"]) == 0
+    text = capsys.readouterr().out
+    parsed = tomllib.loads(text)
+    assert parsed["preset"] == "greenarrow"
+    assert parsed["release"] == "ga1"
+    printed = config.load(write(tmp_path, text, "printed.toml"), environ={})
+    expected = config.load(None, environ={})
+    assert dict(printed.listeners) == dict(expected.listeners)
+    assert dict(printed.backends) == dict(expected.backends)
+    assert printed.timeouts == expected.timeouts
+    assert (printed.workers, printed.release) == (expected.workers, expected.release)
+    assert printed == expected
+
+
+def test_print_config_applies_file_environment_and_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = write(tmp_path, 'workers = 1\nrelease = "from-file"\n[timeouts]\nconnect = "2s"\n')
+    monkeypatch.setenv("MTA_INGRESS_TIMEOUTS_GRACE", "30s")
+    monkeypatch.setenv("MTA_INGRESS_WORKERS", "2")
+    assert main(["print-config", "--config", str(path), "--release", "prod", "--workers", "3",
+                 "--set", 'listeners.smtp587.bind=["127.0.0.1:2587"]',
+                 "--set", "listeners.https-proxied.enabled=false"]) == 0
+    parsed = tomllib.loads(capsys.readouterr().out)
+    assert parsed["release"] == "prod"
+    assert parsed["workers"] == 3
+    assert parsed["timeouts"] == {"connect": "2s", "tcp_idle": "5m", "proxy_header": "5s",
+                                  "drain": "10s", "grace": "30s"}
+    assert parsed["listeners"]["smtp587"] == {
+        "enabled": True, "bind": ["127.0.0.1:2587"], "mode": "tcp", "accept_proxy": False,
+        "backend": "mta-smtp", "tls": False, "on_backend_down": "smtp-421"}
+    assert parsed["listeners"]["https-proxied"]["enabled"] is False
+    assert parsed["backends"]["mta-smtp"] == {"servers": ["prod-ingress-mta:587"],
+                                              "send_proxy": "v1"}
+    assert parsed["backends"]["tls-http"]["servers"] == ["prod-ingress-tls:80"]
+
+
+def test_print_config_round_trip_with_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(tmp_path, 'log_format = "json"\n[listeners.smtp25]\nbind = ["[::]:2525"]\n'
+                           '[backends.event-tracker-smtp]\nsend_proxy = "v2"\n')
+    argv = ["--config", str(path), "--release", "prod", "--set", "timeouts.drain=0s"]
+    assert main(["print-config", *argv]) == 0
+    printed = write(tmp_path, capsys.readouterr().out, "printed.toml")
+    expected = config.load(path, environ={}, overrides={"release": "prod"},
+                           assignments=["timeouts.drain=0s"])
+    assert config.load(printed, environ={}) == expected
+    assert main(["check-config", "--config", str(printed)]) == 0
+
+
+def test_print_config_with_broken_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["print-config", "--set", "workers=-1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert lines(captured.err) == [
+        "flags: workers: must be a whole number from 0 (one per CPU) to 1024, not -1"]
+
+
+# --- the installed entry points, in a real process -------------------------------------------
+
+
+def test_console_script_and_module(tmp_path: Path) -> None:
+    environ = {name: value for name, value in os.environ.items()
+               if not name.startswith("MTA_INGRESS_")}
+    script = Path(sys.executable).parent / "mta-ingress"
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                             env=environ, timeout=60, check=False)
+    assert (version.returncode, version.stdout) == (0, f"mta-ingress {__version__}\n")
+
+    broken = write(tmp_path, BROKEN, "broken.toml")
+    check = subprocess.run([sys.executable, "-m", "ingress", "check-config", "--config",
+                            str(broken)], capture_output=True, text=True, env=environ,
+                           timeout=60, check=False)
+    assert check.returncode == 1
+    assert check.stdout == ""
+    problems = lines(check.stderr)
+    assert len(problems) == 4
+    assert all(problem.startswith(f"{broken}: ") for problem in problems)
