@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import math
 import os
@@ -48,6 +49,7 @@ EXIT_CONFIG = 78  # sysexits EX_CONFIG: do not restart, the same error would com
 LISTEN_BACKLOG = 4096
 RESTART_PAUSE = 1.0
 START_TIMEOUT = 10.0
+PR_SET_PDEATHSIG = 1
 
 
 def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -65,6 +67,19 @@ def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
 
 def worker_count(config: Config) -> int:
     return config.workers or cpu_limit()
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to send SIGTERM to this worker when the supervisor dies, even by SIGKILL:
+    an orphaned worker would keep serving with nobody to stop it, and keep the ports bound
+    against the supervisor's replacement."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return  # not Linux: the supervisor's own shutdown still stops the workers
+    if os.getppid() == 1:  # the supervisor died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def listening_socket(address: Address) -> socket.socket:
@@ -218,6 +233,7 @@ class Supervisor:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, self.HANDLED)
                 for signum in self.HANDLED:
                     signal.signal(signum, signal.SIG_DFL)
+                _die_with_parent()
                 code = run_worker(self.config, index, ready_fd)
             except BaseException:
                 logging.getLogger("mta_ingress").exception("msg=\"worker crashed\"")
@@ -309,6 +325,7 @@ class Supervisor:
                 log.error("msg=\"worker exited; restarting\" worker=%d code=%d", index, code)
                 self._restart(index)
             if self.stopping is not None and not self.children:
+                log.info("msg=\"stopped\"")
                 return 1 if self.failed else 0
             if time.monotonic() > deadline:
                 log.error("msg=\"workers did not stop in time; killing\"")
