@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import select
 import time
 from typing import Any
@@ -36,9 +37,12 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]|[^\x21-\x7e]')
+
+
 def quote(value: str) -> str:
-    """logfmt value: bare when it has no space, quote or equals sign."""
-    if value and not any(c in value for c in ' "=\\') and value.isprintable():
+    """logfmt value: bare when it has no space, quote, equals sign or non-printable character."""
+    if value and not _NEEDS_QUOTES.search(value):
         return value
     return json.dumps(value)
 
@@ -73,6 +77,31 @@ class AccessLog:
             line = json.dumps(fields, separators=(",", ":"))
         else:
             line = " ".join(f"{key}={quote(str(value))}" for key, value in fields.items())
+        self._append(line)
+
+    def tcp_session(self, *, listener: str, client: str, backend: str, server: str,
+                    bytes_in: int, bytes_out: int, duration_ms: int, end: str, worker: int,
+                    detail: str) -> None:
+        """One line per TCP session.  Every value but ``detail`` is a configured name, an
+        address or a number, none of which needs quoting: the line is one f-string, since this
+        runs once per SMTP session."""
+        if self._json:
+            fields: dict[str, Any] = {
+                "kind": "tcp", "listener": listener, "client": client, "backend": backend,
+                "server": server, "bytes_in": bytes_in, "bytes_out": bytes_out,
+                "duration_ms": duration_ms, "end": end, "worker": worker}
+            if detail:
+                fields["detail"] = detail
+            self.record(fields)
+            return
+        line = (f"ts={self._clock.now()} kind=tcp listener={listener} client={client} "
+                f"backend={backend} server={server} bytes_in={bytes_in} bytes_out={bytes_out} "
+                f"duration_ms={duration_ms} end={end} worker={worker}")
+        if detail:
+            line = f"{line} detail={quote(detail)}"
+        self._append(line)
+
+    def _append(self, line: str) -> None:
         self._lines.append(line)
         if len(self._lines) >= _MAX_BATCH:
             self.flush()

@@ -111,6 +111,7 @@ class Worker:
         self.stopping = False
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sweep_interval = 1.0
 
     async def start(self) -> None:
         """Bind every listener; raises OSError if one cannot be bound."""
@@ -128,6 +129,20 @@ class Worker:
                 sock = listening_socket(address)
                 server = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
                 self.servers.append(server)
+        timeouts = self.config.timeouts
+        # A session's idle and PROXY-header timeouts are checked by this sweep, so they fire
+        # up to one interval late: at most a quarter of the shorter timeout, at most 1 s.
+        self._sweep_interval = min(1.0, max(0.05, min(timeouts.tcp_idle,
+                                                      timeouts.proxy_header) / 4))
+        loop.call_later(self._sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for session in list(self.sessions):
+            session.check_timeouts(now)
+        if not self._stopped.is_set():
+            loop.call_later(self._sweep_interval, self._sweep)
 
     def _factory(self, listener: ListenerConfig,
                  backends: dict[str, Backend]) -> Callable[[], asyncio.Protocol] | None:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, cast
 
 from ingress import proxy_protocol
 from ingress.observe import AccessLog
-from routing.backends import Backend
+from routing.backends import Backend, Endpoint
 
 if TYPE_CHECKING:
     from ingress.config import ListenerConfig, Timeouts
@@ -90,11 +90,11 @@ def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int
 
 class RelaySession(asyncio.Protocol):
     __slots__ = (
-        "_backend_transport", "_client_eof", "_connect_task", "_ctx", "_detail", "_end",
-        "_idle_handle", "_inbound", "_last_activity", "_loop", "_pending", "_pending_paused",
-        "_pending_size", "_proxy_handle",
-        "_server_eof", "_server_label", "_started", "_state", "bytes_in", "bytes_out",
-        "client_address", "local_address", "transport",
+        "_backend_transport", "_client_eof", "_connect_handle", "_connect_task",
+        "_connect_timed_out", "_ctx", "_detail", "_end", "_inbound", "_last_activity", "_loop",
+        "_pending", "_pending_paused", "_pending_size", "_server_eof", "_server_label",
+        "_started", "_state", "bytes_in", "bytes_out", "client_address", "local_address",
+        "transport",
     )
 
     def __init__(self, ctx: RelayContext) -> None:
@@ -104,6 +104,8 @@ class RelaySession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._backend_transport: asyncio.Transport | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self._connect_handle: asyncio.TimerHandle | None = None
+        self._connect_timed_out = False
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._inbound = bytearray()
@@ -113,8 +115,6 @@ class RelaySession(asyncio.Protocol):
         self._detail = ""
         self._pending_paused = False
         self._server_label = "-"
-        self._proxy_handle: asyncio.TimerHandle | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.client_address: tuple[str, int] | None = None
@@ -132,11 +132,7 @@ class RelaySession(asyncio.Protocol):
         self.client_address = (peer[0], peer[1]) if peer else None
         self.local_address = (sock[0], sock[1]) if sock else None
         self._ctx.sessions.add(self)
-        self._arm_idle_timer()
-        if self._ctx.listener.accept_proxy:
-            self._proxy_handle = self._loop.call_later(
-                self._ctx.timeouts.proxy_header, self._proxy_header_timeout)
-        else:
+        if not self._ctx.listener.accept_proxy:
             self._start_connect()
 
     def data_received(self, data: bytes) -> None:
@@ -173,8 +169,6 @@ class RelaySession(asyncio.Protocol):
             self._end = "client-reset" if exc is not None else "client-closed"
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
-        if self._proxy_handle is not None:
-            self._proxy_handle.cancel()
         backend = self._backend_transport
         if backend is not None and not backend.is_closing():
             backend.close()
@@ -199,9 +193,6 @@ class RelaySession(asyncio.Protocol):
         if parsed is None:
             return
         header, length = parsed
-        if self._proxy_handle is not None:
-            self._proxy_handle.cancel()
-            self._proxy_handle = None
         if header.client_address is not None:
             self.client_address = header.client_address
             if header.destination is not None:
@@ -212,11 +203,6 @@ class RelaySession(asyncio.Protocol):
         self._start_connect()
         if payload:
             self._keep(payload)
-
-    def _proxy_header_timeout(self) -> None:
-        self._proxy_handle = None
-        if self._state == AWAIT_PROXY:
-            self._finish("proxy-header-timeout")
 
     # --- backend connection --------------------------------------------------------------------
 
@@ -229,26 +215,47 @@ class RelaySession(asyncio.Protocol):
 
     def _start_connect(self) -> None:
         self._state = CONNECTING
-        self._connect_task = self._loop.create_task(self._connect())
+        loop = self._loop
+        # One timer for the whole attempt, over every server tried: the client hears the 421
+        # within timeouts.connect however many servers there are.
+        self._connect_handle = loop.call_at(loop.time() + self._ctx.timeouts.connect,
+                                            self._connect_deadline)
+        self._connect_task = loop.create_task(self._connect(self._ctx.backend.static_endpoints()))
 
-    async def _connect(self) -> None:
-        ctx = self._ctx
-        deadline = self._loop.time() + ctx.timeouts.connect
+    def _connect_deadline(self) -> None:
+        self._connect_handle = None
+        task = self._connect_task
+        if self._state == CONNECTING and task is not None and not task.done():
+            self._connect_timed_out = True
+            task.cancel()
+
+    async def _connect(self, endpoints: list[Endpoint] | None) -> None:
         failure = "no server address"
         try:
-            async with asyncio.timeout_at(deadline):
-                for endpoint in await ctx.backend.endpoints():
-                    try:
-                        await self._loop.create_connection(
-                            self._backend_factory, endpoint.host, endpoint.port)
-                    except OSError as error:
-                        failure = f"{endpoint.server} ({endpoint.host}): {error.strerror or error}"
-                        continue
-                    self._server_label = endpoint.server
-                    return
-        except TimeoutError:
-            failure = f"connect timeout after {ctx.timeouts.connect:g}s ({failure})"
+            if endpoints is None:
+                endpoints = await self._ctx.backend.endpoints()
+            for endpoint in endpoints:
+                try:
+                    await self._loop.create_connection(
+                        self._backend_factory, endpoint.host, endpoint.port)
+                except OSError as error:
+                    failure = f"{endpoint.server} ({endpoint.host}): {error.strerror or error}"
+                    continue
+                self._server_label = endpoint.server
+                self._cancel_connect_deadline()
+                return
+        except asyncio.CancelledError:
+            if not self._connect_timed_out:
+                self._cancel_connect_deadline()
+                raise
+            failure = f"connect timeout after {self._ctx.timeouts.connect:g}s ({failure})"
+        self._cancel_connect_deadline()
         self._refuse(failure)
+
+    def _cancel_connect_deadline(self) -> None:
+        if self._connect_handle is not None:
+            self._connect_handle.cancel()
+            self._connect_handle = None
 
     def _backend_factory(self) -> _BackendSide:
         return _BackendSide(self)
@@ -323,21 +330,15 @@ class RelaySession(asyncio.Protocol):
 
     # --- ending --------------------------------------------------------------------------------
 
-    def _arm_idle_timer(self) -> None:
-        self._idle_handle = self._loop.call_at(
-            self._last_activity + self._ctx.timeouts.tcp_idle, self._idle_check)
-
-    def _idle_check(self) -> None:
-        # Re-arming on each check instead of on each read keeps the per-read cost to one
-        # float store.
-        if self._state == CLOSED:
-            return
-        if self._loop.time() - self._last_activity >= self._ctx.timeouts.tcp_idle:
-            self._idle_handle = None
-            self._end = "idle-timeout"
-            self._close_both()
-        else:
-            self._arm_idle_timer()
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second by the worker's sweep (see ``Worker``): one periodic pass
+        over the sessions costs less than a timer armed and cancelled by every session."""
+        state = self._state
+        if state == AWAIT_PROXY:
+            if now - self._started >= self._ctx.timeouts.proxy_header:
+                self._finish("proxy-header-timeout")
+        elif state == RELAY and now - self._last_activity >= self._ctx.timeouts.tcp_idle:
+            self._finish("idle-timeout")
 
     def _finish(self, end: str, detail: str = "") -> None:
         self._end = end
@@ -363,25 +364,20 @@ class RelaySession(asyncio.Protocol):
         if self._state == CLOSED:
             return
         self._state = CLOSED
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
         ctx = self._ctx
         ctx.sessions.discard(self)
-        fields: dict[str, object] = {
-            "kind": "tcp",
-            "listener": ctx.listener.name,
-            "client": _format(self.client_address),
-            "backend": ctx.backend.name,
-            "server": self._server_label,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "duration_ms": round((self._loop.time() - self._started) * 1000),
-            "end": self._end,
-            "worker": ctx.worker,
-        }
-        if self._detail:
-            fields["detail"] = self._detail[:200]
-        ctx.access_log.record(fields)
+        ctx.access_log.tcp_session(
+            listener=ctx.listener.name,
+            client=_format(self.client_address),
+            backend=ctx.backend.name,
+            server=self._server_label,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration_ms=round((self._loop.time() - self._started) * 1000),
+            end=self._end,
+            worker=ctx.worker,
+            detail=self._detail[:200],
+        )
 
 
 class _BackendSide(asyncio.Protocol):

@@ -88,6 +88,11 @@ class Backend:
         self.servers = list(servers)
         self._resolver = resolver
         self._next = 0
+        # Servers written as IP literals need no lookup: their endpoints are built once here so
+        # that a session's connect does no parsing and no awaiting before the connect itself.
+        self._static: list[Endpoint] | None = None
+        if all(_is_ip(host) for host, _ in self.servers):
+            self._static = [Endpoint(host, port, _label(host, port)) for host, port in self.servers]
 
     def rotation(self) -> list[tuple[str, int]]:
         count = len(self.servers)
@@ -95,11 +100,29 @@ class Backend:
         self._next = (start + 1) % count
         return self.servers[start:] + self.servers[:start]
 
+    def static_endpoints(self) -> list[Endpoint] | None:
+        """This session's order of endpoints when no server needs a lookup, else None."""
+        static = self._static
+        if static is None:
+            return None
+        if len(static) == 1:
+            return static
+        start = self._next % len(static)
+        self._next = start + 1
+        return static[start:] + static[:start]
+
     async def endpoints(self) -> list[Endpoint]:
         """Every address of every server, in this session's order."""
+        static = self.static_endpoints()
+        if static is not None:
+            return static
         result: list[Endpoint] = []
         for host, port in self.rotation():
-            label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            label = _label(host, port)
             for address in await self._resolver.resolve(host, port):
                 result.append(Endpoint(address, port, label))
         return result
+
+
+def _label(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
