@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from ingress import presets
+from routing.table import BUILTIN_ANSWERS, LocalAnswer, Rule
 
 ENV_PREFIX = "MTA_INGRESS_"
 DEFAULT_PRESET = "greenarrow"
@@ -34,6 +35,7 @@ Mode = Literal["tcp", "http"]
 SendProxy = Literal["v1", "v2", "none"]
 BackendDown = Literal["smtp-421", "close"]
 LogFormat = Literal["logfmt", "json"]
+ForwardedFor = Literal["append", "replace"]
 
 
 class ConfigError(Exception):
@@ -63,6 +65,8 @@ class ListenerConfig:
     tls: bool
     on_backend_down: BackendDown
     enabled: bool = True
+    routes: str | None = None
+    forwarded_for: ForwardedFor = "append"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,9 @@ class Timeouts:
     proxy_header: float
     drain: float
     grace: float
+    http_request: float = 10.0
+    http_keep_alive: float = 60.0
+    server: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,7 @@ class Config:
     listeners: Mapping[str, ListenerConfig]
     backends: Mapping[str, BackendConfig]
     timeouts: Timeouts
+    routes: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -236,7 +244,8 @@ def _set_path(tree: Tree, dotted: str, value: Any) -> None:
 
 
 _ENV_TEXT = ("preset", "release", "log_format")
-_TIMEOUT_KEYS = ("connect", "tcp_idle", "proxy_header", "drain", "grace")
+_TIMEOUT_KEYS = ("connect", "tcp_idle", "proxy_header", "drain", "grace", "http_request",
+                 "http_keep_alive", "server")
 
 
 def environment_layer(environ: Mapping[str, str]) -> tuple[Tree, list[str]]:
@@ -438,11 +447,15 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-_TOP_KEYS = {"preset", "release", "workers", "log_format", "listeners", "backends", "timeouts"}
-_LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_down", "enabled"}
+_TOP_KEYS = {"preset", "release", "workers", "log_format", "listeners", "backends", "timeouts",
+             "routes"}
+_LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_down", "enabled",
+                  "routes", "forwarded_for"}
+_RULE_KEYS = {"path_prefix", "host", "backend", "return"}
+_ANSWER_KEYS = {"status", "content_type", "body"}
 _BACKEND_KEYS = {"servers", "send_proxy"}
 TIMEOUT_DEFAULTS = {"connect": "5s", "tcp_idle": "5m", "proxy_header": "5s", "drain": "10s",
-                    "grace": "5m"}
+                    "grace": "5m", "http_request": "10s", "http_keep_alive": "1m", "server": "1m"}
 
 
 def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Config | None:
@@ -478,6 +491,8 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
                                                     ("v1", "v2", "none"))),
         )
 
+    routes = _validate_routes(check, tree.get("routes", {}), backends)
+
     listeners: dict[str, ListenerConfig] = {}
     seen_binds: dict[Address, str] = {}
     for name, raw in check.table(tree.get("listeners", {}), "listeners",
@@ -496,10 +511,21 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
         if backend is not None and not isinstance(backend, str):
             check.problem(f"{path}.backend", f"must be a backend name, not {_kind(backend)}")
             backend = None
+        route_name = body.get("routes")
+        if route_name is not None and not isinstance(route_name, str):
+            check.problem(f"{path}.routes", f"must be a route table name, not {_kind(route_name)}")
+            route_name = None
         # A listener whose mode or backend is already reported gets no follow-up guess about it.
         if enabled and len(problems) == before:
             if backend is None and mode == "tcp":
                 check.problem(f"{path}.backend", "a tcp listener needs a backend")
+            elif route_name is not None and mode == "tcp":
+                check.problem(f"{path}.routes", "routes apply to http listeners only")
+            elif backend is None and route_name is None:
+                check.problem(f"{path}.routes", "an http listener needs routes or a backend")
+            elif route_name is not None and route_name not in routes:
+                known = ", ".join(sorted(routes)) or "none are defined"
+                check.problem(f"{path}.routes", f"no route table named {route_name!r} ({known})")
             elif backend is not None and backend not in backends:
                 known = ", ".join(sorted(backends)) or "none are defined"
                 check.problem(f"{path}.backend", f"no backend named {backend!r} ({known})")
@@ -519,6 +545,9 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
             on_backend_down=cast(BackendDown, check.string(
                 body, path, "on_backend_down", "smtp-421", ("smtp-421", "close"))),
             enabled=enabled,
+            routes=route_name,
+            forwarded_for=cast(ForwardedFor, check.string(
+                body, path, "forwarded_for", "append", ("append", "replace"))),
         )
     if not problems and not any(listener.enabled for listener in listeners.values()):
         check.problem("listeners", "no listener is enabled: there would be nothing to serve")
@@ -533,6 +562,74 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
         listeners=listeners,
         backends=backends,
         timeouts=timeouts,
+        routes=routes,
+    )
+
+
+def _validate_routes(check: _Checker, raw: Any, backends: Mapping[str, BackendConfig]
+                     ) -> dict[str, tuple[Rule, ...]]:
+    tables: dict[str, tuple[Rule, ...]] = {}
+    if not isinstance(raw, Mapping):
+        check.problem("routes", f"must be a table of rule lists, not {_kind(raw)}")
+        return tables
+    for name, rules in raw.items():
+        path = f"routes.{name}"
+        if not isinstance(rules, list) or not all(isinstance(r, Mapping) for r in rules):
+            check.problem(path, "must be a list of rules: write [[routes.NAME]] tables")
+            continue
+        parsed: list[Rule] = []
+        for index, body in enumerate(rules):
+            rule = _validate_rule(check, f"{path}[{index}]", body, backends)
+            if rule is not None:
+                parsed.append(rule)
+        tables[name] = tuple(parsed)
+    return tables
+
+
+def _validate_rule(check: _Checker, path: str, body: Mapping[str, Any],
+                   backends: Mapping[str, BackendConfig]) -> Rule | None:
+    check.table(body, path, _RULE_KEYS)
+    before = len(check.problems)
+    prefix = body.get("path_prefix")
+    if prefix is not None and (not isinstance(prefix, str) or not prefix.startswith("/")
+                               or not prefix.isascii() or not prefix.isprintable()):
+        check.problem(f"{path}.path_prefix", "must be a path beginning with '/', in ASCII")
+    host = body.get("host")
+    if host is not None and (not isinstance(host, str)
+                             or not _HOSTNAME.fullmatch(host.removeprefix("*."))):
+        check.problem(f"{path}.host", "must be a host name, optionally beginning with '*.'")
+    backend = body.get("backend")
+    answer_raw = body.get("return")
+    if (backend is None) == (answer_raw is None):
+        check.problem(path, "a rule needs exactly one of backend and return")
+    elif backend is not None and (not isinstance(backend, str) or backend not in backends):
+        known = ", ".join(sorted(backends)) or "none are defined"
+        check.problem(f"{path}.backend", f"no backend named {backend!r} ({known})")
+    answer = None
+    if isinstance(answer_raw, str):
+        answer = BUILTIN_ANSWERS.get(answer_raw)
+        if answer is None:
+            check.problem(f"{path}.return", f"unknown answer {answer_raw!r}; use one of "
+                          f"{', '.join(BUILTIN_ANSWERS)} or a table {{status, content_type, "
+                          "body}")
+    elif isinstance(answer_raw, Mapping):
+        check.table(answer_raw, f"{path}.return", _ANSWER_KEYS)
+        status = answer_raw.get("status", 200)
+        if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+            check.problem(f"{path}.return.status", "must be an HTTP status from 200 to 599")
+            status = 200
+        content_type = check.string(answer_raw, f"{path}.return", "content_type", "text/plain")
+        text = check.string(answer_raw, f"{path}.return", "body", "")
+        answer = LocalAnswer("custom", status, content_type.encode(), text.encode())
+    elif answer_raw is not None:
+        check.problem(f"{path}.return", f"must be an answer name or table, not {_kind(answer_raw)}")
+    if len(check.problems) != before:
+        return None
+    return Rule(
+        path_prefix=prefix.encode() if isinstance(prefix, str) else None,
+        host=host.lower().rstrip(".").encode() if isinstance(host, str) else None,
+        backend=backend if isinstance(backend, str) else None,
+        answer=answer,
     )
 
 
@@ -564,13 +661,34 @@ def to_toml(config: Config) -> str:
                   f"accept_proxy = {_toml(listener.accept_proxy)}"]
         if listener.backend is not None:
             lines.append(f"backend = {_toml(listener.backend)}")
+        if listener.routes is not None:
+            lines.append(f"routes = {_toml(listener.routes)}")
         lines += [f"tls = {_toml(listener.tls)}",
-                  f"on_backend_down = {_toml(listener.on_backend_down)}"]
+                  f"on_backend_down = {_toml(listener.on_backend_down)}",
+                  f"forwarded_for = {_toml(listener.forwarded_for)}"]
     for backend in config.backends.values():
         lines += ["", f"[backends.{_toml_key(backend.name)}]",
                   f"servers = {_toml([str(a) for a in backend.servers])}",
                   f"send_proxy = {_toml(backend.send_proxy)}"]
+    for name, rules in config.routes.items():
+        for rule in rules:
+            lines += ["", f"[[routes.{_toml_key(name)}]]"]
+            if rule.path_prefix is not None:
+                lines.append(f"path_prefix = {_toml(rule.path_prefix.decode())}")
+            if rule.host is not None:
+                lines.append(f"host = {_toml(rule.host.decode())}")
+            if rule.backend is not None:
+                lines.append(f"backend = {_toml(rule.backend)}")
+            if rule.answer is not None:
+                lines.append(f"return = {_answer_toml(rule.answer)}")
     return "\n".join(lines) + "\n"
+
+
+def _answer_toml(answer: LocalAnswer) -> str:
+    if answer.kind in BUILTIN_ANSWERS:
+        return _toml(answer.kind)
+    return (f"{{ status = {answer.status}, content_type = {_toml(answer.content_type.decode())}, "
+            f"body = {_toml(answer.body.decode())} }}")
 
 
 def _toml(value: object) -> str:

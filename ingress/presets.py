@@ -29,10 +29,10 @@ def _greenarrow(release: str) -> Tree:
             "smtp25-proxied": listener(11025, "tcp", True, backend="event-tracker-smtp"),
             "smtp587": listener(10587, "tcp", False, backend="mta-smtp"),
             "smtp587-proxied": listener(11587, "tcp", True, backend="mta-smtp"),
-            "http": listener(10080, "http", False),
-            "http-proxied": listener(11080, "http", True),
-            "https": listener(10443, "http", False, tls=True),
-            "https-proxied": listener(11443, "http", True, tls=True),
+            "http": listener(10080, "http", False, routes="greenarrow"),
+            "http-proxied": listener(11080, "http", True, routes="greenarrow"),
+            "https": listener(10443, "http", False, tls=True, routes="greenarrow"),
+            "https-proxied": listener(11443, "http", True, tls=True, routes="greenarrow"),
         },
         "backends": {
             "mta-smtp": {"servers": [f"{mta}:587"], "send_proxy": "v1"},
@@ -41,11 +41,24 @@ def _greenarrow(release: str) -> Tree:
             "event-tracker-http": {"servers": [f"{event_tracker}:80"], "send_proxy": "none"},
             "tls-http": {"servers": [f"{tls_service}:80"], "send_proxy": "none"},
         },
+        # The contract's order: local answers first, then routes, first match wins.
+        "routes": {
+            "greenarrow": [
+                {"path_prefix": "/.kubernetes-readiness-probe", "return": "readiness"},
+                {"path_prefix": "/greenarrowadmin/h/stats_", "return": "stats-unavailable"},
+                {"path_prefix": "/ga/eui/disk_queue_summary", "return": "stats-unavailable"},
+                {"path_prefix": "/ga/eui/dynamic_deliveries", "return": "stats-unavailable"},
+                {"path_prefix": "/api/v1/send.json", "backend": "mta-http"},
+                {"path_prefix": "/.lets_encrypt_challenge_preflight", "backend": "tls-http"},
+                {"path_prefix": "/.well-known/acme-challenge/", "backend": "tls-http"},
+                {"backend": "event-tracker-http"},
+            ],
+        },
     }
 
 
 def _none(release: str) -> Tree:
-    return {"preset": "none", "release": release, "listeners": {}, "backends": {}}
+    return {"preset": "none", "release": release, "listeners": {}, "backends": {}, "routes": {}}
 
 
 _PRESETS: dict[str, Callable[[str], Tree]] = {"greenarrow": _greenarrow, "none": _none}

@@ -184,10 +184,12 @@ def test_print_config_applies_file_environment_and_flags(
     assert parsed["release"] == "prod"
     assert parsed["workers"] == 3
     assert parsed["timeouts"] == {"connect": "2s", "tcp_idle": "5m", "proxy_header": "5s",
-                                  "drain": "10s", "grace": "30s"}
+                                  "drain": "10s", "grace": "30s", "http_request": "10s",
+                                  "http_keep_alive": "1m", "server": "1m"}
     assert parsed["listeners"]["smtp587"] == {
         "enabled": True, "bind": ["127.0.0.1:2587"], "mode": "tcp", "accept_proxy": False,
-        "backend": "mta-smtp", "tls": False, "on_backend_down": "smtp-421"}
+        "backend": "mta-smtp", "tls": False, "on_backend_down": "smtp-421",
+        "forwarded_for": "append"}
     assert parsed["listeners"]["https-proxied"]["enabled"] is False
     assert parsed["backends"]["mta-smtp"] == {"servers": ["prod-ingress-mta:587"],
                                               "send_proxy": "v1"}

@@ -23,8 +23,9 @@ from ingress.config import Address, ConfigError, format_duration, parse_address,
 PRESET_LISTENERS = ("smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "http",
                     "http-proxied", "https", "https-proxied")
 PRESET_BACKENDS = "event-tracker-http, event-tracker-smtp, mta-http, mta-smtp, tls-http"
-TOP_KEYS = "backends, listeners, log_format, preset, release, timeouts, workers"
-LISTENER_KEYS = "accept_proxy, backend, bind, enabled, mode, on_backend_down, tls"
+TOP_KEYS = "backends, listeners, log_format, preset, release, routes, timeouts, workers"
+LISTENER_KEYS = (
+    "accept_proxy, backend, bind, enabled, forwarded_for, mode, on_backend_down, routes, tls")
 WORKERS = "must be a whole number from 0 (one per CPU) to 1024, not"
 
 
@@ -231,8 +232,8 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
     ("unknown-backend-key", "[backends.mta-smtp]\nweight = 2\n",
      "backends.mta-smtp.weight: unknown key; known keys here: send_proxy, servers"),
     ("unknown-timeout-key", '[timeouts]\nclient = "1m"\n',
-     "timeouts.client: unknown key; known keys here: connect, drain, grace, proxy_header, "
-     "tcp_idle"),
+     "timeouts.client: unknown key; known keys here: connect, drain, grace, http_keep_alive, "
+     "http_request, proxy_header, server, tcp_idle"),
     ("workers-negative", "workers = -1\n", f"workers: {WORKERS} -1"),
     ("workers-string", 'workers = "x"\n', f"workers: {WORKERS} 'x'"),
     ("workers-bool", "workers = true\n", f"workers: {WORKERS} True"),
@@ -360,12 +361,12 @@ def test_one_problem_in_file(write: Any, text: str, expected: str) -> None:
         ("workers = 1024\n", lambda c: c.workers == 1024),
         ('[listeners.http]\nbackend = "mta-http"\n',
          lambda c: c.listeners["http"].backend == "mta-http"),
-        ('[listeners.extra]\nbind = ["127.0.0.1:8080"]\nmode = "http"\n',
+        ('[listeners.extra]\nbind = ["127.0.0.1:8080"]\nmode = "http"\nroutes = "greenarrow"\n',
          lambda c: c.listeners["extra"].backend is None),
     ],
     ids=["ipv6-loopback", "port-bounds", "any-shorthand", "drain-zero", "duration-units",
          "ipv6-and-fqdn-servers", "workers-0", "workers-1024", "http-with-backend",
-         "http-without-backend"],
+         "http-with-routes-only"],
 )
 def test_valid_edge_cases(write: Any, text: str, check: Any) -> None:
     assert check(config.load(write(text), environ={}))
@@ -721,7 +722,8 @@ def test_to_toml_of_default_is_valid_toml_and_loads_back(write: Any) -> None:
     assert parsed["backends"]["mta-smtp"] == {"servers": ["ga1-ingress-mta:587"],
                                               "send_proxy": "v1"}
     assert parsed["timeouts"] == {"connect": "5s", "tcp_idle": "5m", "proxy_header": "5s",
-                                  "drain": "10s", "grace": "5m"}
+                                  "drain": "10s", "grace": "5m", "http_request": "10s",
+                                  "http_keep_alive": "1m", "server": "1m"}
     _assert_same(config.load(write(text, "printed.toml"), environ={}), effective)
 
 
@@ -742,7 +744,8 @@ def test_to_toml_round_trip_of_a_changed_configuration(write: Any) -> None:
 
 
 def test_to_toml_round_trip_of_preset_none(write: Any) -> None:
-    path = write('preset = "none"\n[listeners.web]\nbind = ["127.0.0.1:8080"]\nmode = "http"\n')
+    path = write('preset = "none"\n[listeners.web]\nbind = ["127.0.0.1:8080"]\nmode = "http"\n'
+                 'routes = "web"\n[[routes.web]]\nreturn = "readiness"\n')
     effective = config.load(path, environ={})
     text = config.to_toml(effective)
     assert tomllib.loads(text)["preset"] == "none"

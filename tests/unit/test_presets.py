@@ -48,6 +48,7 @@ def expected_listeners() -> dict[str, ListenerConfig]:
             tls=tls,
             on_backend_down="smtp-421",
             enabled=True,
+            routes="greenarrow" if mode == "http" else None,
         )
         for name, (port, mode, proxied, backend, tls) in GREENARROW_LISTENERS.items()
     }
@@ -94,6 +95,7 @@ def test_greenarrow_tree_is_exactly_the_contract(release: str) -> None:
         name: {"bind": [f"0.0.0.0:{port}"], "mode": mode, "accept_proxy": proxied}
         | ({"backend": backend} if backend else {})
         | ({"tls": True} if tls else {})
+        | ({"routes": "greenarrow"} if mode == "http" else {})
         for name, (port, mode, proxied, backend, tls) in GREENARROW_LISTENERS.items()
     }
     backends = {name: {"servers": servers, "send_proxy": send_proxy}
@@ -103,12 +105,26 @@ def test_greenarrow_tree_is_exactly_the_contract(release: str) -> None:
         "release": release,
         "listeners": listeners,
         "backends": backends,
+        "routes": {"greenarrow": CONTRACT_ROUTES},
     }
+
+
+# The contract's routing, in order (first match wins); local answers before routes.
+CONTRACT_ROUTES = [
+    {"path_prefix": "/.kubernetes-readiness-probe", "return": "readiness"},
+    {"path_prefix": "/greenarrowadmin/h/stats_", "return": "stats-unavailable"},
+    {"path_prefix": "/ga/eui/disk_queue_summary", "return": "stats-unavailable"},
+    {"path_prefix": "/ga/eui/dynamic_deliveries", "return": "stats-unavailable"},
+    {"path_prefix": "/api/v1/send.json", "backend": "mta-http"},
+    {"path_prefix": "/.lets_encrypt_challenge_preflight", "backend": "tls-http"},
+    {"path_prefix": "/.well-known/acme-challenge/", "backend": "tls-http"},
+    {"backend": "event-tracker-http"},
+]
 
 
 def test_none_tree_is_empty() -> None:
     assert presets.build("none", "ga7") == {
-        "preset": "none", "release": "ga7", "listeners": {}, "backends": {},
+        "preset": "none", "release": "ga7", "listeners": {}, "backends": {}, "routes": {},
     }
 
 
@@ -243,7 +259,8 @@ def test_preset_none_alone_has_nothing_to_serve(write: Any) -> None:
 def test_later_layer_chooses_the_preset(
     write: Any, environ: dict[str, str], overrides: dict[str, Any] | None, expected: str,
 ) -> None:
-    path = write('preset = "none"\n[listeners.extra]\nbind = ["127.0.0.1:2525"]\nmode = "http"\n')
+    path = write('preset = "none"\n[listeners.extra]\nbind = ["127.0.0.1:2525"]\nmode = "http"\n'
+                 'backend = "mta-http"\n')
     effective = config.load(path, environ=environ, overrides=overrides)
     assert effective.preset == expected
     assert set(effective.listeners) == set(GREENARROW_LISTENERS) | {"extra"}
