@@ -62,6 +62,12 @@ class _Clock:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
 
+    def haproxy_date(self) -> str:
+        """HAProxy's accept date: 22/Nov/2026:04:10:00.123 (UTC)."""
+        now = time.time()
+        return (time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(now))
+                + f".{int((now % 1) * 1000):03d}")
+
 
 class AccessLog:
     def __init__(self, log_format: str = "logfmt", fd: int = 1) -> None:
@@ -100,6 +106,25 @@ class AccessLog:
         if detail:
             line = f"{line} detail={quote(detail)}"
         self._append(line)
+
+    def http_request(self, *, client: str, listener: str, backend: str, server: str,
+                     duration_ms: int, status: int, body_bytes: int, method: bytes,
+                     target: bytes, version: bytes, end: str, worker: int) -> None:
+        """One line per HTTP request.  The text layout follows HAProxy's ``option httplog``
+        (client, [accept date], frontend, backend/server, timers, status, bytes, ...,
+        "request line") so that log pipelines built for the KRA HAProxy keep parsing it; the
+        timers are reduced to the total time, the fields HAProxy fills with request-queue and
+        cookie data are '-'.  The request target is cut at 200 bytes."""
+        request = (method + b" " + target[:200] + b" HTTP/" + version).decode("latin-1")
+        if self._json:
+            self.record({"kind": "http", "client": client, "listener": listener,
+                         "backend": backend, "server": server, "duration_ms": duration_ms,
+                         "status": status, "bytes": body_bytes, "request": request,
+                         "end": end, "worker": worker})
+            return
+        self._append(f"{client} [{self._clock.haproxy_date()}] {listener} {backend}/{server} "
+                     f"-1/-1/-1/-1/{duration_ms} {status} {body_bytes} - - ---- "
+                     f"{json.dumps(request)} end={quote(end)} worker={worker}")
 
     def _append(self, line: str) -> None:
         self._lines.append(line)

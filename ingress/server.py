@@ -38,10 +38,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ingress import http_proxy
 from ingress.config import Address, Config, ListenerConfig
 from ingress.observe import AccessLog
 from ingress.tcp_relay import RelayContext, RelaySession, make_factory
 from routing.backends import Backend, Resolver
+from routing.pool import ConnectionPool
+from routing.table import RouteTable
 
 log = logging.getLogger("mta_ingress.server")
 
@@ -106,6 +109,9 @@ class Worker:
         self.index = index
         self.access_log = AccessLog(config.log_format)
         self.sessions: set[RelaySession] = set()
+        self.http_sessions: set[http_proxy.HttpSession] = set()
+        self.state = http_proxy.WorkerState()
+        self.pool = ConnectionPool(idle_timeout=config.timeouts.http_keep_alive)
         self.servers: list[asyncio.Server] = []
         self.draining = False
         self.stopping = False
@@ -141,18 +147,29 @@ class Worker:
         now = loop.time()
         for session in list(self.sessions):
             session.check_timeouts(now)
+        for http_session in list(self.http_sessions):
+            http_session.check_timeouts(now)
+        self.pool.expire()
         if not self._stopped.is_set():
             loop.call_later(self._sweep_interval, self._sweep)
 
     def _factory(self, listener: ListenerConfig,
                  backends: dict[str, Backend]) -> Callable[[], asyncio.Protocol] | None:
-        if listener.mode == "http":
-            # The HTTP proxy is the next piece of work (issue 3); until then the listener is
-            # not opened, and that is said loudly rather than serving something half-built.
+        if listener.mode == "http" and listener.tls:
+            # TLS termination is the next piece of work; until then an HTTPS listener is not
+            # opened, and that is said loudly rather than serving plain HTTP on an HTTPS port.
             if self.index == 0:
-                log.warning("msg=\"listener not started: mode http is not available in this "
+                log.warning("msg=\"listener not started: TLS is not available in this "
                             "version\" listener=%s", listener.name)
             return None
+        if listener.mode == "http":
+            routes = (RouteTable(self.config.routes[listener.routes])
+                      if listener.routes is not None else None)
+            http_ctx = http_proxy.HttpContext(
+                listener=listener, routes=routes, backends=backends, pool=self.pool,
+                timeouts=self.config.timeouts, access_log=self.access_log,
+                sessions=self.http_sessions, state=self.state, worker=self.index)
+            return http_proxy.make_factory(http_ctx)
         if listener.backend is None:
             raise ValueError(f"tcp listener {listener.name} has no backend")
         backend_config = self.config.backends[listener.backend]
@@ -172,6 +189,7 @@ class Worker:
             return
         self.stopping = True
         self.draining = True
+        self.state.draining = True
         drain = 0.0 if fast else self.config.timeouts.drain
         log.info("msg=\"shutting down\" worker=%d drain_s=%g grace_s=%g sessions=%d",
                  self.index, drain, self.config.timeouts.grace, len(self.sessions))
@@ -184,12 +202,19 @@ class Worker:
         for server in self.servers:
             server.close()
         deadline = time.monotonic() + self.config.timeouts.grace
-        # Polling, only during shutdown, spares every session end a callback in normal running.
-        while self.sessions and time.monotonic() < deadline:  # noqa: ASYNC110
+        # Polling, only during shutdown, spares every session end a callback in normal running;
+        # it also closes HTTP keep-alive connections as soon as they fall idle.
+        while (self.sessions or self.http_sessions) and time.monotonic() < deadline:
+            for http_session in list(self.http_sessions):
+                http_session.close_if_idle()
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
             session.abort("shutdown-grace-expired")
-        if self.sessions:
+        for http_session in list(self.http_sessions):
+            if http_session.transport is not None:
+                http_session.transport.abort()
+        self.pool.close_all()
+        if self.sessions or self.http_sessions:
             await asyncio.sleep(0.05)  # let the aborts' connection_lost callbacks run
         self.access_log.flush()
         self._stopped.set()
@@ -270,7 +295,7 @@ class Supervisor:
             self._reap_all(timeout=5.0)
             return 1
         listeners = [f"{listener.name}={','.join(map(str, listener.bind))}"
-                     for listener in self.config.enabled_listeners if listener.mode == "tcp"]
+                     for listener in self.config.enabled_listeners if not listener.tls]
         log.info("msg=\"ready\" workers=%d listeners=%s", self.count, " ".join(listeners))
         return self._watch()
 

@@ -1,0 +1,704 @@
+"""HTTP/1.1 reverse proxy: local answers, routing, X-Forwarded-For, keep-alive both ways.
+
+Theory of operation
+-------------------
+:class:`HttpSession` is the client connection's protocol.  Bytes from the client go through the
+strict request parser (``ingress.http1``), whose events (request head, body data, end of
+message) are queued in order; ``_pump`` takes them off the queue one exchange at a time, so that
+pipelined requests are answered in order and a request head waits while the previous exchange
+is still running.  The queue is bounded: past ``PIPELINE_LIMIT`` events, reading from the client
+pauses.
+
+Each request head is matched against the listener's route table.  A local answer (readiness,
+blocked statistics pages) is written at once.  A backend request becomes an :class:`_Exchange`:
+it takes an idle pooled connection to the chosen server or opens one (round robin over the
+backend's servers, the next one on refusal, one deadline of ``timeouts.connect``; none reached
+means ``503``), writes the request head re-serialised from parsed fields (hop-by-hop headers
+removed, framing recomputed, ``X-Forwarded-For`` appended), then streams the body (re-chunked
+when it came chunked; chunk extensions and trailers are gone).
+
+The backend's bytes go through the response parser; its head is re-serialised for the client
+the same way, its body streamed.  A response that ends cleanly returns the backend connection
+to the pool (only then: never a connection with unread response bytes).  A response that breaks
+off after bytes were sent to the client closes the client connection: a truncated response is
+never presented as complete.  A backend silent for ``timeouts.server`` gets the client a ``504``
+(if nothing was sent yet).  A pooled connection that turns out closed before any byte of the
+response arrived is retried once on a fresh connection, for requests without a body.
+
+Flow control is the TCP relay's: a transport whose write buffer is full pauses reading from the
+other side.  Timeouts (request head, keep-alive idle, server silence) are checked by the
+worker's sweep, about once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+from ingress import proxy_protocol
+from ingress.http1 import (
+    LAST_CHUNK,
+    Data,
+    EndOfMessage,
+    HttpError,
+    Limits,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    ResponseParser,
+    chunk,
+    serialize_request_head,
+    serialize_response_head,
+)
+from ingress.observe import AccessLog
+from routing.backends import Backend, Endpoint
+from routing.pool import ConnectionPool
+from routing.table import READINESS, LocalAnswer, RouteTable
+
+if TYPE_CHECKING:
+    from ingress.config import ListenerConfig, Timeouts
+
+PIPELINE_LIMIT = 64
+WRITE_HIGH_WATER = 256 * 1024
+
+# RFC 9110 section 7.6.1: fields that concern one connection, never forwarded; plus the framing
+# fields, which the proxy recomputes from what it parsed.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
+    b"transfer-encoding", b"content-length", b"proxy-authenticate", b"proxy-authorization",
+})
+FORWARDED_FIELDS = frozenset({b"x-forwarded-for", b"forwarded"})
+
+REASONS = {
+    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 408: b"Request Timeout",
+    413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """What every session of a worker may need to know about the worker."""
+
+    draining: bool = False
+
+
+@dataclass(slots=True)
+class HttpContext:
+    listener: ListenerConfig
+    routes: RouteTable | None
+    backends: dict[str, Backend]
+    pool: ConnectionPool
+    timeouts: Timeouts
+    access_log: AccessLog
+    sessions: set[HttpSession]
+    state: WorkerState
+    limits: Limits = field(default_factory=Limits)
+    worker: int = 0
+
+
+def _address_text(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "-"
+    return f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+
+
+def _status_line_reason(status: int) -> bytes:
+    return REASONS.get(status, b"Unknown")
+
+
+def simple_response(status: int, body: bytes, content_type: bytes = b"text/plain",
+                    *, close: bool) -> bytes:
+    headers = [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode()),
+               (b"Cache-Control", b"no-cache")]
+    if close:
+        headers.append((b"Connection", b"close"))
+    return serialize_response_head(status, _status_line_reason(status), headers) + body
+
+
+def forwarded_request_headers(head: RequestHead, client_ip: str, mode: str
+                              ) -> list[tuple[bytes, bytes]]:
+    """The request's fields as sent to the backend: hop-by-hop fields and those named in
+    Connection removed, framing recomputed, the client's address appended to X-Forwarded-For
+    as a new field after any existing ones (what HAProxy's ``option forwardfor`` does)."""
+    drop = HOP_BY_HOP | head.connection_tokens
+    if mode == "replace":
+        drop = drop | FORWARDED_FIELDS
+    headers = [(name, value) for name, value in head.headers if name.lower() not in drop]
+    if head.chunked:
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    elif head.content_length is not None:
+        headers.append((b"Content-Length", str(head.content_length).encode()))
+    headers.append((b"X-Forwarded-For", client_ip.encode()))
+    return headers
+
+
+class _Exchange:
+    """One request forwarded to a backend, and its response."""
+
+    __slots__ = (
+        "backend", "chunked_response", "connection", "endpoints", "head", "last_server_activity",
+        "pending", "request_body", "request_done", "response_bytes", "response_done",
+        "response_head", "response_started", "retried", "reused", "server_label", "started",
+    )
+
+    def __init__(self, head: RequestHead, backend: Backend, now: float) -> None:
+        self.head = head
+        self.backend = backend
+        self.connection: _ServerConnection | None = None
+        self.endpoints: list[Endpoint] = []
+        self.pending: list[bytes] = []
+        self.request_body = head.chunked or bool(head.content_length)
+        self.request_done = not self.request_body
+        self.response_head: ResponseHead | None = None
+        self.response_started = False
+        self.response_done = False
+        self.chunked_response = False
+        self.response_bytes = 0
+        self.retried = False
+        self.reused = False
+        self.server_label = "-"
+        self.started = now
+        self.last_server_activity = now
+
+
+class HttpSession(asyncio.Protocol):
+    def __init__(self, ctx: HttpContext) -> None:
+        self._ctx = ctx
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._parser = RequestParser(ctx.limits)
+        self._queue: deque[RequestHead | Data | EndOfMessage] = deque()
+        self._exchange: _Exchange | None = None
+        self._discarding_body = False
+        self._awaiting_proxy = ctx.listener.accept_proxy
+        self._inbound = bytearray()
+        self._closing = False
+        self._client_paused = False
+        self.client_address: tuple[str, int] | None = None
+        self._connected_at = self._last_activity = self._loop.time()
+        self._head_started: float | None = None
+
+    # --- client events -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.client_address = (peer[0], peer[1]) if peer else None
+        self._ctx.sessions.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        now = self._loop.time()
+        self._last_activity = now
+        if self._awaiting_proxy:
+            self._inbound += data
+            try:
+                parsed = proxy_protocol.parse_header(self._inbound)
+            except proxy_protocol.ProxyProtocolError as error:
+                self._log_rejection(0, "bad-proxy-header", f"{error.reason}: {error}")
+                self._abort_client()
+                return
+            if parsed is None:
+                return
+            header, length = parsed
+            if header.client_address is not None:
+                self.client_address = header.client_address
+            data = bytes(self._inbound[length:])
+            self._inbound = bytearray()
+            self._awaiting_proxy = False
+            if not data:
+                return
+        if self._closing:
+            return
+        if self._head_started is None and self._exchange is None and not self._queue:
+            self._head_started = now
+        try:
+            events = self._parser.feed(data)
+        except HttpError as error:
+            self._reject(error)
+            return
+        if self._parser.in_head:
+            if self._head_started is None:
+                self._head_started = now
+        else:
+            self._head_started = None
+        self._queue.extend(events)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        try:
+            events = self._parser.feed_eof()
+        except HttpError as error:
+            self._reject(error)
+            return False
+        self._queue.extend(events)
+        self._closing = True
+        self._pump()
+        # Keep the transport open to write the response to a client that only shut down its side.
+        return self._exchange is not None or bool(self._queue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._ctx.sessions.discard(self)
+        exchange = self._exchange
+        if exchange is not None and not exchange.response_done:
+            self._log_exchange(exchange, status=0, end="client-aborted")
+            if exchange.connection is not None:
+                exchange.connection.abandon()
+            self._exchange = None
+
+    def pause_writing(self) -> None:
+        exchange = self._exchange
+        if exchange is not None and exchange.connection is not None:
+            exchange.connection.pause_reading()
+
+    def resume_writing(self) -> None:
+        exchange = self._exchange
+        if exchange is not None and exchange.connection is not None:
+            exchange.connection.resume_reading()
+
+    # --- the request queue ---------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        queue = self._queue
+        while queue and self.transport is not None:
+            event = queue[0]
+            if isinstance(event, RequestHead):
+                if self._exchange is not None:
+                    break  # pipelined: answered after the current exchange, in order
+                queue.popleft()
+                self._begin(event)
+                continue
+            queue.popleft()
+            if self._discarding_body:
+                if isinstance(event, EndOfMessage):
+                    self._discarding_body = False
+                continue
+            exchange = self._exchange
+            if exchange is not None:
+                self._send_body(exchange, event)
+        if self.transport is None:
+            return
+        if len(queue) > PIPELINE_LIMIT and not self._client_paused:
+            self._client_paused = True
+            self.transport.pause_reading()
+        elif len(queue) <= PIPELINE_LIMIT // 2 and self._client_paused:
+            self._client_paused = False
+            self.transport.resume_reading()
+        if self._closing and self._exchange is None and not queue:
+            self.transport.close()
+
+    def _begin(self, head: RequestHead) -> None:
+        ctx = self._ctx
+        if not head.keep_alive:
+            self._closing = True
+        rule = ctx.routes.match(head.path, head.host) if ctx.routes is not None else None
+        backend_name = rule.backend if rule is not None else ctx.listener.backend
+        if rule is not None and rule.answer is not None:
+            self._answer_locally(head, rule.answer)
+            return
+        if backend_name is None:
+            self._answer(head, 503, b"No route for this request.\n", end="no-route")
+            return
+        exchange = _Exchange(head, ctx.backends[backend_name], self._loop.time())
+        self._exchange = exchange
+        static = exchange.backend.static_endpoints()
+        if static is not None:
+            exchange.endpoints = static
+            self._connect(exchange)
+        else:
+            task = self._loop.create_task(self._resolve_and_connect(exchange))
+            task.add_done_callback(_report_unexpected)
+
+    def _answer_locally(self, head: RequestHead, answer: LocalAnswer) -> None:
+        status = answer.status
+        body = answer.body
+        if answer.kind == READINESS and self._ctx.state.draining:
+            status, body = 503, b"draining\n"
+        self._answer(head, status, body, answer.content_type, end="local")
+
+    def _answer(self, head: RequestHead, status: int, body: bytes,
+                content_type: bytes = b"text/plain", *, end: str) -> None:
+        if head.chunked or head.content_length:
+            self._discarding_body = True
+        close = self._closing or self._ctx.state.draining
+        if close:
+            self._closing = True
+        if self.transport is not None:
+            payload = simple_response(status, body if head.method != b"HEAD" else b"",
+                                      content_type, close=close)
+            if head.method == b"HEAD":
+                payload = payload.replace(b"Content-Length: 0", b"Content-Length: %d" % len(body))
+            self.transport.write(payload)
+        self._log_request(head, status, len(body), backend="<local>", server="-", end=end,
+                          started=self._loop.time())
+
+    # --- backend connection --------------------------------------------------------------------
+
+    async def _resolve_and_connect(self, exchange: _Exchange) -> None:
+        exchange.endpoints = await exchange.backend.endpoints()
+        if self._exchange is exchange:
+            self._connect(exchange)
+
+    def _connect(self, exchange: _Exchange) -> None:
+        if not exchange.endpoints:
+            self._fail_exchange(exchange, 503, "no server address")
+            return
+        first = exchange.endpoints[0]
+        pooled = self._ctx.pool.take((first.host, first.port))
+        if pooled is not None and not exchange.retried:
+            connection = cast(_ServerConnection, pooled)
+            exchange.reused = True
+            exchange.server_label = first.server
+            self._attach(exchange, connection)
+            return
+        task = self._loop.create_task(self._open(exchange))
+        task.add_done_callback(_report_unexpected)
+
+    async def _open(self, exchange: _Exchange) -> None:
+        deadline = self._loop.time() + self._ctx.timeouts.connect
+        failure = "no server address"
+        for endpoint in exchange.endpoints:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
+                break
+            key = (endpoint.host, endpoint.port)
+            try:
+                async with asyncio.timeout(remaining):
+                    _, protocol = await self._loop.create_connection(
+                        lambda key=key: _ServerConnection(self._ctx.pool, key),  # type: ignore[misc]
+                        endpoint.host, endpoint.port)
+            except TimeoutError:
+                failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
+                break
+            except OSError as error:
+                failure = f"{endpoint.server}: {error.strerror or error}"
+                continue
+            if self._exchange is not exchange or self.transport is None:
+                protocol.close()
+                return
+            exchange.server_label = endpoint.server
+            self._attach(exchange, protocol)
+            return
+        self._fail_exchange(exchange, 503, failure)
+
+    def _attach(self, exchange: _Exchange, connection: _ServerConnection) -> None:
+        exchange.connection = connection
+        exchange.last_server_activity = self._loop.time()
+        connection.start(self, exchange)
+        client_ip = self.client_address[0] if self.client_address else "-"
+        head = exchange.head
+        request = serialize_request_head(
+            head, forwarded_request_headers(head, client_ip, self._ctx.listener.forwarded_for))
+        connection.write(request)
+        if exchange.pending:
+            connection.write(b"".join(exchange.pending))
+            exchange.pending.clear()
+
+    def _send_body(self, exchange: _Exchange, event: Data | EndOfMessage) -> None:
+        if isinstance(event, EndOfMessage):
+            data = LAST_CHUNK if exchange.head.chunked else b""
+            exchange.request_done = True
+        else:
+            data = chunk(event.data) if exchange.head.chunked else event.data
+        if not data:
+            return
+        if exchange.connection is not None:
+            exchange.connection.write(data)
+        else:
+            exchange.pending.append(data)
+
+    # --- backend events (from _ServerConnection) -----------------------------------------------
+
+    def response_events(self, exchange: _Exchange,
+                        events: list[ResponseHead | Data | EndOfMessage]) -> None:
+        exchange.last_server_activity = self._loop.time()
+        transport = self.transport
+        if transport is None:
+            return
+        for event in events:
+            if isinstance(event, ResponseHead):
+                if 100 <= event.status < 200:
+                    if event.status == 101:
+                        self._fail_exchange(exchange, 502, "protocol upgrade is not supported")
+                        return
+                    transport.write(serialize_response_head(
+                        event.status, event.reason, _end_to_end(event.headers)))
+                    continue
+                exchange.response_head = event
+                exchange.response_started = True
+                transport.write(self._client_response_head(exchange, event))
+            elif isinstance(event, Data):
+                exchange.response_bytes += len(event.data)
+                transport.write(chunk(event.data) if exchange.chunked_response else event.data)
+            else:
+                if exchange.chunked_response:
+                    transport.write(LAST_CHUNK)
+                self._finish_exchange(exchange)
+                return
+
+    def _client_response_head(self, exchange: _Exchange, response: ResponseHead) -> bytes:
+        headers = _end_to_end(response.headers)
+        request = exchange.head
+        no_body = request.method == b"HEAD" or response.status in (204, 304)
+        if response.content_length is not None:
+            headers.append((b"Content-Length", str(response.content_length).encode()))
+        elif not no_body:
+            if request.version == b"1.1":
+                exchange.chunked_response = True
+                headers.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                self._closing = True  # HTTP/1.0 client: the end of the body is the close
+        if not exchange.request_done:
+            # Answered before the request body was all read: the rest of it cannot be told
+            # apart from a next request, so this connection ends here.
+            self._closing = True
+        if self._ctx.state.draining:
+            self._closing = True
+        if self._closing:
+            headers.append((b"Connection", b"close"))
+        elif request.version == b"1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        return serialize_response_head(response.status, response.reason, headers)
+
+    def _finish_exchange(self, exchange: _Exchange) -> None:
+        exchange.response_done = True
+        connection = exchange.connection
+        response = exchange.response_head
+        status = response.status if response is not None else 0
+        if connection is not None:
+            connection.finish(reusable=exchange.request_done and response is not None
+                              and response.keep_alive)
+        self._log_exchange(exchange, status=status, end="ok")
+        self._exchange = None
+        self._head_started = None
+        self._pump()
+
+    def server_failed(self, exchange: _Exchange, reason: str, *, status: int = 502,
+                      retryable: bool = False) -> None:
+        """The backend connection broke, timed out, or sent a malformed response."""
+        if self._exchange is not exchange:
+            return
+        connection = exchange.connection
+        exchange.connection = None
+        if connection is not None:
+            connection.abandon()
+        if (retryable and exchange.reused and not exchange.retried
+                and not exchange.request_body and exchange.response_head is None):
+            exchange.retried = True
+            exchange.reused = False
+            self._connect(exchange)
+            return
+        self._fail_exchange(exchange, status, reason)
+
+    def _fail_exchange(self, exchange: _Exchange, status: int, reason: str) -> None:
+        if self._exchange is not exchange:
+            return
+        if exchange.response_started:
+            # Bytes of this response are already with the client: a complete-looking response
+            # must not follow, and the client must see the break.
+            self._log_exchange(exchange, status=exchange.response_head.status
+                               if exchange.response_head else 0, end=f"server-broke: {reason}")
+            self._exchange = None
+            self._abort_client()
+            return
+        self._closing = self._closing or not exchange.request_done
+        body = {503: b"No server is available to handle this request.\n",
+                504: b"The server did not answer in time.\n"}.get(status, b"Bad gateway.\n")
+        if self.transport is not None:
+            self.transport.write(simple_response(status, body, close=self._closing))
+        self._log_exchange(exchange, status=status, end=reason)
+        if exchange.request_body and not exchange.request_done:
+            self._discarding_body = True
+        self._exchange = None
+        self._pump()
+
+    # --- errors, timeouts, logging -------------------------------------------------------------
+
+    def _reject(self, error: HttpError) -> None:
+        """Malformed request: the error's status, one log line, connection closed."""
+        self._log_rejection(error.status, error.reason, error.detail)
+        if self.transport is not None and self._exchange is None:
+            body = f"{_status_line_reason(error.status).decode()}: {error.reason}\n".encode()
+            self.transport.write(simple_response(error.status, body, close=True))
+            self.transport.close()
+        else:
+            self._abort_client()
+
+    def _abort_client(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def check_timeouts(self, now: float) -> None:
+        timeouts = self._ctx.timeouts
+        exchange = self._exchange
+        if exchange is not None:
+            if (exchange.connection is not None and not exchange.response_done
+                    and now - exchange.last_server_activity >= timeouts.server):
+                self.server_failed(exchange, "server-timeout", status=504)
+            return
+        if self._awaiting_proxy:
+            if now - self._connected_at >= timeouts.proxy_header:
+                self._log_rejection(0, "proxy-header-timeout", "")
+                self._abort_client()
+            return
+        if self._head_started is not None:
+            if now - self._head_started >= timeouts.http_request:
+                self._reject(HttpError(408, "request-timeout",
+                                       f"no complete request head in {timeouts.http_request:g}s"))
+            return
+        if not self._queue and now - self._last_activity >= timeouts.http_keep_alive:
+            self._abort_client()
+
+    def close_if_idle(self) -> None:
+        """Shutdown: an idle keep-alive connection is closed now rather than at its timeout."""
+        if self._exchange is None and not self._queue and self._head_started is None:
+            self._abort_client()
+
+    def _log_rejection(self, status: int, reason: str, detail: str) -> None:
+        self._ctx.access_log.record({
+            "kind": "http", "listener": self._ctx.listener.name,
+            "client": _address_text(self.client_address), "status": status,
+            "end": "rejected", "reason": reason, "detail": detail[:200],
+            "worker": self._ctx.worker})
+
+    def _log_exchange(self, exchange: _Exchange, *, status: int, end: str) -> None:
+        self._log_request(exchange.head, status, exchange.response_bytes,
+                          backend=exchange.backend.name, server=exchange.server_label, end=end,
+                          started=exchange.started)
+
+    def _log_request(self, head: RequestHead, status: int, body_bytes: int, *, backend: str,
+                     server: str, end: str, started: float) -> None:
+        self._ctx.access_log.http_request(
+            client=_address_text(self.client_address), listener=self._ctx.listener.name,
+            backend=backend, server=server,
+            duration_ms=round((self._loop.time() - started) * 1000), status=status,
+            body_bytes=body_bytes, method=head.method, target=head.target,
+            version=head.version, end=end, worker=self._ctx.worker)
+
+
+def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    connection_tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            connection_tokens.update(t.strip().lower() for t in value.split(b","))
+    drop = HOP_BY_HOP | connection_tokens
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+def _report_unexpected(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        loop = task.get_loop()
+        loop.call_exception_handler({"message": "HTTP proxy task failed",
+                                     "exception": task.exception(), "task": task})
+
+
+class _ServerConnection(asyncio.Protocol):
+    """A connection to one backend server; serves one exchange at a time, then goes back to
+    the pool if its response ended cleanly and the server keeps it alive."""
+
+    def __init__(self, pool: ConnectionPool, key: tuple[str, int]) -> None:
+        self._pool = pool
+        self._key = key
+        self.transport: asyncio.Transport | None = None
+        self._session: HttpSession | None = None
+        self._exchange: _Exchange | None = None
+        self._parser: ResponseParser | None = None
+        self._received_any = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def is_usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def start(self, session: HttpSession, exchange: _Exchange) -> None:
+        self._session = session
+        self._exchange = exchange
+        self._parser = ResponseParser(session._ctx.limits)
+        self._parser.expect(exchange.head.method)
+        self._received_any = False
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        session, exchange, parser = self._session, self._exchange, self._parser
+        if session is None or exchange is None or parser is None:
+            self.close()  # bytes from an idle server: whatever they are, this connection is done
+            return
+        self._received_any = True
+        try:
+            events = parser.feed(data)
+        except HttpError as error:
+            session.server_failed(exchange, f"bad-response: {error.reason}")
+            return
+        session.response_events(exchange, events)
+
+    def eof_received(self) -> bool:
+        session, exchange, parser = self._session, self._exchange, self._parser
+        if session is not None and exchange is not None and parser is not None:
+            try:
+                events = parser.feed_eof()
+            except HttpError:
+                session.server_failed(exchange, "server-closed-mid-response",
+                                      retryable=not self._received_any)
+                return False
+            session.response_events(exchange, events)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        session, exchange = self._session, self._exchange
+        self._session = self._exchange = None
+        if session is not None and exchange is not None and not exchange.response_done:
+            session.server_failed(exchange, "server-closed-mid-response",
+                                  retryable=not self._received_any)
+        else:
+            self._pool.discard(self._key, self)
+
+    def finish(self, *, reusable: bool) -> None:
+        self._session = self._exchange = None
+        self._parser = None
+        if reusable and self.is_usable():
+            self._pool.give(self._key, self)
+        else:
+            self.close()
+
+    def abandon(self) -> None:
+        self._session = self._exchange = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        if self._session is not None and self._session.transport is not None:
+            self._session.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._session is not None and self._session.transport is not None:
+            self._session.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+def make_factory(ctx: HttpContext) -> Callable[[], HttpSession]:
+    return lambda: HttpSession(ctx)
+
