@@ -66,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.command == "check-config":
         for listener in effective.enabled_listeners:
-            if listener.mode == "http":
-                print(f"warning: listeners.{listener.name}: mode \"http\" is not served by this "
-                      "version; the listener will not be opened", file=sys.stderr)
+            if listener.tls:
+                print(f"warning: listeners.{listener.name}: TLS is not served by this version; "
+                      "the listener will not be opened", file=sys.stderr)
         print("configuration ok")
         return 0
     if args.command == "print-config":
