@@ -74,6 +74,10 @@ class BackendConfig:
     name: str
     servers: tuple[Address, ...]
     send_proxy: SendProxy
+    check: bool = True
+    check_interval: float = 2.0
+    rise: int = 2
+    fall: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +406,13 @@ class _Checker:
             return default
         return value
 
+    def count(self, tree: Mapping[str, Any], path: str, key: str, default: int) -> int:
+        value = tree.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+            self.problem(f"{path}.{key}", f"must be a whole number from 1 to 100, not {value!r}")
+            return default
+        return value
+
     def duration(self, tree: Mapping[str, Any], path: str, key: str, default: str,
                  *, allow_zero: bool = False) -> float:
         value = tree.get(key, default)
@@ -453,7 +464,7 @@ _LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_
                   "routes", "forwarded_for"}
 _RULE_KEYS = {"path_prefix", "host", "backend", "return"}
 _ANSWER_KEYS = {"status", "content_type", "body"}
-_BACKEND_KEYS = {"servers", "send_proxy"}
+_BACKEND_KEYS = {"servers", "send_proxy", "check", "check_interval", "rise", "fall"}
 TIMEOUT_DEFAULTS = {"connect": "5s", "tcp_idle": "5m", "proxy_header": "5s", "drain": "10s",
                     "grace": "5m", "http_request": "10s", "http_keep_alive": "1m", "server": "1m"}
 
@@ -489,6 +500,10 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
             servers=check.addresses(body, path, "servers", allow_hostname=True),
             send_proxy=cast(SendProxy, check.string(body, path, "send_proxy", "none",
                                                     ("v1", "v2", "none"))),
+            check=check.boolean(body, path, "check", True),
+            check_interval=check.duration(body, path, "check_interval", "2s"),
+            rise=check.count(body, path, "rise", 2),
+            fall=check.count(body, path, "fall", 3),
         )
 
     routes = _validate_routes(check, tree.get("routes", {}), backends)
@@ -669,7 +684,11 @@ def to_toml(config: Config) -> str:
     for backend in config.backends.values():
         lines += ["", f"[backends.{_toml_key(backend.name)}]",
                   f"servers = {_toml([str(a) for a in backend.servers])}",
-                  f"send_proxy = {_toml(backend.send_proxy)}"]
+                  f"send_proxy = {_toml(backend.send_proxy)}",
+                  f"check = {_toml(backend.check)}",
+                  f"check_interval = {_toml(format_duration(backend.check_interval))}",
+                  f"rise = {backend.rise}",
+                  f"fall = {backend.fall}"]
     for name, rules in config.routes.items():
         for rule in rules:
             lines += ["", f"[[routes.{_toml_key(name)}]]"]

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from ingress.config import ListenerConfig, Timeouts
 
 PIPELINE_LIMIT = 64
+NO_SERVER = "no server available (every server down, or no address)"
 WRITE_HIGH_WATER = 256 * 1024
 
 # RFC 9110 section 7.6.1: fields that concern one connection, never forwarded; plus the framing
@@ -347,7 +348,7 @@ class HttpSession(asyncio.Protocol):
 
     def _connect(self, exchange: _Exchange) -> None:
         if not exchange.endpoints:
-            self._fail_exchange(exchange, 503, "no server address")
+            self._fail_exchange(exchange, 503, NO_SERVER)
             return
         first = exchange.endpoints[0]
         pooled = self._ctx.pool.take((first.host, first.port))
@@ -362,7 +363,7 @@ class HttpSession(asyncio.Protocol):
 
     async def _open(self, exchange: _Exchange) -> None:
         deadline = self._loop.time() + self._ctx.timeouts.connect
-        failure = "no server address"
+        failure = NO_SERVER
         for endpoint in exchange.endpoints:
             remaining = deadline - self._loop.time()
             if remaining <= 0:

@@ -124,7 +124,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         resolver = Resolver()
         backends = {
-            name: Backend(name, [(a.host, a.port) for a in backend.servers], resolver)
+            name: Backend(name, [(a.host, a.port) for a in backend.servers], resolver,
+                          rise=backend.rise, fall=backend.fall)
             for name, backend in self.config.backends.items()
         }
         for listener in self.config.enabled_listeners:
@@ -135,12 +136,33 @@ class Worker:
                 sock = listening_socket(address)
                 server = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
                 self.servers.append(server)
+        for name in sorted(self._referenced_backends()):
+            backend_config = self.config.backends[name]
+            if backend_config.check:
+                task = loop.create_task(backends[name].check_forever(
+                    backend_config.check_interval, self.config.timeouts.connect))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         timeouts = self.config.timeouts
         # A session's idle and PROXY-header timeouts are checked by this sweep, so they fire
         # up to one interval late: at most a quarter of the shorter timeout, at most 1 s.
         self._sweep_interval = min(1.0, max(0.05, min(timeouts.tcp_idle,
                                                       timeouts.proxy_header) / 4))
         loop.call_later(self._sweep_interval, self._sweep)
+
+    def _referenced_backends(self) -> set[str]:
+        """Backends some served listener can reach: only those are health-checked (checking a
+        preset's unused backends would look up names that exist nowhere)."""
+        names: set[str] = set()
+        for listener in self.config.enabled_listeners:
+            if listener.tls:
+                continue
+            if listener.backend is not None:
+                names.add(listener.backend)
+            if listener.routes is not None:
+                names.update(rule.backend for rule in self.config.routes[listener.routes]
+                             if rule.backend is not None)
+        return names
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -201,6 +223,9 @@ class Worker:
         await asyncio.sleep(drain)
         for server in self.servers:
             server.close()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
         deadline = time.monotonic() + self.config.timeouts.grace
         # Polling, only during shutdown, spares every session end a callback in normal running;
         # it also closes HTTP keep-alive connections as soon as they fall idle.

@@ -230,7 +230,7 @@ class RelaySession(asyncio.Protocol):
             task.cancel()
 
     async def _connect(self, endpoints: list[Endpoint] | None) -> None:
-        failure = "no server address"
+        failure = "no server available (every server down, or no address)"
         try:
             if endpoints is None:
                 endpoints = await self._ctx.backend.endpoints()

@@ -79,15 +79,45 @@ class Resolver:
         return addresses
 
 
+class ServerHealth:
+    """HAProxy's ``check`` state machine, pure: a server starts up; ``fall`` consecutive failed
+    checks take it down, ``rise`` consecutive successes bring it back."""
+
+    __slots__ = ("_streak", "fall", "rise", "up")
+
+    def __init__(self, rise: int = 2, fall: int = 3) -> None:
+        self.rise = rise
+        self.fall = fall
+        self.up = True
+        self._streak = 0  # consecutive results against the current state
+
+    def record(self, ok: bool) -> bool:
+        """Count one check; True when the server changed state."""
+        if ok == self.up:
+            self._streak = 0
+            return False
+        self._streak += 1
+        if self._streak >= (self.rise if ok else self.fall):
+            self.up = ok
+            self._streak = 0
+            return True
+        return False
+
+
 class Backend:
     """The servers of one backend, tried round-robin: each new session starts one further on,
-    and on a connect failure the session moves on to the next server."""
+    and on a connect failure the session moves on to the next server.  Servers that health
+    checks found down are skipped; when all are down there is nothing to try, and the client
+    gets its 503 or 421 at once instead of after a connect timeout."""
 
-    def __init__(self, name: str, servers: Sequence[tuple[str, int]], resolver: Resolver) -> None:
+    def __init__(self, name: str, servers: Sequence[tuple[str, int]], resolver: Resolver,
+                 *, rise: int = 2, fall: int = 3) -> None:
         self.name = name
         self.servers = list(servers)
         self._resolver = resolver
         self._next = 0
+        self.health = {_label(host, port): ServerHealth(rise, fall) for host, port in servers}
+        self._all_up = True
         # Servers written as IP literals need no lookup: their endpoints are built once here so
         # that a session's connect does no parsing and no awaiting before the connect itself.
         self._static: list[Endpoint] | None = None
@@ -105,11 +135,43 @@ class Backend:
         static = self._static
         if static is None:
             return None
+        if not self._all_up:
+            static = [e for e in static if self.health[e.server].up]
+            if not static:
+                return static
         if len(static) == 1:
             return static
         start = self._next % len(static)
         self._next = start + 1
         return static[start:] + static[:start]
+
+    async def check_forever(self, interval: float, connect_timeout: float) -> None:
+        """TCP health checks of every server: a connect, then a close, every ``interval``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for host, port in list(self.servers):
+                label = _label(host, port)
+                ok = False
+                for address in await self._resolver.resolve(host, port):
+                    try:
+                        async with asyncio.timeout(connect_timeout):
+                            transport, _ = await loop.create_connection(
+                                asyncio.Protocol, address, port)
+                    except (OSError, TimeoutError):
+                        continue
+                    transport.close()
+                    ok = True
+                    break
+                if self.record_check(label, ok):
+                    log.warning("msg=\"server %s\" backend=%s server=%s",
+                                "up" if ok else "down", self.name, label)
+            await asyncio.sleep(interval)
+
+    def record_check(self, server: str, ok: bool) -> bool:
+        changed = self.health[server].record(ok)
+        if changed:
+            self._all_up = all(health.up for health in self.health.values())
+        return changed
 
     async def endpoints(self) -> list[Endpoint]:
         """Every address of every server, in this session's order."""
@@ -119,6 +181,8 @@ class Backend:
         result: list[Endpoint] = []
         for host, port in self.rotation():
             label = _label(host, port)
+            if not self.health[label].up:
+                continue
             for address in await self._resolver.resolve(host, port):
                 result.append(Endpoint(address, port, label))
         return result

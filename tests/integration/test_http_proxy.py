@@ -320,3 +320,29 @@ def test_sigterm_under_keep_alive(tmp_path: Path, cluster: Cluster) -> None:
         assert process.wait(10) == 0
     finally:
         process.stop()
+
+
+def test_health_checks_take_a_dead_server_out(tmp_path: Path, cluster: Cluster) -> None:
+    port, proxied, dead = free_port(), free_port(), free_port()
+    config = cluster.config(port, proxied).replace(
+        f'servers = ["127.0.0.1:{cluster.event_tracker.port}"]',
+        f'servers = ["127.0.0.1:{cluster.event_tracker.port}", "127.0.0.1:{dead}"]\n'
+        'check_interval = "100ms"')
+    with IngressProcess(tmp_path, config) as process:
+        process.wait_for_stderr(f'msg="server down" backend=event-tracker-http '
+                                f"server=127.0.0.1:{dead}")
+        statuses = [request(port, "GET", f"/click/{i}")[0] for i in range(10)]
+    assert statuses == [200] * 10  # round robin never lands on the dead server any more
+
+
+def test_every_server_down_gets_503_at_once(tmp_path: Path, cluster: Cluster) -> None:
+    port, proxied = free_port(), free_port()
+    config = cluster.config(port, proxied).replace(
+        f'servers = ["127.0.0.1:{cluster.tls.port}"]',
+        f'servers = ["127.0.0.1:{free_port()}"]\ncheck_interval = "100ms"')
+    with IngressProcess(tmp_path, config) as process:
+        process.wait_for_stderr('msg="server down" backend=tls-http')
+        started = time.monotonic()
+        assert request(port, "GET", "/.well-known/acme-challenge/x")[0] == 503
+        assert time.monotonic() - started < 0.5
+        assert any("every server down" in line for line in process.access_lines(1))

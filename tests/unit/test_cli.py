@@ -192,7 +192,8 @@ def test_print_config_applies_file_environment_and_flags(
         "forwarded_for": "append"}
     assert parsed["listeners"]["https-proxied"]["enabled"] is False
     assert parsed["backends"]["mta-smtp"] == {"servers": ["prod-ingress-mta:587"],
-                                              "send_proxy": "v1"}
+                                              "send_proxy": "v1", "check": True,
+                                              "check_interval": "2s", "rise": 2, "fall": 3}
     assert parsed["backends"]["tls-http"]["servers"] == ["prod-ingress-tls:80"]
 
 

@@ -230,7 +230,8 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
     ("unknown-listener-key", "[listeners.smtp25]\nport = 25\n",
      f"listeners.smtp25.port: unknown key; known keys here: {LISTENER_KEYS}"),
     ("unknown-backend-key", "[backends.mta-smtp]\nweight = 2\n",
-     "backends.mta-smtp.weight: unknown key; known keys here: send_proxy, servers"),
+     "backends.mta-smtp.weight: unknown key; known keys here: check, check_interval, fall, "
+     "rise, send_proxy, servers"),
     ("unknown-timeout-key", '[timeouts]\nclient = "1m"\n',
      "timeouts.client: unknown key; known keys here: connect, drain, grace, http_keep_alive, "
      "http_request, proxy_header, server, tcp_idle"),
@@ -720,7 +721,8 @@ def test_to_toml_of_default_is_valid_toml_and_loads_back(write: Any) -> None:
     assert parsed["release"] == "ga1"
     assert list(parsed["listeners"]) == list(PRESET_LISTENERS)
     assert parsed["backends"]["mta-smtp"] == {"servers": ["ga1-ingress-mta:587"],
-                                              "send_proxy": "v1"}
+                                              "send_proxy": "v1", "check": True,
+                                              "check_interval": "2s", "rise": 2, "fall": 3}
     assert parsed["timeouts"] == {"connect": "5s", "tcp_idle": "5m", "proxy_header": "5s",
                                   "drain": "10s", "grace": "5m", "http_request": "10s",
                                   "http_keep_alive": "1m", "server": "1m"}

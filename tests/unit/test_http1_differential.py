@@ -12,7 +12,7 @@
       absolute-form target naming another host than Host, '#' in the target, HTTP/1.2 and
       HTTP/2.0 versions, methods llhttp does not know, CONNECT, "GET *", whitespace after a
       chunk size, whitespace/CTL/bare CR in chunk extensions (h11 skips ';' to CRLF),
-      obs-fold in trailers.
+      obs-fold in trailers, more than 100 fields (h11 has no field count limit).
   The converse exception: an empty line (CRLF) before a request line is skipped here, as RFC
   9112 section 2.2 says a server SHOULD (and HAProxy, Apache and llhttp do); h11 refuses it.
 * Any bytes, fed whole or split anywhere: the same events, or HttpError, never another
@@ -434,6 +434,7 @@ HOSTILE: dict[str, Callable[[bytes], bytes]] = {
     "double-space": lambda b: _request(BASE_FIELDS, line=b"GET  / HTTP/1.1"),
     "unknown-method": lambda b: _request(BASE_FIELDS, line=b"BREW / HTTP/1.1"),
     "connect": lambda b: _request([b"Host: a:443"], line=b"CONNECT a:443 HTTP/1.1"),
+    "asterisk-get": lambda b: _request(BASE_FIELDS, line=b"GET * HTTP/1.1"),
     "chunk-size-space": lambda b: _request(CHUNKED, b"1 \r\nx\r\n0\r\n\r\n"),
     "chunk-ext-space": lambda b: _request(CHUNKED, b"1;a b\r\nx\r\n0\r\n\r\n"),
     "chunk-ext-ctl": lambda b: _request(CHUNKED, b"1;a=\x01\r\nx\r\n0\r\n\r\n"),
@@ -480,8 +481,8 @@ def test_the_hostile_list_is_a_superset_of_what_h11_rejects() -> None:
         "cl-and-te", "repeated-cl", "cl-list", "cl-19-digits", "te-http10", "obs-fold",
         "obs-fold-tab", "bare-lf", "lf-only", "ctl-in-value", "del-in-value", "fragment",
         "underscore-cl", "underscore-te", "bad-host", "host-mismatch", "http-2.0", "http-1.2",
-        "unknown-method", "connect", "chunk-size-space", "chunk-ext-space", "chunk-ext-ctl",
-        "chunk-ext-bare-cr", "trailer-obs-fold", "too-many-headers",
+        "unknown-method", "connect", "asterisk-get", "chunk-size-space", "chunk-ext-space",
+        "chunk-ext-ctl", "chunk-ext-bare-cr", "trailer-obs-fold", "too-many-headers",
     }  # fmt: skip
 
 
