@@ -102,7 +102,9 @@ def test_same_proxy_header_as_haproxy(tmp_path: Path, capture: HeaderCapture, ve
     bind = f"[{listen_host}]:{listen_port}" if ":" in listen_host else f"127.0.0.1:{listen_port}"
     config = tcp_config({"smtp587": {"bind": [bind], "backend": "mta-smtp"}},
                         {"mta-smtp": {"servers": [f"127.0.0.1:{capture.port}"],
-                                      "send_proxy": version}})
+                                      "send_proxy": version,
+                                      # HAProxy here has no `check`: no probe connections either.
+                                      "check": False}})
     (tmp_path / "ingress").mkdir()
     with IngressProcess(tmp_path / "ingress", config):
         assert connect_from(source, target) == b"220 capture ready\r\n"

@@ -226,7 +226,9 @@ def test_half_close_keeps_the_other_direction(tmp_path: Path) -> None:
     thread.start()
     port = free_port()
     config = tcp_config({"raw": {"bind": [f"127.0.0.1:{port}"], "backend": "raw"}},
-                        {"raw": {"servers": [f"127.0.0.1:{server.getsockname()[1]}"]}})
+                        # The server accepts one connection: no health-check probes.
+                        {"raw": {"servers": [f"127.0.0.1:{server.getsockname()[1]}"],
+                                 "check": False}})
     try:
         with IngressProcess(tmp_path, config) as ingress, \
                 socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
