@@ -1,0 +1,176 @@
+"""The benchmark's backend server process, started by ``bench.py`` on the load generator's CPU.
+
+``smtp``: ``ingress.stub_smtp`` (reads the PROXY header, answers SMTP) on uvloop: the backend of
+the ``sessions`` and ``idle`` scenarios.
+
+``sink``: reads the PROXY header, then throws every byte away: the backend of ``bulk``.  One
+thread per connection blocks in ``recv_into`` on one preallocated buffer: no allocation and no
+event loop per read, and the GIL is released while the kernel copies, so that the sink costs
+less CPU than any relay in front of it and is never what ``bulk`` measures.
+
+Control: the process prints ``port N`` once listening; each ``stats`` line on stdin is answered
+with one JSON line; EOF on stdin (the bench exited, however it died) ends the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+
+from ingress import proxy_protocol, stub_smtp
+
+LISTEN_BACKLOG = 4096
+SINK_BUFFER = 1 << 20
+SINK_LOWAT = 256 * 1024
+
+
+def _raise_nofile() -> None:
+    # The idle scenario holds 10,000 backend connections here.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _announce(port: int) -> None:
+    sys.stdout.write(f"port {port}\n")
+    sys.stdout.flush()
+
+
+def _answer(stats: dict[str, int]) -> None:
+    sys.stdout.write(json.dumps(stats) + "\n")
+    sys.stdout.flush()
+
+
+# --- smtp ----------------------------------------------------------------------------------------
+
+
+async def _serve_smtp(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stats = stub_smtp.StubStats()
+    server = await loop.create_server(
+        stub_smtp.factory("backend.bench", stats, expect_proxy=True), host, port,
+        backlog=LISTEN_BACKLOG, reuse_address=True)
+    _announce(server.sockets[0].getsockname()[1])
+    stdin_closed = loop.create_future()
+    pending = bytearray()
+
+    def on_stdin() -> None:
+        data = os.read(0, 4096)
+        if not data:
+            loop.remove_reader(0)
+            if not stdin_closed.done():
+                stdin_closed.set_result(None)
+            return
+        pending.extend(data)
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            if line.strip() == b"stats":
+                _answer({"sessions": stats.sessions, "proxy_errors": stats.proxy_errors,
+                         "messages": len(stats.messages)})
+
+    loop.add_reader(0, on_stdin)
+    try:
+        await stdin_closed
+    finally:
+        server.close()
+
+
+# --- sink ----------------------------------------------------------------------------------------
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.header_errors = 0
+        self.per_connection: list[list[int]] = []  # one mutable counter per connection thread
+        self._lock = threading.Lock()
+
+    def serve(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            counter = [0]
+            with self._lock:
+                self.connections += 1
+                self.per_connection.append(counter)
+            threading.Thread(target=self._drain, args=(conn, counter), daemon=True).start()
+
+    def _drain(self, conn: socket.socket, counter: list[int]) -> None:
+        buffer = bytearray(SINK_BUFFER)
+        view = memoryview(buffer)
+        header = bytearray()
+        with conn:
+            try:
+                while True:
+                    count = conn.recv_into(view)
+                    if count == 0:
+                        return
+                    header += view[:count]
+                    try:
+                        parsed = proxy_protocol.parse_header(header)
+                    except proxy_protocol.ProxyProtocolError:
+                        with self._lock:
+                            self.header_errors += 1
+                        return
+                    if parsed is not None:
+                        counter[0] += len(header) - parsed[1]
+                        break
+                # Woken per 256 KiB rather than per segment the proxy wrote (16 KiB for
+                # HAProxy): the sink's CPU then hardly depends on the proxy's write size.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, SINK_LOWAT)
+                recv_into = conn.recv_into
+                while count := recv_into(view):
+                    counter[0] += count
+            except OSError:
+                return
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            received = sum(counter[0] for counter in self.per_connection)
+            return {"sessions": self.connections, "proxy_errors": self.header_errors,
+                    "bytes": received}
+
+
+def _serve_sink(host: str, port: int) -> None:
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(LISTEN_BACKLOG)
+    sink = _Sink()
+    threading.Thread(target=sink.serve, args=(listener,), daemon=True).start()
+    _announce(listener.getsockname()[1])
+    for line in sys.stdin:
+        if line.strip() == "stats":
+            _answer(sink.stats())
+    listener.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("mode", choices=("smtp", "sink"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    _raise_nofile()
+    if args.mode == "smtp":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve_smtp(args.host, args.port))
+    else:
+        _serve_sink(args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The load generators of the three scenarios.  Each runs for a bounded time and stops by itself.
+
+The measurement window is bracketed by two *marks* taken by the caller's ``mark`` function (CPU
+time of the proxy, load generator and backend, and the backend's counters), after a warm-up:
+the figures describe a steady state, not connection ramp-up or the first allocations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import cast
+
+from loadtest import procstat
+
+# A session or connection attempt that takes longer than this is counted as an error and
+# abandoned, so that a stalled proxy cannot stretch a measurement beyond its bound.
+ATTEMPT_TIMEOUT = 10.0
+# Threads and tasks still running when the window ends get this long to notice and stop.
+STOP_TIMEOUT = ATTEMPT_TIMEOUT + 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    cpu: procstat.CpuSample
+    backend: dict[str, int]
+
+
+Marker = Callable[[], Mark]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start: Mark
+    end: Mark
+
+    @property
+    def seconds(self) -> float:
+        return self.end.cpu.at - self.start.cpu.at
+
+    def cpu_seconds(self, name: str) -> float:
+        return self.end.cpu.seconds[name] - self.start.cpu.seconds[name]
+
+    def utilisation(self) -> dict[str, float]:
+        return procstat.utilisation(self.start.cpu, self.end.cpu)
+
+    def backend_delta(self, key: str) -> int:
+        return self.end.backend.get(key, 0) - self.start.backend.get(key, 0)
+
+
+def _error_name(error: OSError) -> str:
+    if error.errno is not None and error.errno in errno.errorcode:
+        return errno.errorcode[error.errno]
+    return type(error).__name__
+
+
+# --- sessions ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SessionsResult:
+    window: Window
+    completed: int  # sessions that ended with 221 inside the window
+    completed_total: int
+    errors: Counter[str]  # over the whole run, warm-up and stop included
+    latency_ms: dict[str, float]
+
+
+class _SmtpSession(asyncio.Protocol):
+    """Banner, QUIT, 221: the shortest complete SMTP session.  The outcome is a string so that
+    failures are reported by kind."""
+
+    __slots__ = ("_buffer", "_done", "_state", "_transport")
+
+    def __init__(self, done: asyncio.Future[str]) -> None:
+        self._done = done
+        self._buffer = b""
+        self._state = 0
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        if not buffer.endswith(b"\r\n"):
+            self._buffer = buffer
+            return
+        self._buffer = b""
+        if self._state == 0:
+            if buffer.startswith(b"220 "):
+                self._state = 1
+                self._transport.write(b"QUIT\r\n")  # type: ignore[union-attr]
+            else:
+                self._finish("bad-banner")
+        elif self._state == 1:
+            self._finish("ok" if buffer.startswith(b"221 ") else "bad-quit-reply")
+
+    def _finish(self, outcome: str) -> None:
+        self._state = 2
+        if not self._done.done():
+            self._done.set_result(outcome)
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_result("reset" if exc is not None else "closed-before-221")
+
+
+@dataclass(slots=True)
+class _Progress:
+    completed: int = 0
+    measuring: bool = False
+    stop: bool = False
+
+
+async def sessions(host: str, port: int, *, concurrency: int, warmup: float, duration: float,
+                   mark: Marker) -> SessionsResult:
+    loop = asyncio.get_running_loop()
+    errors: Counter[str] = Counter()
+    latencies: list[float] = []
+    state = _Progress()
+
+    async def client() -> None:
+        while not state.stop:
+            started = time.perf_counter()  # loop.time() is cached to the millisecond
+            done: asyncio.Future[str] = loop.create_future()
+            try:
+                async with asyncio.timeout(ATTEMPT_TIMEOUT):
+                    await loop.create_connection(partial(_SmtpSession, done), host, port)
+                    outcome = await done
+            except OSError as error:
+                outcome = f"connect-{_error_name(error)}"
+            except TimeoutError:
+                outcome = "timeout"
+            if outcome != "ok":
+                errors[outcome] += 1
+                continue
+            state.completed += 1
+            if state.measuring:
+                latencies.append(time.perf_counter() - started)
+
+    tasks = [loop.create_task(client()) for _ in range(concurrency)]
+    try:
+        await asyncio.sleep(warmup)
+        start, completed_at_start = mark(), state.completed
+        state.measuring = True
+        await asyncio.sleep(duration)
+        end, completed_at_end = mark(), state.completed
+        state.measuring = False
+        state.stop = True
+        await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return SessionsResult(
+        window=Window(start, end),
+        completed=completed_at_end - completed_at_start,
+        completed_total=state.completed,
+        errors=errors,
+        latency_ms=_percentiles(latencies),
+    )
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if len(values) < 2:
+        return {}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": cuts[49] * 1000, "p90": cuts[89] * 1000, "p99": cuts[98] * 1000}
+
+
+# --- bulk ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BulkResult:
+    window: Window
+    sent: int  # bytes handed to the kernel by the senders inside the window
+    received: int  # bytes the sink received inside the window: what the figure is made of
+    errors: Counter[str]
+
+
+@dataclass(slots=True)
+class _Sender:
+    sent: int = 0
+    error: str = ""
+    connected: threading.Event = field(default_factory=threading.Event)
+
+
+def _body_chunk(size: int) -> memoryview:
+    # Message-like content (76-character lines); the relays do not look at it, but a body that
+    # looks like mail keeps the benchmark honest should one ever inspect it.
+    line = b"".join(bytes([33 + (i % 90)]) for i in range(76)) + b"\r\n"
+    return memoryview((line * (size // len(line) + 1))[:size])
+
+
+def _send(host: str, port: int, chunk: memoryview, stop: threading.Event,
+          sender: _Sender) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=ATTEMPT_TIMEOUT) as sock:
+            sender.connected.set()
+            sendall = sock.sendall
+            size = len(chunk)
+            while not stop.is_set():
+                sendall(chunk)
+                sender.sent += size
+    except OSError as error:
+        sender.error = _error_name(error)
+    finally:
+        sender.connected.set()
+
+
+def bulk(host: str, port: int, *, connections: int, chunk_size: int, warmup: float,
+         duration: float, mark: Marker) -> BulkResult:
+    """Blocking sends from threads: the GIL is released while the kernel copies, so one Python
+    process can push more than a relay can carry."""
+    chunk = _body_chunk(chunk_size)
+    stop = threading.Event()
+    senders = [_Sender() for _ in range(connections)]
+    threads = [threading.Thread(target=_send, args=(host, port, chunk, stop, sender),
+                                daemon=True, name=f"bulk-{index}")
+               for index, sender in enumerate(senders)]
+    try:
+        for thread in threads:
+            thread.start()
+        for sender in senders:
+            sender.connected.wait(ATTEMPT_TIMEOUT)
+        time.sleep(warmup)
+        start, sent_at_start = mark(), sum(sender.sent for sender in senders)
+        time.sleep(duration)
+        end, sent_at_end = mark(), sum(sender.sent for sender in senders)
+    finally:
+        stop.set()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    window = Window(start, end)
+    errors = Counter(sender.error for sender in senders if sender.error)
+    return BulkResult(window=window, sent=sent_at_end - sent_at_start,
+                      received=window.backend_delta("bytes"), errors=errors)
+
+
+# --- idle ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class IdleResult:
+    target: int
+    established: int
+    failed: Counter[str]
+    lost_while_holding: int
+    backend_sessions: int  # sessions the backend saw opened while connecting
+    rss_before_kib: int
+    rss_holding_kib: int  # the highest sample taken while holding
+    pss_before_kib: int
+    pss_holding_kib: int
+    open_seconds: float
+    hold_seconds: float
+
+
+class _IdleClient(asyncio.Protocol):
+    __slots__ = ("_buffer", "banner", "lost", "transport")
+
+    def __init__(self, banner: asyncio.Future[str]) -> None:
+        self.banner = banner
+        self.lost = False
+        self._buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.banner.done():
+            return
+        self._buffer += data
+        if self._buffer.endswith(b"\r\n"):
+            self.banner.set_result("ok" if self._buffer.startswith(b"220 ") else "bad-banner")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.transport = None
+        if not self.banner.done():
+            self.banner.set_result("reset" if exc is not None else "closed-before-banner")
+
+
+async def _open_idle(host: str, port: int) -> tuple[str, _IdleClient | None]:
+    loop = asyncio.get_running_loop()
+    banner: asyncio.Future[str] = loop.create_future()
+    client: _IdleClient | None = None
+    try:
+        async with asyncio.timeout(ATTEMPT_TIMEOUT):
+            _, client = await loop.create_connection(partial(_IdleClient, banner), host, port)
+            outcome = await banner
+    except OSError as error:
+        return f"connect-{_error_name(error)}", None
+    except TimeoutError:
+        outcome = "timeout"
+    if outcome != "ok" and client is not None and client.transport is not None:
+        client.transport.abort()
+    return outcome, client
+
+
+async def idle(host: str, port: int, *, count: int, batch: int, hold: float,
+               proxy_memory: Callable[[], tuple[int, int]],
+               backend_sessions: Callable[[], int]) -> IdleResult:
+    """Open ``count`` SMTP connections through the proxy, ``batch`` at a time (below the accept
+    backlogs), each up to its 220 banner; hold them, sampling the proxy's memory (RSS, PSS)
+    every half second; close them."""
+    loop = asyncio.get_running_loop()
+    failed: Counter[str] = Counter()
+    clients: list[_IdleClient] = []
+    rss_before, pss_before = proxy_memory()
+    sessions_before = backend_sessions()
+    opened_at = loop.time()
+    try:
+        for first in range(0, count, batch):
+            size = min(batch, count - first)
+            for outcome, client in await asyncio.gather(
+                    *(_open_idle(host, port) for _ in range(size))):
+                if outcome == "ok" and client is not None:
+                    clients.append(client)
+                else:
+                    failed[outcome] += 1
+        open_seconds = loop.time() - opened_at
+        opened_sessions = backend_sessions() - sessions_before
+        lost_before_hold = sum(client.lost for client in clients)
+        if lost_before_hold:
+            failed["closed-after-banner"] += lost_before_hold
+        rss_holding = pss_holding = 0
+        hold_until = loop.time() + hold
+        while True:
+            rss, pss = proxy_memory()
+            rss_holding, pss_holding = max(rss_holding, rss), max(pss_holding, pss)
+            remaining = hold_until - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(0.5, remaining))
+        lost = sum(client.lost for client in clients) - lost_before_hold
+        established = len(clients) - lost_before_hold
+    finally:
+        for client in clients:
+            if client.transport is not None:
+                client.transport.close()
+        # Let the close callbacks run, so the transports are gone before the loop closes.
+        await asyncio.sleep(0.2)
+    return IdleResult(
+        target=count,
+        established=established,
+        failed=failed,
+        lost_while_holding=lost,
+        backend_sessions=opened_sessions,
+        rss_before_kib=rss_before,
+        rss_holding_kib=rss_holding,
+        pss_before_kib=pss_before,
+        pss_holding_kib=pss_holding,
+        open_seconds=open_seconds,
+        hold_seconds=hold,
+    )
