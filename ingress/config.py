@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from ingress import presets
+from routing.backends import is_ip
 from routing.table import BUILTIN_ANSWERS, LocalAnswer, Rule
 
 ENV_PREFIX = "MTA_INGRESS_"
@@ -166,7 +167,7 @@ def parse_address(text: str, *, allow_hostname: bool) -> Address:
             if allow_hostname:
                 raise ValueError(f"{text!r} has no host")
             host = "0.0.0.0"
-        if _is_ip(host):
+        if is_ip(host):
             host = str(ipaddress.ip_address(host))
         else:
             if not allow_hostname:
@@ -176,14 +177,6 @@ def parse_address(text: str, *, allow_hostname: bool) -> Address:
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     return Address(host, int(port_text))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 # --- layering ----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from ingress import proxy_protocol
+from ingress.flow import pause_reading, resume_reading
 from ingress.observe import AccessLog
 from routing.backends import Backend, Endpoint
 
@@ -175,12 +176,10 @@ class RelaySession(asyncio.Protocol):
         self._maybe_done()
 
     def pause_writing(self) -> None:
-        if self._backend_transport is not None:
-            self._backend_transport.pause_reading()
+        pause_reading(self._backend_transport)
 
     def resume_writing(self) -> None:
-        if self._backend_transport is not None and not self._backend_transport.is_closing():
-            self._backend_transport.resume_reading()
+        resume_reading(self._backend_transport)
 
     # --- inbound PROXY header ------------------------------------------------------------------
 
@@ -321,12 +320,10 @@ class RelaySession(asyncio.Protocol):
         self._maybe_done()
 
     def server_pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        pause_reading(self.transport)
 
     def server_resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        resume_reading(self.transport)
 
     # --- ending --------------------------------------------------------------------------------
 

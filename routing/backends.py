@@ -33,7 +33,7 @@ class Endpoint:
     server: str
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -49,7 +49,7 @@ class Resolver:
 
     async def resolve(self, host: str, port: int) -> list[str]:
         """IP addresses for host, IPv4 first (cluster Services are usually IPv4-only)."""
-        if _is_ip(host):
+        if is_ip(host):
             return [host]
         key = (host, port)
         now = self._clock()
@@ -121,7 +121,7 @@ class Backend:
         # Servers written as IP literals need no lookup: their endpoints are built once here so
         # that a session's connect does no parsing and no awaiting before the connect itself.
         self._static: list[Endpoint] | None = None
-        if all(_is_ip(host) for host, _ in self.servers):
+        if all(is_ip(host) for host, _ in self.servers):
             self._static = [Endpoint(host, port, _label(host, port)) for host, port in self.servers]
 
     def rotation(self) -> list[tuple[str, int]]:
