@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from ingress import proxy_protocol
+from ingress.flow import pause_reading, resume_reading
 from ingress.http1 import (
     LAST_CHUNK,
     Data,
@@ -113,11 +114,14 @@ def _status_line_reason(status: int) -> bytes:
 
 
 def simple_response(status: int, body: bytes, content_type: bytes = b"text/plain",
-                    *, close: bool) -> bytes:
+                    *, close: bool, http10: bool = False) -> bytes:
     headers = [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode()),
                (b"Cache-Control", b"no-cache")]
     if close:
         headers.append((b"Connection", b"close"))
+    elif http10:
+        # An HTTP/1.0 client keeps the connection only when told so.
+        headers.append((b"Connection", b"keep-alive"))
     return serialize_response_head(status, _status_line_reason(status), headers) + body
 
 
@@ -130,6 +134,10 @@ def forwarded_request_headers(head: RequestHead, client_ip: str, mode: str
     if mode == "replace":
         drop = drop | FORWARDED_FIELDS
     headers = [(name, value) for name, value in head.headers if name.lower() not in drop]
+    if head.host is None:
+        # An HTTP/1.0 request may come without Host, but it goes on as HTTP/1.1, which requires
+        # one: RFC 9112 section 3.2 says to send it empty when there is no authority.
+        headers.insert(0, (b"Host", b""))
     if head.chunked:
         headers.append((b"Transfer-Encoding", b"chunked"))
     elif head.content_length is not None:
@@ -256,12 +264,12 @@ class HttpSession(asyncio.Protocol):
     def pause_writing(self) -> None:
         exchange = self._exchange
         if exchange is not None and exchange.connection is not None:
-            exchange.connection.pause_reading()
+            pause_reading(exchange.connection.transport)
 
     def resume_writing(self) -> None:
         exchange = self._exchange
         if exchange is not None and exchange.connection is not None:
-            exchange.connection.resume_reading()
+            resume_reading(exchange.connection.transport)
 
     # --- the request queue ---------------------------------------------------------------------
 
@@ -332,7 +340,7 @@ class HttpSession(asyncio.Protocol):
             self._closing = True
         if self.transport is not None:
             payload = simple_response(status, body if head.method != b"HEAD" else b"",
-                                      content_type, close=close)
+                                      content_type, close=close, http10=head.version == b"1.0")
             if head.method == b"HEAD":
                 payload = payload.replace(b"Content-Length: 0", b"Content-Length: %d" % len(body))
             self.transport.write(payload)
@@ -513,7 +521,8 @@ class HttpSession(asyncio.Protocol):
         body = {503: b"No server is available to handle this request.\n",
                 504: b"The server did not answer in time.\n"}.get(status, b"Bad gateway.\n")
         if self.transport is not None:
-            self.transport.write(simple_response(status, body, close=self._closing))
+            self.transport.write(simple_response(status, body, close=self._closing,
+                                                 http10=exchange.head.version == b"1.0"))
         self._log_exchange(exchange, status=status, end=reason)
         if exchange.request_body and not exchange.request_done:
             self._discarding_body = True
@@ -684,20 +693,12 @@ class _ServerConnection(asyncio.Protocol):
             self.transport.close()
 
     def pause_writing(self) -> None:
-        if self._session is not None and self._session.transport is not None:
-            self._session.transport.pause_reading()
+        if self._session is not None:
+            pause_reading(self._session.transport)
 
     def resume_writing(self) -> None:
-        if self._session is not None and self._session.transport is not None:
-            self._session.transport.resume_reading()
-
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        if self._session is not None:
+            resume_reading(self._session.transport)
 
 
 def make_factory(ctx: HttpContext) -> Callable[[], HttpSession]:
