@@ -114,7 +114,9 @@ def _status_line_reason(status: int) -> bytes:
 
 
 def simple_response(status: int, body: bytes, content_type: bytes = b"text/plain",
-                    *, close: bool, http10: bool = False) -> bytes:
+                    *, close: bool, http10: bool = False, head: bool = False) -> bytes:
+    """A response the proxy makes itself; ``head``: the answer to a HEAD request (the length of
+    the body it would have, and no body)."""
     headers = [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode()),
                (b"Cache-Control", b"no-cache")]
     if close:
@@ -122,7 +124,8 @@ def simple_response(status: int, body: bytes, content_type: bytes = b"text/plain
     elif http10:
         # An HTTP/1.0 client keeps the connection only when told so.
         headers.append((b"Connection", b"keep-alive"))
-    return serialize_response_head(status, _status_line_reason(status), headers) + body
+    return serialize_response_head(status, _status_line_reason(status), headers) + (
+        b"" if head else body)
 
 
 def forwarded_request_headers(head: RequestHead, client_ip: str, mode: str
@@ -339,11 +342,9 @@ class HttpSession(asyncio.Protocol):
         if close:
             self._closing = True
         if self.transport is not None:
-            payload = simple_response(status, body if head.method != b"HEAD" else b"",
-                                      content_type, close=close, http10=head.version == b"1.0")
-            if head.method == b"HEAD":
-                payload = payload.replace(b"Content-Length: 0", b"Content-Length: %d" % len(body))
-            self.transport.write(payload)
+            self.transport.write(simple_response(
+                status, body, content_type, close=close, http10=head.version == b"1.0",
+                head=head.method == b"HEAD"))
         self._log_request(head, status, len(body), backend="<local>", server="-", end=end,
                           started=self._loop.time())
 
