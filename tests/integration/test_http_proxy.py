@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,3 +348,50 @@ def test_every_server_down_gets_503_at_once(tmp_path: Path, cluster: Cluster) ->
         assert request(port, "GET", "/.well-known/acme-challenge/x")[0] == 503
         assert time.monotonic() - started < 0.5
         assert any("every server down" in line for line in process.access_lines(1))
+
+
+def test_sigterm_under_keep_alive_load_fails_no_request(tmp_path: Path, cluster: Cluster) -> None:
+    """Clients keep requesting on keep-alive connections while the ingress drains: each client
+    stops when a response tells it `Connection: close` (a client then reconnects to another
+    replica); no request may go unanswered."""
+    port, proxied = free_port(), free_port()
+    config = cluster.config(port, proxied).replace('drain = "0s"', 'drain = "1500ms"')
+    process = IngressProcess(tmp_path, config)
+    process.start()
+    results: list[tuple[int, str | None]] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        deadline = time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline:
+                connection.request("GET", f"/click/{index}")
+                response = connection.getresponse()
+                response.read()
+                with lock:
+                    results.append((response.status, response.getheader("Connection")))
+                if response.getheader("Connection") == "close":
+                    return
+        except (OSError, http.client.HTTPException) as error:
+            with lock:
+                failures.append(f"client {index}: {error!r}")
+        finally:
+            connection.close()
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        process.signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(30)
+        assert process.wait(15) == 0
+    finally:
+        process.stop()
+    assert failures == []
+    assert len(results) > 50
+    assert all(status == 200 for status, _ in results)
+    assert sum(1 for _, connection in results if connection == "close") == 8
