@@ -68,6 +68,7 @@ class ListenerConfig:
     enabled: bool = True
     routes: str | None = None
     forwarded_for: ForwardedFor = "append"
+    max_body: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,17 @@ def parse_duration(text: str) -> float:
     if position != len(text) or not text:
         raise ValueError(f"{text!r} is not a duration like 500ms, 5s, 1m or 1h")
     return total
+
+
+_SIZE = re.compile(r"(?P<number>\d+)\s*(?P<unit>B|KiB|MiB|GiB)?")
+_UNIT_BYTES = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or int(match["number"]) == 0:
+        raise ValueError(f"{text!r} is not a size like 512KiB, 10MiB or 1GiB")
+    return int(match["number"]) * _UNIT_BYTES[match["unit"]]
 
 
 def format_duration(seconds: float) -> str:
@@ -399,6 +411,23 @@ class _Checker:
             return default
         return value
 
+    def size(self, tree: Mapping[str, Any], path: str, key: str) -> int | None:
+        """A byte count: a number, or text like "512KiB", "10MiB", "1GiB"; absent = no limit."""
+        value = tree.get(key)
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except ValueError as error:
+                self.problem(f"{path}.{key}", str(error))
+                return None
+        self.problem(f"{path}.{key}", f"must be a positive byte count or text like \"10MiB\", "
+                                      f"not {value!r}")
+        return None
+
     def count(self, tree: Mapping[str, Any], path: str, key: str, default: int) -> int:
         value = tree.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
@@ -454,7 +483,7 @@ def _kind(value: Any) -> str:
 _TOP_KEYS = {"preset", "release", "workers", "log_format", "listeners", "backends", "timeouts",
              "routes"}
 _LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_down", "enabled",
-                  "routes", "forwarded_for"}
+                  "routes", "forwarded_for", "max_body"}
 _RULE_KEYS = {"path_prefix", "host", "backend", "return"}
 _ANSWER_KEYS = {"status", "content_type", "body"}
 _BACKEND_KEYS = {"servers", "send_proxy", "check", "check_interval", "rise", "fall"}
@@ -556,6 +585,7 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
             routes=route_name,
             forwarded_for=cast(ForwardedFor, check.string(
                 body, path, "forwarded_for", "append", ("append", "replace"))),
+            max_body=check.size(body, path, "max_body"),
         )
     if not problems and not any(listener.enabled for listener in listeners.values()):
         check.problem("listeners", "no listener is enabled: there would be nothing to serve")
@@ -674,6 +704,8 @@ def to_toml(config: Config) -> str:
         lines += [f"tls = {_toml(listener.tls)}",
                   f"on_backend_down = {_toml(listener.on_backend_down)}",
                   f"forwarded_for = {_toml(listener.forwarded_for)}"]
+        if listener.max_body is not None:
+            lines.append(f"max_body = {listener.max_body}")
     for backend in config.backends.values():
         lines += ["", f"[backends.{_toml_key(backend.name)}]",
                   f"servers = {_toml([str(a) for a in backend.servers])}",

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ingress import http_proxy
 from ingress.config import Address, Config, ListenerConfig
+from ingress.http1 import Limits
 from ingress.observe import AccessLog
 from ingress.tcp_relay import RelayContext, RelaySession, make_factory
 from routing.backends import Backend, Resolver
@@ -190,7 +191,8 @@ class Worker:
             http_ctx = http_proxy.HttpContext(
                 listener=listener, routes=routes, backends=backends, pool=self.pool,
                 timeouts=self.config.timeouts, access_log=self.access_log,
-                sessions=self.http_sessions, state=self.state, worker=self.index)
+                sessions=self.http_sessions, state=self.state, worker=self.index,
+                limits=Limits(max_body=listener.max_body))
             return http_proxy.make_factory(http_ctx)
         if listener.backend is None:
             raise ValueError(f"tcp listener {listener.name} has no backend")

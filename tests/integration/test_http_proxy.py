@@ -395,3 +395,14 @@ def test_sigterm_under_keep_alive_load_fails_no_request(tmp_path: Path, cluster:
     assert len(results) > 50
     assert all(status == 200 for status, _ in results)
     assert sum(1 for _, connection in results if connection == "close") == 8
+
+
+def test_configured_body_limit_gets_413(tmp_path: Path, cluster: Cluster) -> None:
+    port, proxied = free_port(), free_port()
+    config = cluster.config(port, proxied).replace(
+        f'[listeners.http]\nbind = ["127.0.0.1:{port}"]\n',
+        f'[listeners.http]\nbind = ["127.0.0.1:{port}"]\nmax_body = "1KiB"\n')
+    with IngressProcess(tmp_path, config):
+        assert request(port, "POST", "/api/v1/send.json", body=b"x" * 1024)[0] == 200
+        assert request(port, "POST", "/api/v1/send.json", body=b"x" * 1025)[0] == 413
+    assert len(cluster.mta.requests) == 1

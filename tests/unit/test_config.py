@@ -25,7 +25,8 @@ PRESET_LISTENERS = ("smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "h
 PRESET_BACKENDS = "event-tracker-http, event-tracker-smtp, mta-http, mta-smtp, tls-http"
 TOP_KEYS = "backends, listeners, log_format, preset, release, routes, timeouts, workers"
 LISTENER_KEYS = (
-    "accept_proxy, backend, bind, enabled, forwarded_for, mode, on_backend_down, routes, tls")
+    "accept_proxy, backend, bind, enabled, forwarded_for, max_body, mode, on_backend_down, routes, "
+    "tls")
 WORKERS = "must be a whole number from 0 (one per CPU) to 1024, not"
 
 
@@ -804,3 +805,24 @@ def test_worker_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "cpu_limit", lambda: 6)
     assert server.worker_count(config.load(None, environ={})) == 6
     assert server.worker_count(config.load(None, environ={"MTA_INGRESS_WORKERS": "3"})) == 3
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1024", 1024), ("512KiB", 512 * 1024), ("10MiB", 10 * 1024**2), ("1GiB", 1024**3),
+    ("7B", 7)])
+def test_parse_size(text: str, expected: int) -> None:
+    assert config.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0", "10MB", "1.5MiB", "-1", "ten"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a size like"):
+        config.parse_size(text)
+
+
+def test_max_body_on_a_listener(write: Any) -> None:
+    effective = config.load(write('[listeners.http]\nmax_body = "10MiB"\n'), environ={})
+    assert effective.listeners["http"].max_body == 10 * 1024**2
+    with pytest.raises(ConfigError) as caught:
+        config.load(write('[listeners.http]\nmax_body = -5\n', "bad.toml"), environ={})
+    assert "listeners.http.max_body: must be a positive byte count" in caught.value.problems[0]
