@@ -69,6 +69,7 @@ class ListenerConfig:
     routes: str | None = None
     forwarded_for: ForwardedFor = "append"
     max_body: int | None = None
+    forwarded_proto: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,7 +484,7 @@ def _kind(value: Any) -> str:
 _TOP_KEYS = {"preset", "release", "workers", "log_format", "listeners", "backends", "timeouts",
              "routes"}
 _LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_down", "enabled",
-                  "routes", "forwarded_for", "max_body"}
+                  "routes", "forwarded_for", "max_body", "forwarded_proto"}
 _RULE_KEYS = {"path_prefix", "host", "backend", "return"}
 _ANSWER_KEYS = {"status", "content_type", "body"}
 _BACKEND_KEYS = {"servers", "send_proxy", "check", "check_interval", "rise", "fall"}
@@ -586,6 +587,7 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
             forwarded_for=cast(ForwardedFor, check.string(
                 body, path, "forwarded_for", "append", ("append", "replace"))),
             max_body=check.size(body, path, "max_body"),
+            forwarded_proto=check.boolean(body, path, "forwarded_proto", False),
         )
     if not problems and not any(listener.enabled for listener in listeners.values()):
         check.problem("listeners", "no listener is enabled: there would be nothing to serve")
@@ -706,6 +708,7 @@ def to_toml(config: Config) -> str:
                   f"forwarded_for = {_toml(listener.forwarded_for)}"]
         if listener.max_body is not None:
             lines.append(f"max_body = {listener.max_body}")
+        lines.append(f"forwarded_proto = {_toml(listener.forwarded_proto)}")
     for backend in config.backends.values():
         lines += ["", f"[backends.{_toml_key(backend.name)}]",
                   f"servers = {_toml([str(a) for a in backend.servers])}",

@@ -73,6 +73,7 @@ HOP_BY_HOP = frozenset({
     b"transfer-encoding", b"content-length", b"proxy-authenticate", b"proxy-authorization",
 })
 FORWARDED_FIELDS = frozenset({b"x-forwarded-for", b"forwarded"})
+FORWARDED_PROTO_FIELDS = frozenset({b"x-forwarded-proto", b"x-forwarded-port"})
 
 REASONS = {
     200: b"OK", 400: b"Bad Request", 404: b"Not Found", 408: b"Request Timeout",
@@ -128,12 +129,15 @@ def simple_response(status: int, body: bytes, content_type: bytes = b"text/plain
         b"" if head else body)
 
 
-def forwarded_request_headers(head: RequestHead, client_ip: str, mode: str
+def forwarded_request_headers(head: RequestHead, client_ip: str, mode: str,
+                              proto_port: tuple[bytes, bytes] | None = None
                               ) -> list[tuple[bytes, bytes]]:
     """The request's fields as sent to the backend: hop-by-hop fields and those named in
     Connection removed, framing recomputed, the client's address appended to X-Forwarded-For
     as a new field after any existing ones (what HAProxy's ``option forwardfor`` does)."""
     drop = HOP_BY_HOP | head.connection_tokens
+    if proto_port is not None:
+        drop = drop | FORWARDED_PROTO_FIELDS
     if mode == "replace":
         drop = drop | FORWARDED_FIELDS
     headers = [(name, value) for name, value in head.headers if name.lower() not in drop]
@@ -146,6 +150,9 @@ def forwarded_request_headers(head: RequestHead, client_ip: str, mode: str
     elif head.content_length is not None:
         headers.append((b"Content-Length", str(head.content_length).encode()))
     headers.append((b"X-Forwarded-For", client_ip.encode()))
+    if proto_port is not None:
+        headers.append((b"X-Forwarded-Proto", proto_port[0]))
+        headers.append((b"X-Forwarded-Port", proto_port[1]))
     return headers
 
 
@@ -192,6 +199,7 @@ class HttpSession(asyncio.Protocol):
         self._closing = False
         self._client_paused = False
         self.client_address: tuple[str, int] | None = None
+        self._proto_port: tuple[bytes, bytes] | None = None
         self._connected_at = self._last_activity = self._loop.time()
         self._head_started: float | None = None
 
@@ -202,6 +210,11 @@ class HttpSession(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_address = (peer[0], peer[1]) if peer else None
+        listener = self._ctx.listener
+        if listener.forwarded_proto:
+            sock = transport.get_extra_info("sockname")
+            self._proto_port = (b"https" if listener.tls else b"http",
+                                str(sock[1] if sock else 0).encode())
         self._ctx.sessions.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -404,8 +417,8 @@ class HttpSession(asyncio.Protocol):
         connection.start(self, exchange)
         client_ip = self.client_address[0] if self.client_address else "-"
         head = exchange.head
-        request = serialize_request_head(
-            head, forwarded_request_headers(head, client_ip, self._ctx.listener.forwarded_for))
+        request = serialize_request_head(head, forwarded_request_headers(
+            head, client_ip, self._ctx.listener.forwarded_for, self._proto_port))
         connection.write(request)
         if exchange.pending:
             connection.write(b"".join(exchange.pending))

@@ -406,3 +406,24 @@ def test_configured_body_limit_gets_413(tmp_path: Path, cluster: Cluster) -> Non
         assert request(port, "POST", "/api/v1/send.json", body=b"x" * 1024)[0] == 200
         assert request(port, "POST", "/api/v1/send.json", body=b"x" * 1025)[0] == 413
     assert len(cluster.mta.requests) == 1
+
+
+def test_forwarded_proto_and_port_when_enabled(tmp_path: Path, cluster: Cluster) -> None:
+    port, proxied = free_port(), free_port()
+    config = cluster.config(port, proxied).replace(
+        f'[listeners.http]\nbind = ["127.0.0.1:{port}"]\n',
+        f'[listeners.http]\nbind = ["127.0.0.1:{port}"]\nforwarded_proto = true\n')
+    with IngressProcess(tmp_path, config):
+        request(port, "GET", "/click/1", headers={"X-Forwarded-Proto": "https"})
+    [received] = cluster.event_tracker.wait_for_requests(1)
+    assert received.header_values("x-forwarded-proto") == ["http"]  # the client's is replaced
+    assert received.header_values("x-forwarded-port") == [str(port)]
+
+
+def test_forwarded_proto_is_off_by_default(ingress: tuple[IngressProcess, int, int],
+                                           cluster: Cluster) -> None:
+    _, port, _ = ingress
+    request(port, "GET", "/click/1")
+    [received] = cluster.event_tracker.wait_for_requests(1)
+    assert received.header_values("x-forwarded-proto") == []
+    assert received.header_values("x-forwarded-port") == []

@@ -25,8 +25,8 @@ PRESET_LISTENERS = ("smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "h
 PRESET_BACKENDS = "event-tracker-http, event-tracker-smtp, mta-http, mta-smtp, tls-http"
 TOP_KEYS = "backends, listeners, log_format, preset, release, routes, timeouts, workers"
 LISTENER_KEYS = (
-    "accept_proxy, backend, bind, enabled, forwarded_for, max_body, mode, on_backend_down, routes, "
-    "tls")
+    "accept_proxy, backend, bind, enabled, forwarded_for, forwarded_proto, max_body, mode, "
+    "on_backend_down, routes, tls")
 WORKERS = "must be a whole number from 0 (one per CPU) to 1024, not"
 
 
