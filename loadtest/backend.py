@@ -3,6 +3,12 @@
 ``smtp``: ``ingress.stub_smtp`` (reads the PROXY header, answers SMTP) on uvloop: the backend of
 the ``sessions`` and ``idle`` scenarios.
 
+``http``: an HTTP/1.1 origin on uvloop for the ``http-*`` scenarios: every request gets a fixed
+~100-byte ``200`` with Content-Length on a keep-alive connection (closed after the answer when the
+request said ``Connection: close``); a path starting with ``/1m`` gets a 1 MiB body instead.  It
+parses no more than it must (where each head ends, the method's path, a ``close``), so that it is
+cheaper than any proxy in front of it.
+
 ``sink``: reads the PROXY header, then throws every byte away: the backend of ``bulk``.  One
 thread per connection blocks in ``recv_into`` on one preallocated buffer: no allocation and no
 event loop per read, and the GIL is released while the kernel copies, so that the sink costs
@@ -22,7 +28,7 @@ import resource
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ingress import proxy_protocol, stub_smtp
 
@@ -81,6 +87,97 @@ async def _serve_smtp(host: str, port: int) -> None:
         await stdin_closed
     finally:
         server.close()
+
+
+# --- http ----------------------------------------------------------------------------------------
+
+HTTP_SMALL_BODY = b"ok: served by the benchmark origin\n"
+HTTP_SMALL = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+              + str(len(HTTP_SMALL_BODY)).encode() + b"\r\n\r\n" + HTTP_SMALL_BODY)
+HTTP_LARGE_BODY_SIZE = 1 << 20
+HTTP_LARGE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: "
+              + str(HTTP_LARGE_BODY_SIZE).encode() + b"\r\n\r\n" + b"x" * HTTP_LARGE_BODY_SIZE)
+HTTP_LARGE_PATH = b"/1m"
+
+
+class _HttpStats:
+    __slots__ = ("bytes", "connections", "requests")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests = 0
+        self.bytes = 0
+
+
+class _HttpOrigin(asyncio.Protocol):
+    """Requests without a body (what the scenarios send): a head ends at the empty line."""
+
+    __slots__ = ("_buffer", "_stats", "_transport")
+
+    def __init__(self, stats: _HttpStats) -> None:
+        self._stats = stats
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._stats.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        transport = self._transport
+        assert transport is not None
+        start = 0
+        while (end := buffer.find(b"\r\n\r\n", start)) >= 0:
+            head = buffer[start:end]
+            start = end + 4
+            # "GET /1m HTTP/1.1": the path begins after the first space.
+            path_at = head.find(b" ") + 1
+            answer = (HTTP_LARGE if head.startswith(HTTP_LARGE_PATH, path_at) else HTTP_SMALL)
+            transport.write(answer)
+            self._stats.requests += 1
+            self._stats.bytes += len(answer)
+            lowered = head.lower()
+            if b"\r\nconnection: close" in lowered or b"\r\nconnection:close" in lowered:
+                transport.close()
+                self._buffer = b""
+                return
+        self._buffer = buffer[start:]
+
+
+async def _serve_http(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stats = _HttpStats()
+    server = await loop.create_server(lambda: _HttpOrigin(stats), host, port,
+                                      backlog=LISTEN_BACKLOG, reuse_address=True)
+    _announce(server.sockets[0].getsockname()[1])
+    await _until_stdin_closed(loop, lambda: {"sessions": stats.connections,
+                                             "requests": stats.requests, "bytes": stats.bytes,
+                                             "proxy_errors": 0})
+    server.close()
+
+
+async def _until_stdin_closed(loop: asyncio.AbstractEventLoop,
+                              stats: Callable[[], dict[str, int]]) -> None:
+    stdin_closed: asyncio.Future[None] = loop.create_future()
+    pending = bytearray()
+
+    def on_stdin() -> None:
+        data = os.read(0, 4096)
+        if not data:
+            loop.remove_reader(0)
+            if not stdin_closed.done():
+                stdin_closed.set_result(None)
+            return
+        pending.extend(data)
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            if line.strip() == b"stats":
+                _answer(stats())
+
+    loop.add_reader(0, on_stdin)
+    await stdin_closed
 
 
 # --- sink ----------------------------------------------------------------------------------------
@@ -157,7 +254,7 @@ def _serve_sink(host: str, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("mode", choices=("smtp", "sink"))
+    parser.add_argument("mode", choices=("smtp", "sink", "http"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
@@ -167,6 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(_serve_smtp(args.host, args.port))
+    elif args.mode == "http":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve_http(args.host, args.port))
     else:
         _serve_sink(args.host, args.port)
     return 0

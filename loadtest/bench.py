@@ -46,13 +46,23 @@ T = TypeVar("T")
 HAPROXY = "/usr/sbin/haproxy"
 BENCH_VENV = ROOT / ".venv-bench"
 RESULTS = ROOT / "loadtest" / "results"
-SCENARIOS = ("sessions", "bulk", "idle")
+SCENARIOS = ("sessions", "bulk", "idle", "http-keepalive", "http-close", "http-1mib",
+             "http-latency")
+# Measured with wrk (closed loop: each connection sends its next request when the last ends).
+WRK_SCENARIOS = ("http-keepalive", "http-close", "http-1mib")
+HTTP_SCENARIOS = (*WRK_SCENARIOS, "http-latency")
+# A click-tracking-like path: no route but the default one matches it, on both proxies.
+HTTP_PATH = "/click/abc?x=1"
+HTTP_LARGE_PATH = "/1m/click/abc?x=1"  # the origin answers /1m... with 1 MiB
 # Proxies below this CPU utilisation were not the bottleneck of their measurement.
 SATURATED = 0.90
 # Busy time outside the bench's processes (see _cpu_figures), as a fraction of one CPU, above
 # which a measurement is flagged: something else was competing for the CPUs.
 DISTURBED = 0.15
-TARGETS = {"sessions": 0.9, "bulk": 1.2}
+TARGETS = {"sessions": 0.9, "bulk": 1.2, "http-keepalive": 0.75, "http-close": 0.85,
+           "http-1mib": 1.0}
+# http-latency: ingress p99 at most this multiple of HAProxy's, at half HAProxy's peak rate.
+LATENCY_MAX_RATIO = 2.0
 # Enough descriptors for the idle scenario: the ingress holds two per relayed connection.
 WANTED_NOFILE = 65536
 CONTRACT_MAXCONN = 20000
@@ -161,7 +171,7 @@ def _listening(port: int) -> bool:
 
 
 class Backend:
-    """``loadtest/backend.py`` (smtp stub or sink) on the load generator's CPU."""
+    """``loadtest/backend.py`` (smtp stub, sink or http origin) on the load generator's CPU."""
 
     def __init__(self, mode: str, port: int, cpus: set[int] | None, workdir: Path) -> None:
         self.mode = mode
@@ -253,6 +263,82 @@ grace = "2s"
 """
 
 
+HAPROXY_HTTP_CONFIG = """\
+# Like the GreenArrow KRA chart's HAProxy for HTTP: mode http, option forwardfor, keep-alive on
+# both sides with aggressive server connection reuse, timeouts connect 5s / client 1m / server 1m,
+# one thread, no logging; its routing: readiness answered locally, the send API to the MTA,
+# everything else (clicks, opens) to the event tracker.  Every backend is the bench's origin.
+global
+    nbthread 1
+    maxconn {maxconn}{maxconn_note}
+
+defaults
+    mode http
+    option forwardfor
+    option http-keep-alive
+    http-reuse aggressive
+    timeout connect 5s
+    timeout client 1m
+    timeout server 1m
+
+frontend http
+    bind 127.0.0.1:{port}
+    {readiness}
+    use_backend mta if {{ path_beg /api/v1/send.json }}
+    default_backend event-tracker
+
+backend mta
+    server mta 127.0.0.1:{backend_port}
+
+backend event-tracker
+    server event-tracker 127.0.0.1:{backend_port}
+"""
+
+HAPROXY_READINESS = ('http-request return status 200 content-type text/plain string "ready\\n" '
+                     "if { path_beg /.kubernetes-readiness-probe }")
+
+INGRESS_HTTP_CONFIG = """\
+# The greenarrow preset's http listener and routes table (readiness and stats answered locally,
+# /api/v1/send.json -> mta-http, ACME -> tls-http, everything else -> event-tracker-http), every
+# backend pointing at the bench's origin; the other listeners are disabled.  Health checks stay
+# as the preset has them on the http backends (a TCP connect every 2s); the SMTP backends, whose
+# listeners are off, are not checked.  Timeouts as HAProxy's: connect 5s, client and server 1m.
+preset = "greenarrow"
+workers = {workers}
+log_format = "logfmt"
+
+[listeners.http]
+bind = ["127.0.0.1:{port}"]
+{disabled}
+[backends.mta-http]
+servers = ["127.0.0.1:{backend_port}"]
+
+[backends.event-tracker-http]
+servers = ["127.0.0.1:{backend_port}"]
+
+[backends.tls-http]
+servers = ["127.0.0.1:{backend_port}"]
+
+[backends.mta-smtp]
+servers = ["127.0.0.1:{backend_port}"]
+check = false
+
+[backends.event-tracker-smtp]
+servers = ["127.0.0.1:{backend_port}"]
+check = false
+
+[timeouts]
+connect = "5s"
+http_keep_alive = "1m"
+server = "1m"
+drain = "0s"
+grace = "2s"
+"""
+
+INGRESS_DISABLED = ("smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "http-proxied",
+                    "https", "https-proxied")
+
+
 @dataclass(slots=True)
 class ProxySetup:
     name: str
@@ -275,20 +361,28 @@ def haproxy_maxconn() -> tuple[int, str]:
                      f"RLIMIT_NOFILE hard limit is {hard}")
 
 
-def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None
-                  ) -> ProxySetup:
+def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
+                  http: bool = False) -> ProxySetup:
     path = workdir / "haproxy.cfg"
     maxconn, note = haproxy_maxconn()
-    path.write_text(HAPROXY_CONFIG.format(port=port, backend_port=backend_port, maxconn=maxconn,
-                                          maxconn_note=f"  # {note}" if note else ""))
+    path.write_text((HAPROXY_HTTP_CONFIG if http else HAPROXY_CONFIG).format(
+        port=port, backend_port=backend_port, maxconn=maxconn, readiness=HAPROXY_READINESS,
+        maxconn_note=f"  # {note}" if note else ""))
     # -db: stay in the foreground, one process, no master: what is measured is what serves.
     return ProxySetup("haproxy", port, path, [*_pin(cpus), HAPROXY, "-db", "-f", str(path)])
 
 
 def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
-                  workers: int, access_log: str) -> ProxySetup:
+                  workers: int, access_log: str, http: bool = False) -> ProxySetup:
     path = workdir / "ingress.toml"
-    path.write_text(INGRESS_CONFIG.format(port=port, backend_port=backend_port, workers=workers))
+    if http:
+        disabled = "".join(f"\n[listeners.{name}]\nenabled = false\n"
+                           for name in INGRESS_DISABLED)
+        path.write_text(INGRESS_HTTP_CONFIG.format(port=port, backend_port=backend_port,
+                                                   workers=workers, disabled=disabled))
+    else:
+        path.write_text(INGRESS_CONFIG.format(port=port, backend_port=backend_port,
+                                              workers=workers))
     binary = BENCH_VENV / "bin" / "mta-ingress"
     if not binary.exists():
         binary = Path(sys.executable).parent / "mta-ingress"
@@ -398,11 +492,22 @@ class Measurement:
     stderr_alarms: list[str] = field(default_factory=list)
 
 
-NORMAL_ENDS = {"closed", "client-closed", "server-closed"}
+NORMAL_ENDS = {"closed", "client-closed", "server-closed", "ok"}
 # Lines of a proxy's stderr that mean something went wrong, except HAProxy's soft stop, which
 # says "Proxy NAME stopped (cumulated conns: ...)" as a [WARNING].
 ALARMING = ("[ALERT]", "[WARNING]", "level=ERROR", "level=WARNING", "Traceback", "crashed")
 ROUTINE = ("stopped (cumulated conns",)
+
+
+def _abnormal_ends(m: Measurement) -> dict[str, int]:
+    """Ends other than the normal ones.  wrk closes its connections when its run ends, in the
+    middle of the responses in flight: up to one ``client-aborted`` per connection and wrk run
+    (warm-up and measured) is the load's doing, not the proxy's."""
+    allowed = int(m.detail.get("expected_client_aborts", 0))
+    odd = {k: v for k, v in m.ingress_ends.items() if k not in NORMAL_ENDS}
+    if 0 < odd.get("client-aborted", 0) <= allowed:
+        del odd["client-aborted"]
+    return odd
 
 
 def _marker(proxy: RunningProxy, backend: Backend) -> load.Marker:
@@ -422,10 +527,75 @@ def _uvloop_run(coroutine: Coroutine[Any, Any, T]) -> T:
         return runner.run(coroutine)
 
 
+def wrk_argv(run: Run, options: argparse.Namespace, port: int, workdir: Path) -> list[str]:
+    """wrk, on the load generator's CPU, with one thread: its JSON summary script, the
+    scenario's connections and headers; ``-d`` is added by ``load.wrk``."""
+    script = workdir / "wrk-summary.lua"
+    if not script.exists():
+        script.write_text(load.WRK_SCRIPT)
+    large = run.scenario == "http-1mib"
+    argv = [*_pin(run.layout.load), load.WRK, "-t1",
+            f"-c{options.http_1mib_connections if large else options.http_connections}",
+            "-s", str(script)]
+    if run.scenario == "http-close":
+        argv += ["-H", "Connection: close"]
+    return [*argv, f"http://127.0.0.1:{port}{HTTP_LARGE_PATH if large else HTTP_PATH}"]
+
+
+def measure_wrk(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend: Backend,
+                round_number: int, workdir: Path) -> Measurement:
+    result = load.wrk(wrk_argv(run, options, proxy.setup.port, workdir), warmup=options.warmup,
+                      duration=options.http_duration, mark=_marker(proxy, backend))
+    window, figures = result.window, result.figures
+    proxy_cpu = window.cpu_seconds("proxy")
+    seconds = figures.get("duration_us", 0) / 1e6
+    amount = (figures.get("bytes", 0) / 1e6 if run.scenario == "http-1mib"
+              else figures.get("requests", 0))
+    return Measurement(
+        proxy.setup.name, round_number, amount / seconds if seconds else float("nan"),
+        amount / proxy_cpu if proxy_cpu > 0 else None,
+        _cpu_figures(window, run.layout, loadgen_seconds=result.loadgen_cpu_s),
+        dict(result.errors), None, {},
+        {"wrk": figures, "wrk_command": " ".join(result.argv), "window_s": window.seconds,
+         "expected_client_aborts": 2 * (options.http_1mib_connections
+                                        if run.scenario == "http-1mib"
+                                        else options.http_connections),
+         "proxy_cpu_s": proxy_cpu,
+         "backend_requests_in_window": window.backend_delta("requests"),
+         "backend_connections_in_window": window.backend_delta("sessions"),
+         "latency_ms": {"p50": figures.get("p50_us", 0) / 1000,
+                        "p99": figures.get("p99_us", 0) / 1000} if figures else {},
+         "proxy_us_per_request": _per_session(proxy_cpu, figures.get("requests", 0)),
+         "proxy_sys_us_per_request": _per_session(
+             window.utilisation()["proxy_sys"] * window.seconds, figures.get("requests", 0))})
+
+
+def measure_latency(run: Run, options: argparse.Namespace, proxy: RunningProxy,
+                    backend: Backend, round_number: int) -> Measurement:
+    result = _uvloop_run(load.http_rate(
+        "127.0.0.1", proxy.setup.port, path=HTTP_PATH, rate=options.http_rate,
+        connections=options.http_connections, warmup=options.warmup,
+        duration=options.http_duration, mark=_marker(proxy, backend)))
+    window = result.window
+    proxy_cpu = window.cpu_seconds("proxy")
+    latency = result.latency_ms
+    return Measurement(
+        proxy.setup.name, round_number, latency.get("p99", float("nan")), None,
+        _cpu_figures(window, run.layout), dict(result.errors), None, {},
+        {"rate_asked": result.rate, "rate_achieved": result.completed / window.seconds,
+         "completed_in_window": result.completed, "latency_ms": latency,
+         "max_queue": result.max_queue, "window_s": window.seconds, "proxy_cpu_s": proxy_cpu})
+
+
 def measure(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend: Backend,
-            round_number: int) -> Measurement:
+            round_number: int, workdir: Path | None = None) -> Measurement:
     name = proxy.setup.name
     host, port = "127.0.0.1", proxy.setup.port
+    if run.scenario in WRK_SCENARIOS:
+        assert workdir is not None
+        return measure_wrk(run, options, proxy, backend, round_number, workdir)
+    if run.scenario == "http-latency":
+        return measure_latency(run, options, proxy, backend, round_number)
     if run.scenario == "sessions":
         result = _uvloop_run(load.sessions(
             host, port, concurrency=options.concurrency, warmup=options.warmup,
@@ -479,11 +649,15 @@ def measure(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend:
          "open_s": idle.open_seconds, "hold_s": idle.hold_seconds})
 
 
-def _cpu_figures(window: load.Window, layout: Layout) -> dict[str, float]:
+def _cpu_figures(window: load.Window, layout: Layout,
+                 loadgen_seconds: float | None = None) -> dict[str, float]:
     """Process trees' utilisation, plus how busy the proxy's and the load side's CPUs were
     (``proxy_core``, ``load_core``; ``machine`` when unpinned): softirq work the kernel hands
-    to ksoftirqd is on the core but in no tree."""
+    to ksoftirqd is on the core but in no tree.  ``loadgen_seconds``: the CPU time of a load
+    generator that is not this process (wrk), added to this process's."""
     figures = window.utilisation()
+    if loadgen_seconds is not None and window.seconds > 0:
+        figures["loadgen"] = figures.get("loadgen", 0.0) + loadgen_seconds / window.seconds
     if layout.proxy is not None and layout.load is not None:
         figures["proxy_core"] = statistics.fmean(figures.get(f"cpu{c}", 0.0) for c in layout.proxy)
         figures["load_core"] = statistics.fmean(figures.get(f"cpu{c}", 0.0) for c in layout.load)
@@ -506,6 +680,10 @@ def _per_session(cpu_seconds: float, sessions: int) -> float | None:
 
 UNITS = {"sessions": ("sessions/s", "sessions per proxy-CPU-s"),
          "bulk": ("MB/s", "MB per proxy-CPU-s"),
+         "http-keepalive": ("requests/s", "requests per proxy-CPU-s"),
+         "http-close": ("requests/s", "requests per proxy-CPU-s"),
+         "http-1mib": ("MB/s", "MB per proxy-CPU-s"),
+         "http-latency": ("ms p99", ""),
          "idle": ("KiB RSS per connection", "")}
 
 
@@ -521,7 +699,7 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 def round_line(run: Run, m: Measurement) -> str:
     errors = ", ".join(f"{k}={v}" for k, v in sorted(m.errors.items())) or "none"
-    odd_ends = {k: v for k, v in m.ingress_ends.items() if k not in NORMAL_ENDS}
+    odd_ends = _abnormal_ends(m)
     ends = ("" if not m.ingress_ends else
             "  ends: " + ", ".join(f"{k}={v}" for k, v in sorted(m.ingress_ends.items()))
             + ("  <-- abnormal" if odd_ends else ""))
@@ -540,9 +718,16 @@ def round_line(run: Run, m: Measurement) -> str:
                 f"errors: {errors}{exit_note}{ends}")
     unit = UNITS[run.scenario][0]
     latency = ""
-    if run.scenario == "sessions" and m.detail.get("latency_ms"):
+    if m.detail.get("latency_ms"):
         lat = m.detail["latency_ms"]
         latency = f"  latency p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms"
+    if run.scenario == "http-latency":
+        d = m.detail
+        lat = d["latency_ms"] or {"p50": float("nan"), "p99": float("nan")}
+        return (f"  round {m.round} {m.proxy:<11} p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms"
+                f"  at {_num(d['rate_achieved'])}/{_num(d['rate_asked'])} requests/s "
+                f"(achieved/asked)  max queued {d['max_queue']}  CPU {_cpu_text(m.cpu)}  "
+                f"errors: {errors}{exit_note}{ends}")
     return (f"  round {m.round} {m.proxy:<11} {_num(m.value):>9} {unit}  "
             f"CPU {_cpu_text(m.cpu)}  "
             f"per proxy-CPU-s {_num(m.per_cpu)}"
@@ -583,8 +768,7 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
                     for part in ("proxy", "proxy_sys", "proxy_core", "loadgen", "backend",
                                  "load_core", "machine")},
             "errors": sum(sum(m.errors.values()) for m in mine),
-            "abnormal_ends": sum(v for m in mine for k, v in m.ingress_ends.items()
-                                 if k not in NORMAL_ENDS),
+            "abnormal_ends": sum(sum(_abnormal_ends(m).values()) for m in mine),
             "stderr_alarms": sum(len(m.stderr_alarms) for m in mine),
             "disturbed_rounds": sum((m.cpu.get("other") or 0.0) >= DISTURBED for m in mine),
             "bad_exits": sum(m.exit_code not in (0, None) for m in mine),
@@ -593,6 +777,18 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
         if run.scenario == "sessions":
             for key in ("proxy_us_per_session", "proxy_sys_us_per_session"):
                 per_proxy[proxy][key] = _median([m.detail.get(key) for m in mine])
+        if run.scenario in WRK_SCENARIOS:
+            for key in ("proxy_us_per_request", "proxy_sys_us_per_request"):
+                per_proxy[proxy][key] = _median([m.detail.get(key) for m in mine])
+        if run.scenario in HTTP_SCENARIOS:
+            for cut in ("p50", "p99"):
+                per_proxy[proxy][f"latency_{cut}_ms"] = _median(
+                    [m.detail.get("latency_ms", {}).get(cut) for m in mine])
+        if run.scenario == "http-latency":
+            per_proxy[proxy]["rate_asked"] = _median([m.detail["rate_asked"] for m in mine])
+            per_proxy[proxy]["rate_achieved"] = _median([m.detail["rate_achieved"]
+                                                         for m in mine])
+            per_proxy[proxy]["max_queue"] = max((m.detail["max_queue"] for m in mine), default=0)
         if run.scenario == "idle":
             per_proxy[proxy]["rss_before_kib"] = _median([m.detail["rss_before_kib"]
                                                           for m in mine])
@@ -642,6 +838,16 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
             "decided_by": decisive,
             "verdict": verdict,
         }
+    elif run.scenario == "http-latency":
+        ratio = summary["ratio"]
+        verdict = ("n/a" if ratio is None else "PASS" if ratio <= LATENCY_MAX_RATIO
+                   else "FAIL")
+        if not all(_clean(p) for p in per_proxy.values()):
+            verdict = "FAIL (errors, see the rounds)"
+        elif any(p["disturbed_rounds"] for p in per_proxy.values()):
+            verdict += " (unreliable: DISTURBED rounds, re-run on a quiet machine)"
+        summary["target"] = {"max_ratio": LATENCY_MAX_RATIO, "verdict": verdict,
+                             "rule": f"ingress p99 <= {LATENCY_MAX_RATIO:g}x haproxy p99"}
     elif run.scenario == "idle":
         clean = all(_clean(p) and p["established"] == run_target(measurements)
                     for p in per_proxy.values())
@@ -723,6 +929,19 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
                      f"{_rounds(summary['round_ratios'])}")
         lines.append(f"  target: {summary['target']['rule']}: {summary['target']['verdict']}")
         return lines
+    if run.scenario == "http-latency":
+        for name, part in medians.items():
+            lines.append(
+                f"  {name:<11} p50 {_num(part['latency_p50_ms'], 2)} ms  p99 "
+                f"{_num(part['latency_p99_ms'], 2)} ms (medians)  at "
+                f"{_num(part['rate_achieved'])}/{_num(part['rate_asked'])} requests/s "
+                f"(achieved/asked)  max queued {part['max_queue']}  CPU {_cpu_text(part['cpu'])}"
+                f"  errors {part['errors']}{_trouble(part)}")
+        lines.append(f"  ratio ingress/haproxy p99: {_num(summary['ratio'], 2)}x"
+                     f"{_rounds(summary['round_ratios'])}; p50: "
+                     f"{_num(_ratio(i['latency_p50_ms'], h['latency_p50_ms']), 2)}x")
+        lines.append(f"  target: {summary['target']['rule']}: {summary['target']['verdict']}")
+        return lines
     unit, per_cpu_unit = UNITS[run.scenario]
     for name, part in medians.items():
         cpu = part["cpu"]
@@ -731,10 +950,14 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
             f"{_num(part['per_cpu'])} {per_cpu_unit}  "
             f"errors {part['errors']}"
             + _trouble(part))
-        if part.get("proxy_us_per_session") is not None:
-            total, kernel = part["proxy_us_per_session"], part["proxy_sys_us_per_session"]
-            lines.append(f"  {'':<11} proxy CPU per session {total:.0f} us: user "
-                         f"{total - kernel:.0f} us, kernel {kernel:.0f} us")
+        for what in ("session", "request"):
+            if part.get(f"proxy_us_per_{what}") is not None:
+                total, kernel = part[f"proxy_us_per_{what}"], part[f"proxy_sys_us_per_{what}"]
+                lines.append(f"  {'':<11} proxy CPU per {what} {total:.0f} us: user "
+                             f"{total - kernel:.0f} us, kernel {kernel:.0f} us"
+                             + (f"; wrk latency p50 {_num(part['latency_p50_ms'], 2)} ms p99 "
+                                f"{_num(part['latency_p99_ms'], 2)} ms (closed loop)"
+                                if what == "request" else ""))
     lines.append(f"  ratio ingress/haproxy: {_num(summary['ratio'], 2)}x {unit}"
                  f"{_rounds(summary['round_ratios'])}; {_num(summary['ratio_per_cpu'], 2)}x "
                  f"{per_cpu_unit}{_rounds(summary['round_ratios_per_cpu'])}")
@@ -762,6 +985,23 @@ def describe_scenario(run: Run, options: argparse.Namespace) -> str:
         return (f"DATA throughput, {options.bulk_connections} connection(s) streaming "
                 f"{options.bulk_chunk // 1024} KiB sends to a discarding sink, "
                 f"{options.duration:g}s window after {options.warmup:g}s warm-up; {workers}")
+    http = (f"{options.http_duration:g}s window after {options.warmup:g}s warm-up "
+            f"(a separate wrk run); {workers}")
+    if run.scenario == "http-keepalive":
+        return (f"HTTP requests/s, ~100-byte responses, wrk -t1 -c{options.http_connections} "
+                f"keep-alive, GET {HTTP_PATH}, {http}")
+    if run.scenario == "http-close":
+        return (f"HTTP requests/s, one request per connection (Connection: close), wrk -t1 "
+                f"-c{options.http_connections}, GET {HTTP_PATH}, {http}")
+    if run.scenario == "http-1mib":
+        return (f"HTTP MB/s of 1 MiB responses, wrk -t1 -c{options.http_1mib_connections} "
+                f"keep-alive, GET {HTTP_LARGE_PATH}, {http}")
+    if run.scenario == "http-latency":
+        rate = (f"{options.http_rate:,.0f} requests/s" if options.http_rate
+                else "half HAProxy's http-keepalive peak")
+        return (f"HTTP latency at {rate}, open loop (latency from each request's scheduled "
+                f"time), {options.http_connections} keep-alive connections, GET {HTTP_PATH}, "
+                f"{options.http_duration:g}s window after {options.warmup:g}s warm-up; {workers}")
     lowered = (f" (lowered from {options.idle_requested:,}: descriptor limit, see the note at "
                "the top)" if options.idle_note else "")
     return (f"{options.idle_connections:,} idle SMTP connections{lowered} (each past its 220 "
@@ -894,13 +1134,21 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     workdir = run_dir / run.key
     workdir.mkdir(parents=True, exist_ok=True)
     os.sched_setaffinity(0, run.layout.load or ALL_CPUS)
-    backend = Backend("sink" if run.scenario == "bulk" else "smtp", ports.take(),
-                      run.layout.load, workdir)
+    http = run.scenario in HTTP_SCENARIOS
+    backend = Backend("sink" if run.scenario == "bulk" else "http" if http else "smtp",
+                      ports.take(), run.layout.load, workdir)
     setups = {
-        "haproxy": haproxy_setup(workdir, ports.take(), backend.port, run.layout.proxy),
+        "haproxy": haproxy_setup(workdir, ports.take(), backend.port, run.layout.proxy, http),
         "mta-ingress": ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
-                                     run.workers, options.access_log),
+                                     run.workers, options.access_log, http),
     }
+    if run.scenario == "http-latency" and options.http_rate is None:
+        try:
+            options.http_rate = haproxy_peak_rate(run, options, setups["haproxy"], backend,
+                                                  workdir) / 2
+        except BaseException:
+            backend.stop()
+            raise
     info: dict[str, Any] = {
         "backend": " ".join(backend.argv),
         "load_generator": f"{sys.executable} (this process, pid {os.getpid()}), "
@@ -921,7 +1169,7 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
             for setup in setups.values():
                 proxy = RunningProxy(setup, workdir, f"r{round_number}")
                 try:
-                    measurement = measure(run, options, proxy, backend, round_number)
+                    measurement = measure(run, options, proxy, backend, round_number, workdir)
                 finally:
                     code, ends, alarms = proxy.stop()
                 measurement.exit_code = code
@@ -936,6 +1184,24 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     finally:
         backend.stop()
     return measurements, info
+
+
+def haproxy_peak_rate(run: Run, options: argparse.Namespace, setup: ProxySetup,
+                      backend: Backend, workdir: Path) -> float:
+    """http-latency's rate when http-keepalive has not given HAProxy's peak: one http-keepalive
+    measurement of HAProxy, not counted."""
+    peak_run = Run("http-keepalive", run.workers, run.layout)
+    proxy = RunningProxy(setup, workdir, "peak")
+    try:
+        measurement = measure(peak_run, options, proxy, backend, 0, workdir)
+    finally:
+        proxy.stop()
+    if measurement.errors or measurement.value != measurement.value:
+        raise RuntimeError(f"http-latency: HAProxy's peak measurement failed: "
+                           f"{measurement.errors}")
+    print(f"  haproxy peak (http-keepalive, one uncounted run): {_num(measurement.value)} "
+          "requests/s")
+    return measurement.value
 
 
 def profile_ingress(run: Run, options: argparse.Namespace, setup: ProxySetup, backend: Backend,
@@ -1002,6 +1268,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="idle: connections opened at once (below the accept backlogs)")
     parser.add_argument("--idle-hold", type=float, default=3.0,
                         help="idle: seconds the connections are held open")
+    parser.add_argument("--http-duration", type=float, default=3.0,
+                        help="seconds of each measurement window of the http-* scenarios")
+    parser.add_argument("--http-connections", type=int, default=64,
+                        help="http-keepalive, http-close, http-latency: connections")
+    parser.add_argument("--http-1mib-connections", type=int, default=8,
+                        help="http-1mib: connections")
+    parser.add_argument("--http-rate", type=float, default=None,
+                        help="http-latency: requests/s (default: half of HAProxy's median "
+                             "http-keepalive rate, measured first if that scenario is not run)")
     parser.add_argument("--access-log", choices=("file", "devnull"), default="file",
                         help="where mta-ingress's access log (its stdout) goes")
     parser.add_argument("--profile", choices=("off", "python", "native"), default="off",
@@ -1087,13 +1362,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 measurements, info = execute(run, options, ports, run_dir, results.append)
             finally:
                 report["runs"][run.key] = {"rounds": [asdict(m) for m in results]}
-            if index == 0:
+            http = run.scenario in HTTP_SCENARIOS
+            if index == 0 or (http and not any(r.scenario in HTTP_SCENARIOS
+                                               for r in runs[:index])):
+                # The first SMTP and the first HTTP scenario show their configurations.
                 print("\n   haproxy config (" + info["configs"]["haproxy"] + "):")
                 print(_indent(Path(info["configs"]["haproxy"]).read_text()))
                 print("   mta-ingress config (" + info["configs"]["mta-ingress"] + "):")
                 print(_indent(Path(info["configs"]["mta-ingress"]).read_text()))
-                print("   (other scenarios differ only in ports)")
+                print(f"   (other {'HTTP' if http else 'SMTP'} scenarios differ only in ports)")
             summary = summarise(run, measurements)
+            if (run.scenario == "http-keepalive" and run.workers == 1
+                    and options.http_rate is None):
+                peak = summary["medians"]["haproxy"]["value"]
+                if peak and not summary["medians"]["haproxy"]["errors"]:
+                    options.http_rate = peak / 2
             report["runs"][run.key].update({"scenario": run.scenario, "workers": run.workers,
                                             "layout": run.layout.describe(), **info,
                                             "summary": summary,

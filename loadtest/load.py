@@ -8,12 +8,16 @@ the figures describe a steady state, not connection ramp-up or the first allocat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import json
+import resource
 import socket
 import statistics
+import subprocess
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -367,3 +371,226 @@ async def idle(host: str, port: int, *, count: int, batch: int, hold: float,
         open_seconds=open_seconds,
         hold_seconds=hold,
     )
+
+
+# --- http ----------------------------------------------------------------------------------------
+
+WRK = "/usr/bin/wrk"
+# Printed by wrk at the end of its run: every figure the bench needs, as one JSON line.
+WRK_SCRIPT = """\
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
+    e.status, e.timeout, latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+@dataclass(slots=True)
+class WrkResult:
+    window: Window
+    loadgen_cpu_s: float  # wrk's own user + system time (it has exited when the window ends)
+    figures: dict[str, int]  # from WRK_SCRIPT
+    errors: Counter[str]
+    argv: list[str]
+
+
+def wrk(argv: list[str], *, warmup: float, duration: float, mark: Marker) -> WrkResult:
+    """``argv`` without ``-d``: a warm-up run of ``warmup`` seconds, then the measured run.  The
+    window is the measured wrk process's life, whose CPU time comes from ``wait4``: it is gone
+    when the end mark is taken."""
+    if warmup > 0:
+        subprocess.run([*argv, "-d", f"{max(1, round(warmup))}s"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=warmup + ATTEMPT_TIMEOUT, check=False)
+    measured = [*argv, "-d", f"{max(1, round(duration))}s"]
+    _children_cpu()  # forget the warm-up run
+    start = mark()
+    process = subprocess.Popen(measured, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = process.communicate(timeout=duration + ATTEMPT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    # communicate() has reaped the child: its rusage is in RUSAGE_CHILDREN's growth.
+    end = mark()
+    usage = _children_cpu()
+    errors: Counter[str] = Counter()
+    figures: dict[str, int] = {}
+    for line in stdout.decode(errors="replace").splitlines():
+        if line.startswith("{"):
+            figures = json.loads(line)
+    if not figures:
+        errors[f"wrk-failed: {stderr.decode(errors='replace').strip()[:200] or process.returncode}"
+               ] += 1
+    for kind in ("connect", "read", "write", "status", "timeout"):
+        if figures.get(kind):
+            errors["non-2xx/3xx" if kind == "status" else f"socket-{kind}"] += figures[kind]
+    return WrkResult(Window(start, end), usage, figures, errors, measured)
+
+
+_children_seen = 0.0
+
+
+def _children_cpu() -> float:
+    """CPU seconds of reaped children since the previous call (the last wrk run)."""
+    global _children_seen
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = usage.ru_utime + usage.ru_stime
+    delta, _children_seen = total - _children_seen, total
+    return delta
+
+
+@dataclass(slots=True)
+class RateResult:
+    window: Window
+    rate: float  # requests per second asked for
+    completed: int  # responses to requests scheduled inside the window
+    errors: Counter[str]
+    latency_ms: dict[str, float]  # from each request's scheduled time, not its send time
+    max_queue: int  # requests that waited for a free connection at once, at most
+
+
+class _HttpClient(asyncio.Protocol):
+    """One request in flight on a keep-alive connection; a response is complete when its
+    Content-Length bytes have arrived after the head."""
+
+    __slots__ = ("_buffer", "_idle", "_need", "_on_done", "_request", "_scheduled", "_status",
+                 "_transport", "lost")
+
+    def __init__(self, request: bytes, on_done: Callable[[_HttpClient, float, str], None],
+                 idle: deque[_HttpClient]) -> None:
+        self._request = request
+        self._on_done = on_done
+        self._idle = idle
+        self._buffer = b""
+        self._need = -1
+        self._scheduled = 0.0
+        self._status = b""
+        self._transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._idle.append(self)
+
+    def send(self, scheduled: float) -> None:
+        self._scheduled = scheduled
+        self._transport.write(self._request)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        if self._need < 0:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self._buffer = buffer
+                return
+            head = buffer[:end].lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15:head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0
+                              else None]) if at >= 0 else 0
+            self._need = end + 4 + length
+            self._status = buffer[9:12]
+        if len(buffer) < self._need:
+            self._buffer = buffer
+            return
+        self._buffer = buffer[self._need:]
+        self._need = -1
+        ok = "ok" if self._status[:1] in (b"2", b"3") else f"status-{self._status.decode()}"
+        self._on_done(self, self._scheduled, ok)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self in self._idle:
+            self._idle.remove(self)
+        else:
+            self._on_done(self, self._scheduled, "reset" if exc is not None else "closed")
+
+
+async def http_rate(host: str, port: int, *, path: str, rate: float, connections: int,
+                    warmup: float, duration: float, mark: Marker) -> RateResult:
+    """Open-loop load: request i is due at ``start + i / rate`` whatever happened to the others
+    (a request due while every connection is busy waits in a queue, and that wait counts in
+    its latency), so that a slow proxy cannot slow the load down and hide its own latency: the
+    coordinated omission that closed-loop clients such as wrk suffer from."""
+    loop = asyncio.get_running_loop()
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench\r\n\r\n"
+               .encode())
+    idle: deque[_HttpClient] = deque()
+    queue: deque[float] = deque()
+    errors: Counter[str] = Counter()
+    latencies: list[float] = []
+    window = [float("inf"), float("inf")]
+    completed = [0, 0]  # [inside the window, max queue]
+    stopping = [False]
+    drained = asyncio.Event()
+    reconnecting: set[asyncio.Task[None]] = set()
+
+    def on_done(client: _HttpClient, scheduled: float, outcome: str) -> None:
+        now = time.perf_counter()
+        if outcome != "ok":
+            errors[outcome] += 1
+        elif window[0] <= scheduled < window[1]:
+            completed[0] += 1
+            latencies.append(now - scheduled)
+        if client.lost:
+            if not stopping[0]:
+                task = loop.create_task(_connect())
+                reconnecting.add(task)
+                task.add_done_callback(reconnecting.discard)
+            return
+        if queue:
+            client.send(queue.popleft())
+        else:
+            idle.append(client)
+            if stopping[0] and len(idle) >= connections:
+                drained.set()
+
+    async def _connect() -> None:
+        try:
+            await loop.create_connection(partial(_HttpClient, request, on_done, idle), host, port)
+        except OSError as error:
+            errors[f"connect-{_error_name(error)}"] += 1
+
+    await asyncio.gather(*(_connect() for _ in range(connections)))
+    begin = time.perf_counter()
+    deadline = begin + warmup + duration
+    sent = 0
+    start = end = None
+    while True:
+        now = time.perf_counter()
+        if start is None and now >= begin + warmup:
+            start, window[0] = mark(), begin + sent / rate
+        if now >= deadline:
+            break
+        due = int((now - begin) * rate)
+        while sent < due:
+            scheduled = begin + sent / rate
+            sent += 1
+            if idle:
+                idle.popleft().send(scheduled)
+            else:
+                queue.append(scheduled)
+        completed[1] = max(completed[1], len(queue))
+        await asyncio.sleep(0.0005)
+    window[1] = begin + sent / rate
+    # Wait for the window's requests (bounded), then mark: the CPU of their answers counts.
+    stopping[0] = True
+    if queue or len(idle) < connections:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained.wait(), ATTEMPT_TIMEOUT)
+    end = mark()
+    for client in list(idle):
+        client.close()
+    await asyncio.sleep(0.05)
+    assert start is not None
+    if queue:
+        errors["unanswered"] += len(queue)
+    return RateResult(Window(start, end), rate, completed[0], errors, _percentiles(latencies),
+                      completed[1])
