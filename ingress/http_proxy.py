@@ -445,26 +445,33 @@ class HttpSession(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        # Everything one read of the backend produced goes out in one write: a small response
+        # (head and body in one segment) costs one send() to the client, not two.
+        out: list[bytes] = []
         for event in events:
-            if isinstance(event, ResponseHead):
+            if isinstance(event, Data):
+                exchange.response_bytes += len(event.data)
+                out.append(chunk(event.data) if exchange.chunked_response else event.data)
+            elif isinstance(event, ResponseHead):
                 if 100 <= event.status < 200:
                     if event.status == 101:
+                        transport.write(b"".join(out))
                         self._fail_exchange(exchange, 502, "protocol upgrade is not supported")
                         return
-                    transport.write(serialize_response_head(
+                    out.append(serialize_response_head(
                         event.status, event.reason, _end_to_end(event.headers)))
                     continue
                 exchange.response_head = event
                 exchange.response_started = True
-                transport.write(self._client_response_head(exchange, event))
-            elif isinstance(event, Data):
-                exchange.response_bytes += len(event.data)
-                transport.write(chunk(event.data) if exchange.chunked_response else event.data)
+                out.append(self._client_response_head(exchange, event))
             else:
                 if exchange.chunked_response:
-                    transport.write(LAST_CHUNK)
+                    out.append(LAST_CHUNK)
+                transport.write(b"".join(out))
                 self._finish_exchange(exchange)
                 return
+        if out:
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
 
     def _client_response_head(self, exchange: _Exchange, response: ResponseHead) -> bytes:
         headers = _end_to_end(response.headers)
