@@ -82,6 +82,7 @@ expression runs per field.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
 from typing import Final, cast
@@ -983,7 +984,7 @@ class _Chunked:
             raise self._error("bad-header-name", f"trailer field {_show(content)}")
 
 
-class _Parser:
+class _Parser(ABC):
     """What RequestParser and ResponseParser share: the head buffer and body framing."""
 
     _STATUS = 400  # the status of errors; responses use 502
@@ -1194,11 +1195,13 @@ class _Parser:
     def _start_line_limit(self) -> int | None:
         return None
 
+    @abstractmethod
     def _on_head(self, head: bytes, events: list[_Event]) -> None:
-        raise NotImplementedError
+        """Turn one complete head into its events (request or response specific)."""
 
     def _message_done(self) -> None:
-        pass
+        """A hook only the response parser needs (it tracks which request it answers)."""
+        return
 
 
 class RequestParser(_Parser):
