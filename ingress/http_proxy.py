@@ -615,12 +615,19 @@ class HttpSession(asyncio.Protocol):
 
 
 def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    connection_tokens: set[bytes] = set()
+    """A response's fields without hop-by-hop ones, in one pass over lowercased names; the
+    fields a Connection header names are rare, so they are filtered afterwards only if any."""
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    named: set[bytes] = set()
     for name, value in headers:
-        if name.lower() == b"connection":
-            connection_tokens.update(t.strip().lower() for t in value.split(b","))
-    drop = HOP_BY_HOP | connection_tokens
-    return [(name, value) for name, value in headers if name.lower() not in drop]
+        lower = name.lower()
+        if lower == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+        elif lower not in HOP_BY_HOP:
+            kept.append((lower, name, value))
+    if named:
+        return [(name, value) for lower, name, value in kept if lower not in named]
+    return [(name, value) for _, name, value in kept]
 
 
 def _report_unexpected(task: asyncio.Task[None]) -> None:

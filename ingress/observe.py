@@ -53,6 +53,8 @@ class _Clock:
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._haproxy_second = -1
+        self._haproxy_prefix = ""
 
     def now(self) -> str:
         now = time.time()
@@ -65,8 +67,11 @@ class _Clock:
     def haproxy_date(self) -> str:
         """HAProxy's accept date: 22/Nov/2026:04:10:00.123 (UTC)."""
         now = time.time()
-        return (time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(now))
-                + f".{int((now % 1) * 1000):03d}")
+        second = int(now)
+        if second != self._haproxy_second:
+            self._haproxy_second = second
+            self._haproxy_prefix = time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(second))
+        return f"{self._haproxy_prefix}.{int((now - second) * 1000):03d}"
 
 
 class AccessLog:

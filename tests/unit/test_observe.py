@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 
 import pytest
@@ -64,3 +65,25 @@ def test_json_format() -> None:
     assert record["client"] == "[::1]:4000"
     assert record["bytes_in"] == 12
     assert record["ts"].endswith("Z")
+
+
+def test_http_request_line_has_haproxy_httplog_layout() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        log = AccessLog("logfmt", fd=write_fd)
+        for _ in range(2):  # the second line uses the cached date prefix
+            log.http_request(client="203.0.113.5:40000", listener="http",
+                             backend="event-tracker-http", server="10.0.0.7:80", duration_ms=12,
+                             status=200, body_bytes=345, method=b"GET",
+                             target=b"/click/abc?x=1", version=b"1.1", end="ok", worker=0)
+        log.flush()
+        lines = read_all(read_fd).decode().splitlines()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    pattern = re.compile(
+        r'203\.0\.113\.5:40000 \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d\.\d{3}\] http '
+        r'event-tracker-http/10\.0\.0\.7:80 -1/-1/-1/-1/12 200 345 - - ---- '
+        r'"GET /click/abc\?x=1 HTTP/1\.1" end=ok worker=0')
+    assert len(lines) == 2
+    assert all(pattern.fullmatch(line) for line in lines), lines
