@@ -195,7 +195,7 @@ class HttpSession(asyncio.Protocol):
         self._exchange: _Exchange | None = None
         self._discarding_body = False
         self._awaiting_proxy = ctx.listener.accept_proxy
-        self._inbound = bytearray()
+        self._inbound = proxy_protocol.HeaderReader()
         self._closing = False
         self._client_paused = False
         self.client_address: tuple[str, int] | None = None
@@ -221,20 +221,17 @@ class HttpSession(asyncio.Protocol):
         now = self._loop.time()
         self._last_activity = now
         if self._awaiting_proxy:
-            self._inbound += data
             try:
-                parsed = proxy_protocol.parse_header(self._inbound)
+                parsed = self._inbound.feed(data)
             except proxy_protocol.ProxyProtocolError as error:
                 self._log_rejection(0, "bad-proxy-header", f"{error.reason}: {error}")
                 self._abort_client()
                 return
             if parsed is None:
                 return
-            header, length = parsed
+            header, data = parsed
             if header.client_address is not None:
                 self.client_address = header.client_address
-            data = bytes(self._inbound[length:])
-            self._inbound = bytearray()
             self._awaiting_proxy = False
             if not data:
                 return

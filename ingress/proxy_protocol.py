@@ -27,6 +27,7 @@ __all__ = [
     "PP2_TYPE_UNIQUE_ID",
     "V1_MAX_LENGTH",
     "V2_SIGNATURE",
+    "HeaderReader",
     "ProxyHeader",
     "ProxyProtocolError",
     "crc32c",
@@ -519,3 +520,25 @@ def encode_v2(
 def encode_v2_local() -> bytes:
     """A v2 LOCAL header (health checks): UNSPEC family, no address block, no TLVs."""
     return V2_SIGNATURE + bytes((0x20 | _V2_CMD_LOCAL, 0x00, 0x00, 0x00))
+
+
+class HeaderReader:
+    """Collects a connection's first bytes until ``parse_header`` decides about them: the one
+    piece of buffering every receiver of an inbound header needs."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> tuple[ProxyHeader, bytes] | None:
+        """None: more bytes needed. Else the header and the payload bytes that followed it.
+        Raises ProxyProtocolError."""
+        self._buffer += data
+        parsed = parse_header(self._buffer)
+        if parsed is None:
+            return None
+        header, length = parsed
+        payload = bytes(self._buffer[length:])
+        self._buffer = bytearray()
+        return header, payload

@@ -49,6 +49,7 @@ class StubSmtp(asyncio.Protocol):
         self._stats = stats
         self._expect_proxy = expect_proxy
         self._buffer = bytearray()
+        self._header = proxy_protocol.HeaderReader()
         self._in_data = False
         self._data_size = 0
         self._mail_from = b""
@@ -72,10 +73,9 @@ class StubSmtp(asyncio.Protocol):
             self._transport.write(text.encode() + b"\r\n")
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
         if self._expect_proxy:
             try:
-                parsed = proxy_protocol.parse_header(self._buffer)
+                parsed = self._header.feed(data)
             except proxy_protocol.ProxyProtocolError as error:
                 self._stats.proxy_errors += 1
                 self._reply(f"421 4.7.0 bad PROXY header: {error.reason}")
@@ -83,12 +83,12 @@ class StubSmtp(asyncio.Protocol):
                 return
             if parsed is None:
                 return
-            header, length = parsed
+            header, data = parsed
             if header.client_address is not None:
                 self._client = _format(header.client_address)
-            del self._buffer[:length]
             self._expect_proxy = False
             self._banner()
+        self._buffer += data
         self._process()
 
     def _process(self) -> None:

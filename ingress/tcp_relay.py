@@ -109,7 +109,7 @@ class RelaySession(asyncio.Protocol):
         self._connect_timed_out = False
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._inbound = bytearray()
+        self._inbound = proxy_protocol.HeaderReader()
         self._client_eof = False
         self._server_eof = False
         self._end = ""
@@ -144,8 +144,7 @@ class RelaySession(asyncio.Protocol):
         elif self._state == CONNECTING:
             self._keep(data)
         elif self._state == AWAIT_PROXY:
-            self._inbound += data
-            self._read_proxy_header()
+            self._read_proxy_header(data)
 
     def eof_received(self) -> bool:
         self._client_eof = True
@@ -183,22 +182,20 @@ class RelaySession(asyncio.Protocol):
 
     # --- inbound PROXY header ------------------------------------------------------------------
 
-    def _read_proxy_header(self) -> None:
+    def _read_proxy_header(self, data: bytes) -> None:
         try:
-            parsed = proxy_protocol.parse_header(self._inbound)
+            parsed = self._inbound.feed(data)
         except proxy_protocol.ProxyProtocolError as error:
             self._finish("bad-proxy-header", detail=f"{error.reason}: {error}")
             return
         if parsed is None:
             return
-        header, length = parsed
+        header, payload = parsed
         if header.client_address is not None:
             self.client_address = header.client_address
             if header.destination is not None:
                 self.local_address = header.destination
-        payload = bytes(self._inbound[length:])
-        self._inbound = bytearray()
-        self.bytes_in -= length
+        self.bytes_in = len(payload)  # the header itself is not session traffic
         self._start_connect()
         if payload:
             self._keep(payload)

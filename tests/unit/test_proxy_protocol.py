@@ -21,6 +21,7 @@ from ingress.proxy_protocol import (
     PP2_TYPE_UNIQUE_ID,
     V1_MAX_LENGTH,
     V2_SIGNATURE,
+    HeaderReader,
     ProxyHeader,
     ProxyProtocolError,
     crc32c,
@@ -958,3 +959,16 @@ arbitrary_inputs = st.one_of(
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_arbitrary_input_never_crashes_and_is_prefix_stable(data: bytes) -> None:
     check_invariants(data)
+
+
+def test_header_reader_buffers_until_decided_and_returns_the_payload() -> None:
+    reader = HeaderReader()
+    line = b"PROXY TCP4 192.0.2.1 198.51.100.2 4000 25\r\n"
+    assert reader.feed(line[:10]) is None
+    decided = reader.feed(line[10:] + b"EHLO x\r\n")
+    assert decided is not None
+    header, payload = decided
+    assert header.client_address == ("192.0.2.1", 4000)
+    assert payload == b"EHLO x\r\n"
+    with pytest.raises(ProxyProtocolError):
+        HeaderReader().feed(b"EHLO x\r\n")
