@@ -55,7 +55,7 @@ from ingress.http1 import (
     serialize_response_head,
 )
 from ingress.observe import AccessLog
-from routing.backends import Backend, Endpoint
+from routing.backends import NO_SERVER, Backend, Endpoint, NoServerReachedError, connect_first
 from routing.pool import ConnectionPool
 from routing.table import READINESS, LocalAnswer, RouteTable
 
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
     from ingress.config import ListenerConfig, Timeouts
 
 PIPELINE_LIMIT = 64
-NO_SERVER = "no server available (every server down, or no address)"
 WRITE_HIGH_WATER = 256 * 1024
 
 # RFC 9110 section 7.6.1: fields that concern one connection, never forwarded; plus the framing
@@ -381,30 +380,22 @@ class HttpSession(asyncio.Protocol):
         task.add_done_callback(_report_unexpected)
 
     async def _open(self, exchange: _Exchange) -> None:
-        deadline = self._loop.time() + self._ctx.timeouts.connect
-        failure = NO_SERVER
-        for endpoint in exchange.endpoints:
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
-                break
-            key = (endpoint.host, endpoint.port)
-            try:
-                async with asyncio.timeout(remaining):
-                    _, protocol = await self._loop.create_connection(
-                        lambda key=key: _ServerConnection(self._ctx.pool, key),  # type: ignore[misc]
-                        endpoint.host, endpoint.port)
-            except TimeoutError:
-                failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
-                break
-            except OSError as error:
-                failure = f"{endpoint.server}: {error.strerror or error}"
-                continue
+        pool = self._ctx.pool
+        try:
+            async with asyncio.timeout(self._ctx.timeouts.connect):
+                connection, endpoint = await connect_first(
+                    exchange.endpoints,
+                    lambda e: lambda: _ServerConnection(pool, (e.host, e.port)))
+        except TimeoutError:
+            failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
+        except NoServerReachedError as error:
+            failure = str(error)
+        else:
             if self._exchange is not exchange or self.transport is None:
-                protocol.close()
+                connection.close()
                 return
             exchange.server_label = endpoint.server
-            self._attach(exchange, protocol)
+            self._attach(exchange, connection)
             return
         self._fail_exchange(exchange, 503, failure)
 

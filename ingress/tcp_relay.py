@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, cast
 from ingress import proxy_protocol
 from ingress.flow import pause_reading, resume_reading
 from ingress.observe import AccessLog
-from routing.backends import Backend, Endpoint
+from routing.backends import Backend, Endpoint, NoServerReachedError, connect_first
 
 if TYPE_CHECKING:
     from ingress.config import ListenerConfig, Timeouts
@@ -226,25 +226,21 @@ class RelaySession(asyncio.Protocol):
             task.cancel()
 
     async def _connect(self, endpoints: list[Endpoint] | None) -> None:
-        failure = "no server available (every server down, or no address)"
         try:
             if endpoints is None:
                 endpoints = await self._ctx.backend.endpoints()
-            for endpoint in endpoints:
-                try:
-                    await self._loop.create_connection(
-                        self._backend_factory, endpoint.host, endpoint.port)
-                except OSError as error:
-                    failure = f"{endpoint.server} ({endpoint.host}): {error.strerror or error}"
-                    continue
-                self._server_label = endpoint.server
-                self._cancel_connect_deadline()
-                return
+            _, endpoint = await connect_first(endpoints, self._backend_factory_for)
+        except NoServerReachedError as error:
+            failure = str(error)
         except asyncio.CancelledError:
             if not self._connect_timed_out:
                 self._cancel_connect_deadline()
                 raise
-            failure = f"connect timeout after {self._ctx.timeouts.connect:g}s ({failure})"
+            failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
+        else:
+            self._server_label = endpoint.server
+            self._cancel_connect_deadline()
+            return
         self._cancel_connect_deadline()
         self._refuse(failure)
 
@@ -252,6 +248,9 @@ class RelaySession(asyncio.Protocol):
         if self._connect_handle is not None:
             self._connect_handle.cancel()
             self._connect_handle = None
+
+    def _backend_factory_for(self, endpoint: Endpoint) -> Callable[[], _BackendSide]:
+        return self._backend_factory
 
     def _backend_factory(self) -> _BackendSide:
         return _BackendSide(self)

@@ -17,9 +17,11 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 log = logging.getLogger("mta_ingress.backends")
 
+NO_SERVER = "no server available (every server down, or no address)"
 RESOLVE_TTL = 30.0
 NEGATIVE_TTL = 2.0
 
@@ -186,6 +188,30 @@ class Backend:
             for address in await self._resolver.resolve(host, port):
                 result.append(Endpoint(address, port, label))
         return result
+
+
+class NoServerReachedError(Exception):
+    """No endpoint accepted the connection; the message says why the last one failed."""
+
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+async def connect_first(endpoints: Sequence[Endpoint],
+                        factory: Callable[[Endpoint], Callable[[], P]]) -> tuple[P, Endpoint]:
+    """Connect to the first endpoint, in order, that accepts.  No deadline here: each caller
+    bounds the whole attempt its own way (timeouts.connect covers every endpoint tried)."""
+    loop = asyncio.get_running_loop()
+    failure = NO_SERVER
+    for endpoint in endpoints:
+        try:
+            _, protocol = await loop.create_connection(factory(endpoint), endpoint.host,
+                                                       endpoint.port)
+        except OSError as error:
+            failure = f"{endpoint.server} ({endpoint.host}): {error.strerror or error}"
+            continue
+        return protocol, endpoint
+    raise NoServerReachedError(failure)
 
 
 def _label(host: str, port: int) -> str:
