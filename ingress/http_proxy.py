@@ -196,6 +196,7 @@ class HttpSession(asyncio.Protocol):
         self._awaiting_proxy = ctx.listener.accept_proxy
         self._inbound = proxy_protocol.HeaderReader()
         self._closing = False
+        self._pumping = False
         self._client_paused = False
         self.client_address: tuple[str, int] | None = None
         self._proto_port: tuple[bytes, bytes] | None = None
@@ -286,6 +287,16 @@ class HttpSession(asyncio.Protocol):
     # --- the request queue ---------------------------------------------------------------------
 
     def _pump(self) -> None:
+        was_pumping, self._pumping = self._pumping, True
+        try:
+            self._pump_queue()
+        finally:
+            self._pumping = was_pumping
+        if self._exchange is not None:
+            self._flush(self._exchange)
+        self._after_pump()
+
+    def _pump_queue(self) -> None:
         queue = self._queue
         while queue and self.transport is not None:
             event = queue[0]
@@ -303,6 +314,9 @@ class HttpSession(asyncio.Protocol):
             exchange = self._exchange
             if exchange is not None:
                 self._send_body(exchange, event)
+
+    def _after_pump(self) -> None:
+        queue = self._queue
         if self.transport is None:
             return
         if len(queue) > PIPELINE_LIMIT and not self._client_paused:
@@ -407,10 +421,17 @@ class HttpSession(asyncio.Protocol):
         head = exchange.head
         request = serialize_request_head(head, forwarded_request_headers(
             head, client_ip, self._ctx.listener.forwarded_for, self._proto_port))
-        connection.write(request)
-        if exchange.pending:
-            connection.write(b"".join(exchange.pending))
-            exchange.pending.clear()
+        # The head goes first, with whatever body bytes are already queued, in one send; inside
+        # _pump the flush waits until the pump has queued the rest of this read's body events.
+        exchange.pending.insert(0, request)
+        if not self._pumping:
+            self._flush(exchange)
+
+    def _flush(self, exchange: _Exchange) -> None:
+        pending = exchange.pending
+        if exchange.connection is not None and pending:
+            exchange.connection.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            pending.clear()
 
     def _send_body(self, exchange: _Exchange, event: Data | EndOfMessage) -> None:
         if isinstance(event, EndOfMessage):
@@ -418,12 +439,8 @@ class HttpSession(asyncio.Protocol):
             exchange.request_done = True
         else:
             data = chunk(event.data) if exchange.head.chunked else event.data
-        if not data:
-            return
-        if exchange.connection is not None:
-            exchange.connection.write(data)
-        else:
-            exchange.pending.append(data)
+        if data:
+            exchange.pending.append(data)  # sent by _flush, at the end of the pump
 
     # --- backend events (from _ServerConnection) -----------------------------------------------
 

@@ -48,30 +48,21 @@ def quote(value: str) -> str:
 
 
 class _Clock:
-    """ISO-8601 timestamps; the second-resolution prefix is formatted once per second."""
+    """A timestamp format whose second-resolution part is formatted once per second."""
 
-    def __init__(self) -> None:
+    def __init__(self, second_format: str, suffix: str = "") -> None:
+        self._format = second_format
+        self._suffix = suffix
         self._second = -1
         self._prefix = ""
-        self._haproxy_second = -1
-        self._haproxy_prefix = ""
 
     def now(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
-
-    def haproxy_date(self) -> str:
-        """HAProxy's accept date: 22/Nov/2026:04:10:00.123 (UTC)."""
-        now = time.time()
-        second = int(now)
-        if second != self._haproxy_second:
-            self._haproxy_second = second
-            self._haproxy_prefix = time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(second))
-        return f"{self._haproxy_prefix}.{int((now - second) * 1000):03d}"
+            self._prefix = time.strftime(self._format, time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}{self._suffix}"
 
 
 class AccessLog:
@@ -80,7 +71,8 @@ class AccessLog:
         self._fd = fd
         self._lines: list[str] = []
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._clock = _Clock()
+        self._clock = _Clock("%Y-%m-%dT%H:%M:%S", "Z")  # ISO 8601, UTC
+        self._haproxy_clock = _Clock("%d/%b/%Y:%H:%M:%S")  # HAProxy's accept date
 
     def record(self, fields: dict[str, Any]) -> None:
         fields = {"ts": self._clock.now(), **fields}
@@ -127,7 +119,7 @@ class AccessLog:
                          "status": status, "bytes": body_bytes, "request": request,
                          "end": end, "worker": worker})
             return
-        self._append(f"{client} [{self._clock.haproxy_date()}] {listener} {backend}/{server} "
+        self._append(f"{client} [{self._haproxy_clock.now()}] {listener} {backend}/{server} "
                      f"-1/-1/-1/-1/{duration_ms} {status} {body_bytes} - - ---- "
                      f"{json.dumps(request)} end={quote(end)} worker={worker}")
 
