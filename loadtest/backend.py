@@ -64,27 +64,10 @@ async def _serve_smtp(host: str, port: int) -> None:
         stub_smtp.factory("backend.bench", stats, expect_proxy=True), host, port,
         backlog=LISTEN_BACKLOG, reuse_address=True)
     _announce(server.sockets[0].getsockname()[1])
-    stdin_closed = loop.create_future()
-    pending = bytearray()
-
-    def on_stdin() -> None:
-        data = os.read(0, 4096)
-        if not data:
-            loop.remove_reader(0)
-            if not stdin_closed.done():
-                stdin_closed.set_result(None)
-            return
-        pending.extend(data)
-        while b"\n" in pending:
-            line, _, rest = bytes(pending).partition(b"\n")
-            pending[:] = rest
-            if line.strip() == b"stats":
-                _answer({"sessions": stats.sessions, "proxy_errors": stats.proxy_errors,
-                         "messages": len(stats.messages)})
-
-    loop.add_reader(0, on_stdin)
     try:
-        await stdin_closed
+        await _until_stdin_closed(loop, lambda: {"sessions": stats.sessions,
+                                                 "proxy_errors": stats.proxy_errors,
+                                                 "messages": len(stats.messages)})
     finally:
         server.close()
 
