@@ -63,6 +63,9 @@ if TYPE_CHECKING:
     from ingress.config import ListenerConfig, Timeouts
 
 PIPELINE_LIMIT = 64
+# Responses are bounded in their heads only: a listener's ``max_body`` is about what clients
+# may send, and a backend's answer of any size is streamed.
+RESPONSE_LIMITS = Limits()
 WRITE_HIGH_WATER = 256 * 1024
 
 # RFC 9110 section 7.6.1: fields that concern one connection, never forwarded; plus the framing
@@ -199,6 +202,7 @@ class HttpSession(asyncio.Protocol):
         self._pumping = False
         self._client_paused = False
         self.client_address: tuple[str, int] | None = None
+        self._client_text = "-"  # client_address as the log shows it
         self._proto_port: tuple[bytes, bytes] | None = None
         self._connected_at = self._last_activity = self._loop.time()
         self._head_started: float | None = None
@@ -210,6 +214,7 @@ class HttpSession(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_address = (peer[0], peer[1]) if peer else None
+        self._client_text = _address_text(self.client_address)
         listener = self._ctx.listener
         if listener.forwarded_proto:
             sock = transport.get_extra_info("sockname")
@@ -232,6 +237,7 @@ class HttpSession(asyncio.Protocol):
             header, data = parsed
             if header.client_address is not None:
                 self.client_address = header.client_address
+                self._client_text = _address_text(self.client_address)
             self._awaiting_proxy = False
             if not data:
                 return
@@ -600,7 +606,7 @@ class HttpSession(asyncio.Protocol):
     def _log_rejection(self, status: int, reason: str, detail: str) -> None:
         self._ctx.access_log.record({
             "kind": "http", "listener": self._ctx.listener.name,
-            "client": _address_text(self.client_address), "status": status,
+            "client": self._client_text, "status": status,
             "end": "rejected", "reason": reason, "detail": detail[:200],
             "worker": self._ctx.worker})
 
@@ -612,7 +618,7 @@ class HttpSession(asyncio.Protocol):
     def _log_request(self, head: RequestHead, status: int, body_bytes: int, *, backend: str,
                      server: str, end: str, started: float) -> None:
         self._ctx.access_log.http_request(
-            client=_address_text(self.client_address), listener=self._ctx.listener.name,
+            client=self._client_text, listener=self._ctx.listener.name,
             backend=backend, server=server,
             duration_ms=round((self._loop.time() - started) * 1000), status=status,
             body_bytes=body_bytes, method=head.method, target=head.target,
@@ -665,8 +671,12 @@ class _ServerConnection(asyncio.Protocol):
     def start(self, session: HttpSession, exchange: _Exchange) -> None:
         self._session = session
         self._exchange = exchange
-        self._parser = ResponseParser(session._ctx.limits)
-        self._parser.expect(exchange.head.method)
+        parser = self._parser
+        if parser is None:
+            # Kept across the exchanges of a pooled connection: it is back in its initial state
+            # after every response that ended cleanly, and only those are pooled.
+            parser = self._parser = ResponseParser(RESPONSE_LIMITS)
+        parser.expect(exchange.head.method)
         self._received_any = False
 
     def write(self, data: bytes) -> None:
@@ -676,7 +686,9 @@ class _ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session, exchange, parser = self._session, self._exchange, self._parser
         if session is None or exchange is None or parser is None:
-            self.close()  # bytes from an idle server: whatever they are, this connection is done
+            # Bytes from an idle server: whatever they are, this connection is done.
+            self._parser = None
+            self.close()
             return
         self._received_any = True
         try:
@@ -710,14 +722,15 @@ class _ServerConnection(asyncio.Protocol):
 
     def finish(self, *, reusable: bool) -> None:
         self._session = self._exchange = None
-        self._parser = None
         if reusable and self.is_usable():
             self._pool.give(self._key, self)
         else:
+            self._parser = None
             self.close()
 
     def abandon(self) -> None:
         self._session = self._exchange = None
+        self._parser = None
         if self.transport is not None:
             self.transport.abort()
 

@@ -119,9 +119,13 @@ class AccessLog:
                          "status": status, "bytes": body_bytes, "request": request,
                          "end": end, "worker": worker})
             return
+        # The target is printable ASCII without quotes once validated: the JSON quoting (which
+        # HAProxy's log parsers see as the quoted request line) is then just the two quotes.
+        quoted = (f'"{request}"' if request.isprintable() and request.isascii()
+                  and '"' not in request and "\\" not in request else json.dumps(request))
         self._append(f"{client} [{self._haproxy_clock.now()}] {listener} {backend}/{server} "
                      f"-1/-1/-1/-1/{duration_ms} {status} {body_bytes} - - ---- "
-                     f"{json.dumps(request)} end={quote(end)} worker={worker}")
+                     f"{quoted} end={end if end == 'ok' else quote(end)} worker={worker}")
 
     def _append(self, line: str) -> None:
         self._lines.append(line)

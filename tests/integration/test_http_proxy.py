@@ -405,6 +405,9 @@ def test_configured_body_limit_gets_413(tmp_path: Path, cluster: Cluster) -> Non
     with IngressProcess(tmp_path, config):
         assert request(port, "POST", "/api/v1/send.json", body=b"x" * 1024)[0] == 200
         assert request(port, "POST", "/api/v1/send.json", body=b"x" * 1025)[0] == 413
+        # the limit is on what clients send, not on what backends answer
+        status, _, body = request(port, "GET", "/big/5000")
+        assert (status, len(body)) == (200, 5000)
     assert len(cluster.mta.requests) == 1
 
 

@@ -87,3 +87,22 @@ def test_http_request_line_has_haproxy_httplog_layout() -> None:
         r'"GET /click/abc\?x=1 HTTP/1\.1" end=ok worker=0')
     assert len(lines) == 2
     assert all(pattern.fullmatch(line) for line in lines), lines
+
+
+@pytest.mark.parametrize("target", [b"/plain?x=1", b'/q"uote', b"/back\\slash", b"/caf\xe9",
+                                    b"/tab\there", b"/"])
+def test_http_request_line_quotes_the_request_as_json(target: bytes) -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        log = AccessLog("logfmt", fd=write_fd)
+        log.http_request(client="-", listener="http", backend="b", server="s", duration_ms=0,
+                         status=400, body_bytes=0, method=b"GET", target=target,
+                         version=b"1.1", end="bad thing", worker=0)
+        log.flush()
+        line = read_all(read_fd).decode()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    request = f"GET {target.decode('latin-1')} HTTP/1.1"
+    assert f" {json.dumps(request)} " in line
+    assert line.rstrip("\n").endswith(' end="bad thing" worker=0')
