@@ -95,6 +95,23 @@ class Timeouts:
     server: float = 60.0
 
 
+# Where the KRA chart mounts the TLS pod's certificates for HAProxy (``ssl crt``).
+DEFAULT_CERT_DIR = "/mnt/tls/haproxy"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The certificate store shared by every TLS listener (``[tls]``)."""
+
+    cert_dir: str = DEFAULT_CERT_DIR
+    default_cert: str | None = None  # a file name in cert_dir; else the first file loaded
+    poll_interval: float = 5.0
+    # Names of the self-signed certificate served while cert_dir holds none; empty: the
+    # release's Event Tracker service name, which is what the cluster answers for.
+    self_signed_names: tuple[str, ...] = ()
+    handshake_timeout: float = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     preset: str
@@ -105,6 +122,7 @@ class Config:
     backends: Mapping[str, BackendConfig]
     timeouts: Timeouts
     routes: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -482,7 +500,9 @@ def _kind(value: Any) -> str:
 
 
 _TOP_KEYS = {"preset", "release", "workers", "log_format", "listeners", "backends", "timeouts",
-             "routes"}
+             "routes", "tls"}
+_TLS_KEYS = {"cert_dir", "default_cert", "poll_interval", "self_signed_names",
+             "handshake_timeout"}
 _LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_down", "enabled",
                   "routes", "forwarded_for", "max_body", "forwarded_proto"}
 _RULE_KEYS = {"path_prefix", "host", "backend", "return"}
@@ -530,6 +550,7 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
         )
 
     routes = _validate_routes(check, tree.get("routes", {}), backends)
+    tls = _validate_tls(check, tree.get("tls", {}))
 
     listeners: dict[str, ListenerConfig] = {}
     seen_binds: dict[Address, str] = {}
@@ -567,6 +588,9 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
             elif backend is not None and backend not in backends:
                 known = ", ".join(sorted(backends)) or "none are defined"
                 check.problem(f"{path}.backend", f"no backend named {backend!r} ({known})")
+            elif mode == "tcp" and body.get("tls") is True:
+                check.problem(f"{path}.tls", "TLS is terminated on http listeners only; a tcp "
+                                             "listener relays TLS (STARTTLS) end to end")
         if enabled:
             for index, address in enumerate(binds):
                 if address in seen_binds:
@@ -603,6 +627,33 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
         backends=backends,
         timeouts=timeouts,
         routes=routes,
+        tls=tls,
+    )
+
+
+def _validate_tls(check: _Checker, raw: Any) -> TlsConfig:
+    body = check.table(raw, "tls", _TLS_KEYS)
+    cert_dir = check.string(body, "tls", "cert_dir", DEFAULT_CERT_DIR)
+    if not cert_dir:
+        check.problem("tls.cert_dir", "must name a directory")
+    default_cert = body.get("default_cert")
+    if default_cert is not None and (not isinstance(default_cert, str) or not default_cert
+                                     or "/" in default_cert):
+        check.problem("tls.default_cert", "must be the name of a file in tls.cert_dir")
+        default_cert = None
+    names = body.get("self_signed_names", [])
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(
+            isinstance(name, str) and _HOSTNAME.fullmatch(name) for name in names):
+        check.problem("tls.self_signed_names", "must be a list of DNS names")
+        names = []
+    return TlsConfig(
+        cert_dir=cert_dir,
+        default_cert=default_cert,
+        poll_interval=check.duration(body, "tls", "poll_interval", "5s"),
+        self_signed_names=tuple(names),
+        handshake_timeout=check.duration(body, "tls", "handshake_timeout", "10s"),
     )
 
 
@@ -693,6 +744,13 @@ def to_toml(config: Config) -> str:
     ]
     for key in TIMEOUT_DEFAULTS:
         lines.append(f"{key} = {_toml(format_duration(getattr(config.timeouts, key)))}")
+    tls = config.tls
+    lines += ["", "[tls]", f"cert_dir = {_toml(tls.cert_dir)}"]
+    if tls.default_cert is not None:
+        lines.append(f"default_cert = {_toml(tls.default_cert)}")
+    lines += [f"poll_interval = {_toml(format_duration(tls.poll_interval))}",
+              f"self_signed_names = {_toml(list(tls.self_signed_names))}",
+              f"handshake_timeout = {_toml(format_duration(tls.handshake_timeout))}"]
     for listener in config.listeners.values():
         lines += ["", f"[listeners.{_toml_key(listener.name)}]",
                   f"enabled = {_toml(listener.enabled)}",

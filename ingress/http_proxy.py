@@ -188,15 +188,20 @@ class _Exchange:
 
 
 class HttpSession(asyncio.Protocol):
-    def __init__(self, ctx: HttpContext) -> None:
+    def __init__(self, ctx: HttpContext,
+                 proxied_client: tuple[str, int] | None = None) -> None:
+        """``proxied_client``: the client address of a PROXY header already read (the
+        ``https-proxied`` listener reads it before the TLS handshake, see ingress.tls_accept)."""
         self._ctx = ctx
+        self._proxied_client = proxied_client
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._parser = RequestParser(ctx.limits)
         self._queue: deque[RequestHead | Data | EndOfMessage] = deque()
         self._exchange: _Exchange | None = None
         self._discarding_body = False
-        self._awaiting_proxy = ctx.listener.accept_proxy
+        self._awaiting_proxy = ctx.listener.accept_proxy and proxied_client is None
+        self._tls: tuple[str, str] | None = None  # TLS version and SNI, for the access log
         self._inbound = proxy_protocol.HeaderReader()
         self._closing = False
         self._pumping = False
@@ -213,8 +218,12 @@ class HttpSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
-        self.client_address = (peer[0], peer[1]) if peer else None
+        self.client_address = self._proxied_client or ((peer[0], peer[1]) if peer else None)
         self._client_text = _address_text(self.client_address)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            server_name = getattr(ssl_object, "requested_server_name", None)
+            self._tls = (ssl_object.version() or "-", server_name or "-")
         listener = self._ctx.listener
         if listener.forwarded_proto:
             sock = transport.get_extra_info("sockname")
@@ -622,7 +631,7 @@ class HttpSession(asyncio.Protocol):
             backend=backend, server=server,
             duration_ms=round((self._loop.time() - started) * 1000), status=status,
             body_bytes=body_bytes, method=head.method, target=head.target,
-            version=head.version, end=end, worker=self._ctx.worker)
+            version=head.version, end=end, worker=self._ctx.worker, tls=self._tls)
 
 
 def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -749,4 +758,9 @@ class _ServerConnection(asyncio.Protocol):
 
 def make_factory(ctx: HttpContext) -> Callable[[], HttpSession]:
     return lambda: HttpSession(ctx)
+
+
+def make_proxied_factory(ctx: HttpContext
+                         ) -> Callable[[tuple[str, int] | None], HttpSession]:
+    return lambda client: HttpSession(ctx, client)
 

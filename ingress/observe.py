@@ -106,18 +106,21 @@ class AccessLog:
 
     def http_request(self, *, client: str, listener: str, backend: str, server: str,
                      duration_ms: int, status: int, body_bytes: int, method: bytes,
-                     target: bytes, version: bytes, end: str, worker: int) -> None:
+                     target: bytes, version: bytes, end: str, worker: int,
+                     tls: tuple[str, str] | None = None) -> None:
         """One line per HTTP request.  The text layout follows HAProxy's ``option httplog``
         (client, [accept date], frontend, backend/server, timers, status, bytes, ...,
         "request line") so that log pipelines built for the KRA HAProxy keep parsing it; the
         timers are reduced to the total time, the fields HAProxy fills with request-queue and
-        cookie data are '-'.  The request target is cut at 200 bytes."""
+        cookie data are '-'.  The request target is cut at 200 bytes.  ``tls``: the protocol
+        version and requested server name of an HTTPS connection ("-" for none)."""
         request = (method + b" " + target[:200] + b" HTTP/" + version).decode("latin-1")
         if self._json:
             self.record({"kind": "http", "client": client, "listener": listener,
                          "backend": backend, "server": server, "duration_ms": duration_ms,
                          "status": status, "bytes": body_bytes, "request": request,
-                         "end": end, "worker": worker})
+                         "end": end, "worker": worker,
+                         **({"tls": tls[0], "sni": tls[1]} if tls else {})})
             return
         # The target is printable ASCII without quotes once validated: the JSON quoting (which
         # HAProxy's log parsers see as the quoted request line) is then just the two quotes.
@@ -125,7 +128,8 @@ class AccessLog:
                   and '"' not in request and "\\" not in request else json.dumps(request))
         self._append(f"{client} [{self._haproxy_clock.now()}] {listener} {backend}/{server} "
                      f"-1/-1/-1/-1/{duration_ms} {status} {body_bytes} - - ---- "
-                     f"{quoted} end={end if end == 'ok' else quote(end)} worker={worker}")
+                     f"{quoted} end={end if end == 'ok' else quote(end)} worker={worker}"
+                     + (f" tls={tls[0]} sni={quote(tls[1])}" if tls else ""))
 
     def _append(self, line: str) -> None:
         self._lines.append(line)

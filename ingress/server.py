@@ -43,9 +43,12 @@ from ingress.config import Address, Config, ListenerConfig
 from ingress.http1 import Limits
 from ingress.observe import AccessLog
 from ingress.tcp_relay import RelayContext, RelaySession, make_factory
+from ingress.tls_accept import ProxiedTlsAcceptor
 from routing.backends import Backend, Resolver
 from routing.pool import ConnectionPool
 from routing.table import RouteTable
+from tls import selfsigned
+from tls.store import CertificateStore
 
 log = logging.getLogger("mta_ingress.server")
 
@@ -86,6 +89,22 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def certificate_store(config: Config) -> CertificateStore | None:
+    """The store every TLS listener shares, loaded once; None when no TLS listener is on.
+
+    Made by the supervisor before it forks, so that the workers share its contexts' session
+    ticket key and the self-signed fallback (one certificate, whichever worker answers)."""
+    if not any(listener.tls and listener.mode == "http"
+               for listener in config.enabled_listeners):
+        return None
+    names = config.tls.self_signed_names or (f"{config.release}-ingress", "localhost")
+    fallback = selfsigned.generate(names)
+    store = CertificateStore(Path(config.tls.cert_dir), default_file=config.tls.default_cert,
+                             self_signed=lambda: fallback)
+    store.reload()
+    return store
+
+
 def listening_socket(address: Address) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -105,9 +124,11 @@ def listening_socket(address: Address) -> socket.socket:
 
 
 class Worker:
-    def __init__(self, config: Config, index: int) -> None:
+    def __init__(self, config: Config, index: int,
+                 tls_store: CertificateStore | None = None) -> None:
         self.config = config
         self.index = index
+        self.tls_store = tls_store
         self.access_log = AccessLog(config.log_format)
         self.sessions: set[RelaySession] = set()
         self.http_sessions: set[http_proxy.HttpSession] = set()
@@ -133,10 +154,20 @@ class Worker:
             factory = self._factory(listener, backends)
             if factory is None:
                 continue
+            tls_context = None
+            if listener.tls and not listener.accept_proxy and self.tls_store is not None:
+                tls_context = self.tls_store.front
             for address in listener.bind:
                 sock = listening_socket(address)
-                server = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
+                server = await loop.create_server(
+                    factory, sock=sock, backlog=LISTEN_BACKLOG, ssl=tls_context,
+                    ssl_handshake_timeout=self.config.tls.handshake_timeout
+                    if tls_context is not None else None)
                 self.servers.append(server)
+        if self.tls_store is not None:
+            task = loop.create_task(self._poll_certificates(self.tls_store))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         for name in sorted(self._referenced_backends()):
             backend_config = self.config.backends[name]
             if backend_config.check:
@@ -156,8 +187,6 @@ class Worker:
         preset's unused backends would look up names that exist nowhere)."""
         names: set[str] = set()
         for listener in self.config.enabled_listeners:
-            if listener.tls:
-                continue
             if listener.backend is not None:
                 names.add(listener.backend)
             if listener.routes is not None:
@@ -178,13 +207,6 @@ class Worker:
 
     def _factory(self, listener: ListenerConfig,
                  backends: dict[str, Backend]) -> Callable[[], asyncio.Protocol] | None:
-        if listener.mode == "http" and listener.tls:
-            # TLS termination is the next piece of work; until then an HTTPS listener is not
-            # opened, and that is said loudly rather than serving plain HTTP on an HTTPS port.
-            if self.index == 0:
-                log.warning("msg=\"listener not started: TLS is not available in this "
-                            "version\" listener=%s", listener.name)
-            return None
         if listener.mode == "http":
             routes = (RouteTable(self.config.routes[listener.routes])
                       if listener.routes is not None else None)
@@ -193,6 +215,16 @@ class Worker:
                 timeouts=self.config.timeouts, access_log=self.access_log,
                 sessions=self.http_sessions, state=self.state, worker=self.index,
                 limits=Limits(max_body=listener.max_body))
+            if listener.tls and listener.accept_proxy:
+                store = self.tls_store
+                if store is None:
+                    raise ValueError(f"listener {listener.name}: TLS without a certificate store")
+                make_session = http_proxy.make_proxied_factory(http_ctx)
+                timeouts = self.config.timeouts
+                return lambda: ProxiedTlsAcceptor(
+                    context=store.front, handshake_timeout=self.config.tls.handshake_timeout,
+                    header_timeout=timeouts.proxy_header, listener=listener.name,
+                    access_log=self.access_log, worker=self.index, make_session=make_session)
             return http_proxy.make_factory(http_ctx)
         if listener.backend is None:
             raise ValueError(f"tcp listener {listener.name} has no backend")
@@ -260,14 +292,29 @@ class Worker:
             await server.wait_closed()
 
     def _reload(self) -> None:
-        # Nothing reloadable yet; the certificate store (issue 4) hooks in here.
-        log.info("msg=\"SIGHUP received: nothing to reload\" worker=%d", self.index)
+        if self.tls_store is None:
+            log.info("msg=\"SIGHUP received: nothing to reload\" worker=%d", self.index)
+            return
+        report = self.tls_store.reload()
+        log.info("msg=\"SIGHUP: certificates reloaded\" worker=%d loaded=%d failed=%d "
+                 "removed=%d", self.index, len(report.loaded), len(report.failed),
+                 len(report.removed))
+
+    async def _poll_certificates(self, store: CertificateStore) -> None:
+        # Metadata polling, not inotify: NFS and EFS volumes deliver no change events.
+        while True:
+            await asyncio.sleep(self.config.tls.poll_interval)
+            try:
+                store.poll()
+            except Exception:
+                log.exception("msg=\"certificate poll failed\" worker=%d", self.index)
 
 
-def run_worker(config: Config, index: int, ready_fd: int | None) -> int:
+def run_worker(config: Config, index: int, ready_fd: int | None,
+               tls_store: CertificateStore | None = None) -> int:
     import uvloop
 
-    worker = Worker(config, index)
+    worker = Worker(config, index, tls_store)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(worker.serve(ready_fd))
@@ -289,6 +336,7 @@ class Supervisor:
         self.started_at: dict[int, float] = {}
         self.stopping: signal.Signals | None = None
         self.failed = False
+        self.tls_store = certificate_store(config)
 
     def _spawn(self, index: int, ready_fd: int | None) -> None:
         sys.stdout.flush()
@@ -301,7 +349,7 @@ class Supervisor:
                 for signum in self.HANDLED:
                     signal.signal(signum, signal.SIG_DFL)
                 _die_with_parent()
-                code = run_worker(self.config, index, ready_fd)
+                code = run_worker(self.config, index, ready_fd, self.tls_store)
             except BaseException:
                 logging.getLogger("mta_ingress").exception("msg=\"worker crashed\"")
             finally:
@@ -322,7 +370,7 @@ class Supervisor:
             self._reap_all(timeout=5.0)
             return 1
         listeners = [f"{listener.name}={','.join(map(str, listener.bind))}"
-                     for listener in self.config.enabled_listeners if not listener.tls]
+                     for listener in self.config.enabled_listeners]
         log.info("msg=\"ready\" workers=%d listeners=%s", self.count, " ".join(listeners))
         return self._watch()
 

@@ -23,7 +23,7 @@ from ingress.config import Address, ConfigError, format_duration, parse_address,
 PRESET_LISTENERS = ("smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "http",
                     "http-proxied", "https", "https-proxied")
 PRESET_BACKENDS = "event-tracker-http, event-tracker-smtp, mta-http, mta-smtp, tls-http"
-TOP_KEYS = "backends, listeners, log_format, preset, release, routes, timeouts, workers"
+TOP_KEYS = "backends, listeners, log_format, preset, release, routes, timeouts, tls, workers"
 LISTENER_KEYS = (
     "accept_proxy, backend, bind, enabled, forwarded_for, forwarded_proto, max_body, mode, "
     "on_backend_down, routes, tls")
@@ -228,6 +228,18 @@ def test_default_timeouts() -> None:
 FILE_PROBLEMS: list[tuple[str, str, str]] = [
     ("unknown-top-key", 'colour = "blue"\n',
      f"colour: unknown key; known keys here: {TOP_KEYS}"),
+    ("unknown-tls-key", '[tls]\ncrt = "/x"\n',
+     "tls.crt: unknown key; known keys here: cert_dir, default_cert, handshake_timeout, "
+     "poll_interval, self_signed_names"),
+    ("tls-default-cert-path", '[tls]\ndefault_cert = "a/b.pem"\n',
+     "tls.default_cert: must be the name of a file in tls.cert_dir"),
+    ("tls-poll-zero", '[tls]\npoll_interval = "0s"\n',
+     "tls.poll_interval: must be longer than zero"),
+    ("tls-self-signed-names", '[tls]\nself_signed_names = ["bad name"]\n',
+     "tls.self_signed_names: must be a list of DNS names"),
+    ("tls-on-tcp-listener", "[listeners.smtp25]\ntls = true\n",
+     "listeners.smtp25.tls: TLS is terminated on http listeners only; a tcp listener relays "
+     "TLS (STARTTLS) end to end"),
     ("unknown-listener-key", "[listeners.smtp25]\nport = 25\n",
      f"listeners.smtp25.port: unknown key; known keys here: {LISTENER_KEYS}"),
     ("unknown-backend-key", "[backends.mta-smtp]\nweight = 2\n",
@@ -826,3 +838,18 @@ def test_max_body_on_a_listener(write: Any) -> None:
     with pytest.raises(ConfigError) as caught:
         config.load(write('[listeners.http]\nmax_body = -5\n', "bad.toml"), environ={})
     assert "listeners.http.max_body: must be a positive byte count" in caught.value.problems[0]
+
+
+def test_tls_section_defaults_and_values(write: Any) -> None:
+    defaults = config.load(write(""), environ={})
+    assert defaults.tls.cert_dir == "/mnt/tls/haproxy"  # where the KRA chart mounts it
+    assert defaults.tls.poll_interval == 5.0
+    assert defaults.tls.default_cert is None
+    configured = config.load(environ={}, path=write(
+        '[tls]\ncert_dir = "/certs"\ndefault_cert = "main.pem"\npoll_interval = "500ms"\n'
+        'self_signed_names = ["mail.example.org"]\nhandshake_timeout = "3s"\n'))
+    assert configured.tls.cert_dir == "/certs"
+    assert configured.tls.default_cert == "main.pem"
+    assert configured.tls.poll_interval == 0.5
+    assert configured.tls.self_signed_names == ("mail.example.org",)
+    assert configured.tls.handshake_timeout == 3.0
