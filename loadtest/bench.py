@@ -47,9 +47,12 @@ HAPROXY = "/usr/sbin/haproxy"
 BENCH_VENV = ROOT / ".venv-bench"
 RESULTS = ROOT / "loadtest" / "results"
 SCENARIOS = ("sessions", "bulk", "idle", "http-keepalive", "http-close", "http-1mib",
-             "http-latency")
+             "http-latency", "https-handshake-ecdsa", "https-handshake-rsa", "https-keepalive")
+# HTTPS: the same origin and routing behind the https listener, a certificate of the key type
+# in the name (https-keepalive: ECDSA P-256); handshakes are new connections with one request.
+TLS_SCENARIOS = ("https-handshake-ecdsa", "https-handshake-rsa", "https-keepalive")
 # Measured with wrk (closed loop: each connection sends its next request when the last ends).
-WRK_SCENARIOS = ("http-keepalive", "http-close", "http-1mib")
+WRK_SCENARIOS = ("http-keepalive", "http-close", "http-1mib", *TLS_SCENARIOS)
 HTTP_SCENARIOS = (*WRK_SCENARIOS, "http-latency")
 # A click-tracking-like path: no route but the default one matches it, on both proxies.
 HTTP_PATH = "/click/abc?x=1"
@@ -60,7 +63,8 @@ SATURATED = 0.90
 # which a measurement is flagged: something else was competing for the CPUs.
 DISTURBED = 0.15
 TARGETS = {"sessions": 0.9, "bulk": 1.2, "http-keepalive": 0.75, "http-close": 0.85,
-           "http-1mib": 1.0}
+           "http-1mib": 1.0, "https-handshake-ecdsa": 0.9, "https-handshake-rsa": 0.9,
+           "https-keepalive": 0.75}
 # http-latency: ingress p99 at most this multiple of HAProxy's, at half HAProxy's peak rate.
 LATENCY_MAX_RATIO = 2.0
 # Enough descriptors for the idle scenario: the ingress holds two per relayed connection.
@@ -270,8 +274,7 @@ HAPROXY_HTTP_CONFIG = """\
 # everything else (clicks, opens) to the event tracker.  Every backend is the bench's origin.
 global
     nbthread 1
-    maxconn {maxconn}{maxconn_note}
-
+    maxconn {maxconn}{maxconn_note}{tls_global}
 defaults
     mode http
     option forwardfor
@@ -282,7 +285,7 @@ defaults
     timeout server 1m
 
 frontend http
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{tls_bind}
     {readiness}
     use_backend mta if {{ path_beg /api/v1/send.json }}
     default_backend event-tracker
@@ -292,6 +295,14 @@ backend mta
 
 backend event-tracker
     server event-tracker 127.0.0.1:{backend_port}
+"""
+
+# The ingress's TLS settings (tls/store.py): TLS 1.2-1.3, Mozilla intermediate ECDHE suites.
+HAPROXY_TLS_GLOBAL = """
+    ssl-default-bind-ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:\
+ECDHE-RSA-CHACHA20-POLY1305
+    ssl-default-bind-options ssl-min-ver TLSv1.2
 """
 
 HAPROXY_READINESS = ('http-request return status 200 content-type text/plain string "ready\\n" '
@@ -307,9 +318,9 @@ preset = "greenarrow"
 workers = {workers}
 log_format = "logfmt"
 
-[listeners.http]
+[listeners.{listener}]
 bind = ["127.0.0.1:{port}"]
-{disabled}
+{disabled}{tls}
 [backends.mta-http]
 servers = ["127.0.0.1:{backend_port}"]
 
@@ -361,25 +372,67 @@ def haproxy_maxconn() -> tuple[int, str]:
                      f"RLIMIT_NOFILE hard limit is {hard}")
 
 
+def certificate_dir(workdir: Path, scenario: str) -> Path:
+    """A directory holding one self-signed certificate of the scenario's key type, in the
+    one-file PEM format both proxies read (HAProxy's ``crt <dir>``, the ingress's store)."""
+    directory = workdir / "certs"
+    directory.mkdir(exist_ok=True)
+    path = directory / "bench.pem"
+    if not path.exists():
+        path.write_bytes(bench_certificate("rsa" if scenario.endswith("-rsa") else "ecdsa"))
+    return directory
+
+
+def bench_certificate(key_type: str) -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        rsa.generate_private_key(65537, 2048) if key_type == "rsa"
+        else ec.generate_private_key(ec.SECP256R1()))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench.localhost")]),
+                                  critical=False)
+                   .sign(key, hashes.SHA256()))
+    return certificate.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+
+
 def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
-                  http: bool = False) -> ProxySetup:
+                  http: bool = False, certs: Path | None = None) -> ProxySetup:
     path = workdir / "haproxy.cfg"
     maxconn, note = haproxy_maxconn()
     path.write_text((HAPROXY_HTTP_CONFIG if http else HAPROXY_CONFIG).format(
         port=port, backend_port=backend_port, maxconn=maxconn, readiness=HAPROXY_READINESS,
-        maxconn_note=f"  # {note}" if note else ""))
+        maxconn_note=f"  # {note}" if note else "",
+        tls_global=HAPROXY_TLS_GLOBAL if certs else "\n",
+        tls_bind=f" ssl crt {certs} alpn http/1.1" if certs else ""))
     # -db: stay in the foreground, one process, no master: what is measured is what serves.
     return ProxySetup("haproxy", port, path, [*_pin(cpus), HAPROXY, "-db", "-f", str(path)])
 
 
 def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
-                  workers: int, access_log: str, http: bool = False) -> ProxySetup:
+                  workers: int, access_log: str, http: bool = False,
+                  certs: Path | None = None) -> ProxySetup:
     path = workdir / "ingress.toml"
     if http:
+        listener = "https" if certs else "http"
         disabled = "".join(f"\n[listeners.{name}]\nenabled = false\n"
-                           for name in INGRESS_DISABLED)
+                           for name in (*INGRESS_DISABLED, "http") if name != listener)
+        tls = f'\n[tls]\ncert_dir = "{certs}"\n' if certs else ""
         path.write_text(INGRESS_HTTP_CONFIG.format(port=port, backend_port=backend_port,
-                                                   workers=workers, disabled=disabled))
+                                                   workers=workers, disabled=disabled,
+                                                   listener=listener, tls=tls))
     else:
         path.write_text(INGRESS_CONFIG.format(port=port, backend_port=backend_port,
                                               workers=workers))
@@ -537,9 +590,10 @@ def wrk_argv(run: Run, options: argparse.Namespace, port: int, workdir: Path) ->
     argv = [*_pin(run.layout.load), load.WRK, "-t1",
             f"-c{options.http_1mib_connections if large else options.http_connections}",
             "-s", str(script)]
-    if run.scenario == "http-close":
+    if run.scenario == "http-close" or run.scenario.startswith("https-handshake"):
         argv += ["-H", "Connection: close"]
-    return [*argv, f"http://127.0.0.1:{port}{HTTP_LARGE_PATH if large else HTTP_PATH}"]
+    scheme = "https" if run.scenario in TLS_SCENARIOS else "http"
+    return [*argv, f"{scheme}://127.0.0.1:{port}{HTTP_LARGE_PATH if large else HTTP_PATH}"]
 
 
 def measure_wrk(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend: Backend,
@@ -683,6 +737,9 @@ UNITS = {"sessions": ("sessions/s", "sessions per proxy-CPU-s"),
          "http-keepalive": ("requests/s", "requests per proxy-CPU-s"),
          "http-close": ("requests/s", "requests per proxy-CPU-s"),
          "http-1mib": ("MB/s", "MB per proxy-CPU-s"),
+         "https-handshake-ecdsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
+         "https-handshake-rsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
+         "https-keepalive": ("requests/s", "requests per proxy-CPU-s"),
          "http-latency": ("ms p99", ""),
          "idle": ("KiB RSS per connection", "")}
 
@@ -996,6 +1053,14 @@ def describe_scenario(run: Run, options: argparse.Namespace) -> str:
     if run.scenario == "http-1mib":
         return (f"HTTP MB/s of 1 MiB responses, wrk -t1 -c{options.http_1mib_connections} "
                 f"keep-alive, GET {HTTP_LARGE_PATH}, {http}")
+    if run.scenario.startswith("https-handshake"):
+        key = "RSA-2048" if run.scenario.endswith("-rsa") else "ECDSA P-256"
+        return (f"new TLS connections/s, {key} certificate, one request each (Connection: "
+                f"close, no session resumption: wrk does not resume), wrk -t1 "
+                f"-c{options.http_connections}, GET {HTTP_PATH}, {http}")
+    if run.scenario == "https-keepalive":
+        return (f"HTTPS requests/s, ~100-byte responses, ECDSA P-256 certificate, wrk -t1 "
+                f"-c{options.http_connections} keep-alive, GET {HTTP_PATH}, {http}")
     if run.scenario == "http-latency":
         rate = (f"{options.http_rate:,.0f} requests/s" if options.http_rate
                 else "half HAProxy's http-keepalive peak")
@@ -1135,12 +1200,14 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     workdir.mkdir(parents=True, exist_ok=True)
     os.sched_setaffinity(0, run.layout.load or ALL_CPUS)
     http = run.scenario in HTTP_SCENARIOS
+    certs = certificate_dir(workdir, run.scenario) if run.scenario in TLS_SCENARIOS else None
     backend = Backend("sink" if run.scenario == "bulk" else "http" if http else "smtp",
                       ports.take(), run.layout.load, workdir)
     setups = {
-        "haproxy": haproxy_setup(workdir, ports.take(), backend.port, run.layout.proxy, http),
+        "haproxy": haproxy_setup(workdir, ports.take(), backend.port, run.layout.proxy, http,
+                                 certs),
         "mta-ingress": ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
-                                     run.workers, options.access_log, http),
+                                     run.workers, options.access_log, http, certs),
     }
     if run.scenario == "http-latency" and options.http_rate is None:
         try:
