@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from loadtest import load, procstat, profile  # noqa: E402
+from tls import selfsigned  # noqa: E402
 
 T = TypeVar("T")
 
@@ -379,33 +380,9 @@ def certificate_dir(workdir: Path, scenario: str) -> Path:
     directory.mkdir(exist_ok=True)
     path = directory / "bench.pem"
     if not path.exists():
-        path.write_bytes(bench_certificate("rsa" if scenario.endswith("-rsa") else "ecdsa"))
+        path.write_bytes(selfsigned.generate(
+            ("bench.localhost",), key_type="rsa" if scenario.endswith("-rsa") else "ecdsa"))
     return directory
-
-
-def bench_certificate(key_type: str) -> bytes:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import NameOID
-
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
-        rsa.generate_private_key(65537, 2048) if key_type == "rsa"
-        else ec.generate_private_key(ec.SECP256R1()))
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(days=30))
-                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench.localhost")]),
-                                  critical=False)
-                   .sign(key, hashes.SHA256()))
-    return certificate.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
 
 
 def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
