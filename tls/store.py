@@ -166,6 +166,10 @@ def parse_certificate_file(name: str, data: bytes, key_data: bytes | None,
         chain = x509.load_pem_x509_certificates(data)
     except ValueError as error:
         raise CertificateError(f"{name}: no readable certificate ({error})") from None
+    # The PEM reader skips a block without its END line: a file cut inside an intermediate
+    # would load as the leaf alone and break clients that need the intermediate.
+    if data.count(b"-----BEGIN CERTIFICATE-----") != len(chain):
+        raise CertificateError(f"{name}: a certificate of the chain is incomplete or unreadable")
     key_match = _PEM_KEY.search(data)
     if key_match is not None:
         key_pem = key_match.group(0)
@@ -371,8 +375,10 @@ class CertificateStore:
         default_name = self._default_file if self._default_file in self._certificates \
             else sorted(self._certificates)[0]
         default = self._certificates[default_name]
-        chosen = _one_per_key_type([c for c in self._certificates.values()
-                                    if c.names == default.names] or [default])
+        # the configured default first: another file with the same names (a renewal under a
+        # new file name) must not take its place
+        chosen = _one_per_key_type([default, *(c for c in self._certificates.values()
+                                               if c.names == default.names)])
         key = tuple(c.file for c in chosen)
         return _Index(by_name, contexts.get(key) or context_for(chosen), default_name)
 
