@@ -57,6 +57,9 @@ LISTEN_BACKLOG = 4096
 RESTART_PAUSE = 1.0
 START_TIMEOUT = 10.0
 PR_SET_PDEATHSIG = 1
+# How long a closing TLS connection waits for the peer's close_notify (asyncio's default is
+# 30 s): a client that no longer reads must not hold a worker's shutdown that long.
+TLS_SHUTDOWN_TIMEOUT = 2.0
 
 
 def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -162,6 +165,8 @@ class Worker:
                 server = await loop.create_server(
                     factory, sock=sock, backlog=LISTEN_BACKLOG, ssl=tls_context,
                     ssl_handshake_timeout=self.config.tls.handshake_timeout
+                    if tls_context is not None else None,
+                    ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT
                     if tls_context is not None else None)
                 self.servers.append(server)
         if self.tls_store is not None:
@@ -223,6 +228,7 @@ class Worker:
                 timeouts = self.config.timeouts
                 return lambda: ProxiedTlsAcceptor(
                     context=store.front, handshake_timeout=self.config.tls.handshake_timeout,
+                    shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
                     header_timeout=timeouts.proxy_header, listener=listener.name,
                     access_log=self.access_log, worker=self.index, make_session=make_session)
             return http_proxy.make_factory(http_ctx)

@@ -8,8 +8,11 @@ complete, consumes exactly the header's bytes, and only then starts TLS on the t
 first read is the ClientHello. The HTTP session is attached once the handshake is done, with the
 client address from the header.
 
-A header that arrives in pieces is looked at again every ``RETRY_DELAY`` (the socket stays
-readable while the peeked bytes wait, so waiting for readability would spin); the worker's
+The duplicate descriptor is never registered with the event loop: an epoll registration made
+through a duplicate outlives the duplicate's close (it belongs to the shared open file), and
+events for the closed number would reach whichever connection gets that number next. So the
+peek runs on a timer instead: at once after the accept (the load balancer sends the header with
+the connection), then after ``FIRST_RETRY``, doubling up to ``LAST_RETRY``; the worker's
 PROXY-header timeout bounds the whole wait. A bad header closes the connection with a log line,
 as on the other ``-proxied`` listeners.
 """
@@ -17,7 +20,6 @@ as on the other ``-proxied`` listeners.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 from collections.abc import Callable
@@ -26,17 +28,21 @@ from typing import cast
 from ingress import proxy_protocol
 from ingress.observe import AccessLog
 
-RETRY_DELAY = 0.01
+FIRST_RETRY = 0.001
+LAST_RETRY = 0.05
 # The largest header: v2's 16 bytes and a 16-bit length of addresses and TLVs.
 MAX_HEADER = 16 + 65535
 
 
 class ProxiedTlsAcceptor(asyncio.Protocol):
     def __init__(self, *, context: ssl.SSLContext, handshake_timeout: float,
-                 header_timeout: float, listener: str, access_log: AccessLog, worker: int,
+                 shutdown_timeout: float, header_timeout: float, listener: str,
+                 access_log: AccessLog, worker: int,
                  make_session: Callable[[tuple[str, int] | None], asyncio.Protocol]) -> None:
         self._context = context
         self._handshake_timeout = handshake_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._tls_started = False
         self._header_timeout = header_timeout
         self._listener = listener
         self._access_log = access_log
@@ -50,10 +56,14 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
         self._early_eof = False
         self._deadline: asyncio.TimerHandle | None = None
         self._client = "-"
+        self._retry = FIRST_RETRY
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        # uvloop starts reading after connection_made returns, whatever it was told inside it;
+        # paused from the ready queue instead, which runs before the loop polls for I/O again.
         self._transport.pause_reading()
+        self._loop.call_soon(self._keep_paused)
         peer = transport.get_extra_info("peername")
         if peer:
             self._client = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
@@ -61,7 +71,11 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
         self._peer = socket.socket(fileno=socket.dup(sock.fileno()))
         self._peer.setblocking(False)
         self._deadline = self._loop.call_later(self._header_timeout, self._header_timed_out)
-        self._loop.add_reader(self._peer.fileno(), self._peek)
+        self._loop.call_soon(self._peek)
+
+    def _keep_paused(self) -> None:
+        if self._transport is not None and not self._tls_started:
+            self._transport.pause_reading()
 
     def _peek(self) -> None:
         peer, transport = self._peer, self._transport
@@ -70,6 +84,7 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
         try:
             data = peer.recv(MAX_HEADER, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
+            self._peek_later()
             return
         except OSError:
             self._close()
@@ -83,8 +98,7 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
             self._reject("bad-proxy-header", f"{error.reason}: {error}")
             return
         if parsed is None:
-            self._loop.remove_reader(peer.fileno())
-            self._loop.call_later(RETRY_DELAY, self._watch_again)
+            self._peek_later()
             return
         header, length = parsed
         try:
@@ -99,12 +113,13 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        self._tls_started = True
         task = self._loop.create_task(self._start_tls(header.client_address))
         task.add_done_callback(_ignore_result)
 
-    def _watch_again(self) -> None:
-        if self._peer is not None and self._transport is not None:
-            self._loop.add_reader(self._peer.fileno(), self._peek)
+    def _peek_later(self) -> None:
+        self._loop.call_later(self._retry, self._peek)
+        self._retry = min(self._retry * 2, LAST_RETRY)
 
     async def _start_tls(self, client_address: tuple[str, int] | None) -> None:
         transport = self._transport
@@ -113,7 +128,8 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
         try:
             tls_transport = await self._loop.start_tls(
                 transport, self, self._context, server_side=True,
-                ssl_handshake_timeout=self._handshake_timeout)
+                ssl_handshake_timeout=self._handshake_timeout,
+                ssl_shutdown_timeout=self._shutdown_timeout)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as error:
             self._log("tls-handshake-failed", str(error) or type(error).__name__)
             transport.abort()
@@ -136,6 +152,11 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
     # Between the end of the handshake and the session's arrival, TLS may already have
     # decrypted the first request: kept, and handed over in order.
     def data_received(self, data: bytes) -> None:
+        if not self._tls_started:
+            # The transport read bytes the peek was to see: the header can no longer be told
+            # apart from the TLS stream, so this connection cannot go on.
+            self._reject("bad-proxy-header", "bytes read before the header was complete")
+            return
         if self._session is not None:
             self._session.data_received(data)
         else:
@@ -179,8 +200,6 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
     def _stop_peeking(self) -> None:
         peer, self._peer = self._peer, None
         if peer is not None:
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(peer.fileno())
             peer.close()
 
 
