@@ -54,7 +54,7 @@ from ingress.http1 import (
     serialize_request_head,
     serialize_response_head,
 )
-from ingress.observe import AccessLog
+from ingress.observe import AccessLog, address_text
 from routing.backends import NO_SERVER, Backend, Endpoint, NoServerReachedError, connect_first
 from routing.pool import ConnectionPool
 from routing.table import READINESS, LocalAnswer, RouteTable
@@ -104,12 +104,6 @@ class HttpContext:
     state: WorkerState
     limits: Limits = field(default_factory=Limits)
     worker: int = 0
-
-
-def _address_text(address: tuple[str, int] | None) -> str:
-    if address is None:
-        return "-"
-    return f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
 
 
 def _status_line_reason(status: int) -> bytes:
@@ -219,7 +213,7 @@ class HttpSession(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_address = self._proxied_client or ((peer[0], peer[1]) if peer else None)
-        self._client_text = _address_text(self.client_address)
+        self._client_text = address_text(self.client_address)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             server_name = getattr(ssl_object, "requested_server_name", None)
@@ -246,7 +240,7 @@ class HttpSession(asyncio.Protocol):
             header, data = parsed
             if header.client_address is not None:
                 self.client_address = header.client_address
-                self._client_text = _address_text(self.client_address)
+                self._client_text = address_text(self.client_address)
             self._awaiting_proxy = False
             if not data:
                 return
@@ -613,11 +607,9 @@ class HttpSession(asyncio.Protocol):
             self._abort_client()
 
     def _log_rejection(self, status: int, reason: str, detail: str) -> None:
-        self._ctx.access_log.record({
-            "kind": "http", "listener": self._ctx.listener.name,
-            "client": self._client_text, "status": status,
-            "end": "rejected", "reason": reason, "detail": detail[:200],
-            "worker": self._ctx.worker})
+        self._ctx.access_log.http_rejection(
+            listener=self._ctx.listener.name, client=self._client_text, status=status,
+            reason=reason, detail=detail, worker=self._ctx.worker)
 
     def _log_exchange(self, exchange: _Exchange, *, status: int, end: str) -> None:
         self._log_request(exchange.head, status, exchange.response_bytes,

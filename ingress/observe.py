@@ -40,6 +40,14 @@ def configure_logging(level: int = logging.INFO) -> None:
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]|[^\x21-\x7e]')
 
 
+def address_text(address: tuple[str, int] | None, missing: str = "-") -> str:
+    """``host:port``, with an IPv6 host in brackets, as every log line and the stubs write it."""
+    if address is None:
+        return missing
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def quote(value: str) -> str:
     """logfmt value: bare when it has no space, quote, equals sign or non-printable character."""
     if value and not _NEEDS_QUOTES.search(value):
@@ -103,6 +111,14 @@ class AccessLog:
         if detail:
             line = f"{line} detail={quote(detail)}"
         self._append(line)
+
+    def http_rejection(self, *, listener: str, client: str, status: int, reason: str,
+                       detail: str, worker: int) -> None:
+        """A connection or request refused before any backend saw it (bad PROXY header,
+        malformed request, failed TLS handshake); ``detail`` is cut at 200 characters."""
+        self.record({"kind": "http", "listener": listener, "client": client, "status": status,
+                     "end": "rejected", "reason": reason, "detail": detail[:200],
+                     "worker": worker})
 
     def http_request(self, *, client: str, listener: str, backend: str, server: str,
                      duration_ms: int, status: int, body_bytes: int, method: bytes,

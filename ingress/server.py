@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ingress import http_proxy
 from ingress.config import Address, Config, ListenerConfig
@@ -157,17 +158,15 @@ class Worker:
             factory = self._factory(listener, backends)
             if factory is None:
                 continue
-            tls_context = None
+            tls: dict[str, Any] = {}
             if listener.tls and not listener.accept_proxy and self.tls_store is not None:
-                tls_context = self.tls_store.front
+                tls = {"ssl": self.tls_store.front,
+                       "ssl_handshake_timeout": self.config.tls.handshake_timeout,
+                       "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT}
             for address in listener.bind:
                 sock = listening_socket(address)
-                server = await loop.create_server(
-                    factory, sock=sock, backlog=LISTEN_BACKLOG, ssl=tls_context,
-                    ssl_handshake_timeout=self.config.tls.handshake_timeout
-                    if tls_context is not None else None,
-                    ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT
-                    if tls_context is not None else None)
+                server = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG,
+                                                  **tls)
                 self.servers.append(server)
         if self.tls_store is not None:
             task = loop.create_task(self._poll_certificates(self.tls_store))

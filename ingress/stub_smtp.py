@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from ingress import proxy_protocol
+from ingress.observe import address_text
 
 MAX_LINE = 4096
 
@@ -31,13 +32,6 @@ class StubStats:
     sessions: int = 0
     messages: list[Received] = field(default_factory=list)
     proxy_errors: int = 0
-
-
-def _format(address: tuple[str, int] | None) -> str:
-    if address is None:
-        return "unknown"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class StubSmtp(asyncio.Protocol):
@@ -61,7 +55,7 @@ class StubSmtp(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self._stats.sessions += 1
         peer = transport.get_extra_info("peername")
-        self._client = _format((peer[0], peer[1])) if peer else "unknown"
+        self._client = address_text((peer[0], peer[1]), "unknown") if peer else "unknown"
         if not self._expect_proxy:
             self._banner()
 
@@ -85,7 +79,7 @@ class StubSmtp(asyncio.Protocol):
                 return
             header, data = parsed
             if header.client_address is not None:
-                self._client = _format(header.client_address)
+                self._client = address_text(header.client_address, "unknown")
             self._expect_proxy = False
             self._banner()
         self._buffer += data

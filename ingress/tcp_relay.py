@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, cast
 
 from ingress import proxy_protocol
 from ingress.flow import pause_reading, resume_reading
-from ingress.observe import AccessLog
+from ingress.observe import AccessLog, address_text
 from routing.backends import Backend, Endpoint, NoServerReachedError, connect_first
 
 if TYPE_CHECKING:
@@ -72,13 +72,6 @@ class RelayContext:
     access_log: AccessLog
     sessions: set[RelaySession]
     worker: int = 0
-
-
-def _format(address: tuple[str, int] | None) -> str:
-    if address is None:
-        return "-"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int]) -> bytes:
@@ -283,7 +276,7 @@ class RelaySession(asyncio.Protocol):
             return
         log.warning("msg=\"no backend server reachable\" listener=%s backend=%s client=%s "
                     "error=%r", self._ctx.listener.name, self._ctx.backend.name,
-                    _format(self.client_address), failure)
+                    address_text(self.client_address), failure)
         if self._ctx.listener.on_backend_down == "smtp-421":
             self.transport.write(SMTP_UNAVAILABLE)
             self.bytes_out += len(SMTP_UNAVAILABLE)
@@ -361,7 +354,7 @@ class RelaySession(asyncio.Protocol):
         ctx.sessions.discard(self)
         ctx.access_log.tcp_session(
             listener=ctx.listener.name,
-            client=_format(self.client_address),
+            client=address_text(self.client_address),
             backend=ctx.backend.name,
             server=self._server_label,
             bytes_in=self.bytes_in,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import cast
 
 from ingress import proxy_protocol
-from ingress.observe import AccessLog
+from ingress.observe import AccessLog, address_text
 
 FIRST_RETRY = 0.001
 LAST_RETRY = 0.05
@@ -66,7 +66,7 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
         self._loop.call_soon(self._keep_paused)
         peer = transport.get_extra_info("peername")
         if peer:
-            self._client = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+            self._client = address_text((peer[0], peer[1]))
         sock = transport.get_extra_info("socket")
         self._peer = socket.socket(fileno=socket.dup(sock.fileno()))
         self._peer.setblocking(False)
@@ -187,10 +187,9 @@ class ProxiedTlsAcceptor(asyncio.Protocol):
         self._close()
 
     def _log(self, reason: str, detail: str) -> None:
-        self._access_log.record({
-            "kind": "http", "listener": self._listener, "client": self._client, "status": 0,
-            "end": "rejected", "reason": reason, "detail": detail[:200],
-            "worker": self._worker})
+        self._access_log.http_rejection(listener=self._listener, client=self._client,
+                                        status=0, reason=reason, detail=detail,
+                                        worker=self._worker)
 
     def _close(self) -> None:
         self._stop_peeking()

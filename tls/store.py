@@ -43,7 +43,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from tls import sni
@@ -135,8 +135,6 @@ def _key_type(key: object) -> str:
         return "ecdsa"
     if isinstance(key, rsa.RSAPublicKey):
         return "rsa"
-    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return "other"
     return "other"
 
 
@@ -371,7 +369,9 @@ class CertificateStore:
         if not self._certificates:
             log.warning("msg=\"no certificate in the directory: serving a self-signed one\" "
                         "dir=%s", self.directory)
-            return _Index(by_name, _self_signed_context(self._self_signed()), "(self-signed)")
+            context = base_context()
+            _load_pem(context, self._self_signed())
+            return _Index(by_name, context, "(self-signed)")
         default_name = self._default_file if self._default_file in self._certificates \
             else sorted(self._certificates)[0]
         default = self._certificates[default_name]
@@ -403,7 +403,3 @@ def _one_per_key_type(certificates: list[Certificate]) -> list[Certificate]:
     return list(chosen.values())
 
 
-def _self_signed_context(pem: bytes) -> ssl.SSLContext:
-    context = base_context()
-    _load_pem(context, pem)
-    return context
