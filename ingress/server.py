@@ -44,7 +44,7 @@ from ingress.config import Address, Config, ListenerConfig
 from ingress.http1 import Limits
 from ingress.observe import AccessLog
 from ingress.tcp_relay import RelayContext, RelaySession, make_factory
-from ingress.tls_accept import ProxiedTlsAcceptor
+from ingress.tls_accept import ProxiedTlsListener
 from routing.backends import Backend, Resolver
 from routing.pool import ConnectionPool
 from routing.table import RouteTable
@@ -138,7 +138,7 @@ class Worker:
         self.http_sessions: set[http_proxy.HttpSession] = set()
         self.state = http_proxy.WorkerState()
         self.pool = ConnectionPool(idle_timeout=config.timeouts.http_keep_alive)
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[asyncio.Server | ProxiedTlsListener] = []
         self.draining = False
         self.stopping = False
         self._stopped = asyncio.Event()
@@ -155,18 +155,22 @@ class Worker:
             for name, backend in self.config.backends.items()
         }
         for listener in self.config.enabled_listeners:
-            factory = self._factory(listener, backends)
-            if factory is None:
+            if listener.mode == "http" and listener.tls and listener.accept_proxy:
+                make_session = http_proxy.make_proxied_factory(
+                    self._http_context(listener, backends))
+                for address in listener.bind:
+                    self.servers.append(self._proxied_tls_listener(
+                        listener, listening_socket(address), make_session))
                 continue
+            factory = self._factory(listener, backends)
             tls: dict[str, Any] = {}
-            if listener.tls and not listener.accept_proxy and self.tls_store is not None:
+            if listener.tls and self.tls_store is not None:
                 tls = {"ssl": self.tls_store.front,
                        "ssl_handshake_timeout": self.config.tls.handshake_timeout,
                        "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT}
             for address in listener.bind:
-                sock = listening_socket(address)
-                server = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG,
-                                                  **tls)
+                server = await loop.create_server(factory, sock=listening_socket(address),
+                                                  backlog=LISTEN_BACKLOG, **tls)
                 self.servers.append(server)
         if self.tls_store is not None:
             task = loop.create_task(self._poll_certificates(self.tls_store))
@@ -209,28 +213,35 @@ class Worker:
         if not self._stopped.is_set():
             loop.call_later(self._sweep_interval, self._sweep)
 
+    def _http_context(self, listener: ListenerConfig,
+                      backends: dict[str, Backend]) -> http_proxy.HttpContext:
+        routes = (RouteTable(self.config.routes[listener.routes])
+                  if listener.routes is not None else None)
+        return http_proxy.HttpContext(
+            listener=listener, routes=routes, backends=backends, pool=self.pool,
+            timeouts=self.config.timeouts, access_log=self.access_log,
+            sessions=self.http_sessions, state=self.state, worker=self.index,
+            limits=Limits(max_body=listener.max_body))
+
+    def _proxied_tls_listener(
+            self, listener: ListenerConfig, sock: socket.socket,
+            make_session: Callable[[tuple[str, int] | None], asyncio.Protocol],
+    ) -> ProxiedTlsListener:
+        if self.tls_store is None:
+            raise ValueError(f"listener {listener.name}: TLS without a certificate store")
+        server = ProxiedTlsListener(
+            sock, context=self.tls_store.front,
+            handshake_timeout=self.config.tls.handshake_timeout,
+            shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
+            header_timeout=self.config.timeouts.proxy_header, listener=listener.name,
+            access_log=self.access_log, worker=self.index, make_session=make_session)
+        server.start()
+        return server
+
     def _factory(self, listener: ListenerConfig,
-                 backends: dict[str, Backend]) -> Callable[[], asyncio.Protocol] | None:
+                 backends: dict[str, Backend]) -> Callable[[], asyncio.Protocol]:
         if listener.mode == "http":
-            routes = (RouteTable(self.config.routes[listener.routes])
-                      if listener.routes is not None else None)
-            http_ctx = http_proxy.HttpContext(
-                listener=listener, routes=routes, backends=backends, pool=self.pool,
-                timeouts=self.config.timeouts, access_log=self.access_log,
-                sessions=self.http_sessions, state=self.state, worker=self.index,
-                limits=Limits(max_body=listener.max_body))
-            if listener.tls and listener.accept_proxy:
-                store = self.tls_store
-                if store is None:
-                    raise ValueError(f"listener {listener.name}: TLS without a certificate store")
-                make_session = http_proxy.make_proxied_factory(http_ctx)
-                timeouts = self.config.timeouts
-                return lambda: ProxiedTlsAcceptor(
-                    context=store.front, handshake_timeout=self.config.tls.handshake_timeout,
-                    shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
-                    header_timeout=timeouts.proxy_header, listener=listener.name,
-                    access_log=self.access_log, worker=self.index, make_session=make_session)
-            return http_proxy.make_factory(http_ctx)
+            return http_proxy.make_factory(self._http_context(listener, backends))
         if listener.backend is None:
             raise ValueError(f"tcp listener {listener.name} has no backend")
         backend_config = self.config.backends[listener.backend]

@@ -1,209 +1,198 @@
 """HTTPS behind a PROXY-protocol load balancer: the header first, in clear, then TLS.
 
 On ``https-proxied`` the outer load balancer writes a PROXY header and then relays the client's
-TLS bytes, often in the same segment. A transport that has read them cannot give the TLS bytes
-back to the TLS layer, so this protocol does not let the transport read: it pauses it at once,
-*peeks* at the socket (``MSG_PEEK``, through a duplicate of its descriptor) until the header is
-complete, consumes exactly the header's bytes, and only then starts TLS on the transport, whose
-first read is the ClientHello. The HTTP session is attached once the handshake is done, with the
-client address from the header.
+TLS bytes, often in the same segment. Once an event-loop transport exists for a socket it reads
+whatever arrives (uvloop starts reading after ``connection_made`` whatever the protocol asks),
+and bytes it has read cannot be handed back to the TLS layer. So these listeners accept their
+connections themselves, outside any transport: each accepted socket is watched with
+``add_reader``, *peeked* at (``MSG_PEEK``) until the header is complete, exactly the header's
+bytes are consumed, and only then does the socket become a TLS transport
+(``loop.connect_accepted_socket``), whose first read is the ClientHello. The HTTP session gets
+the client address from the header.
 
-The duplicate descriptor is never registered with the event loop: an epoll registration made
-through a duplicate outlives the duplicate's close (it belongs to the shared open file), and
-events for the closed number would reach whichever connection gets that number next. So the
-peek runs on a timer instead: at once after the accept (the load balancer sends the header with
-the connection), then after ``FIRST_RETRY``, doubling up to ``LAST_RETRY``; the worker's
-PROXY-header timeout bounds the whole wait. A bad header closes the connection with a log line,
-as on the other ``-proxied`` listeners.
+A socket stays readable while it holds bytes, so peeking at an incomplete header would wake the
+loop again at once; but while the header is incomplete every byte seen is part of it, so those
+bytes are consumed as they come and only the last read, the one that completes the header, is
+measured exactly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import cast
 
 from ingress import proxy_protocol
 from ingress.observe import AccessLog, address_text
 
-FIRST_RETRY = 0.001
-LAST_RETRY = 0.05
+log = logging.getLogger("mta_ingress")
+
 # The largest header: v2's 16 bytes and a 16-bit length of addresses and TLVs.
 MAX_HEADER = 16 + 65535
+# Accepts taken per wake-up, so one busy listener cannot starve the loop's other work.
+ACCEPT_BATCH = 64
+# Out of descriptors or memory: stop accepting for this long rather than spin on the error.
+ACCEPT_PAUSE = 1.0
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
-class ProxiedTlsAcceptor(asyncio.Protocol):
-    def __init__(self, *, context: ssl.SSLContext, handshake_timeout: float,
-                 shutdown_timeout: float, header_timeout: float, listener: str,
-                 access_log: AccessLog, worker: int,
+class ProxiedTlsListener:
+    """One bound ``https-proxied`` socket; has the ``close``/``wait_closed`` of a Server."""
+
+    def __init__(self, sock: socket.socket, *, context: ssl.SSLContext,
+                 handshake_timeout: float, shutdown_timeout: float, header_timeout: float,
+                 listener: str, access_log: AccessLog, worker: int,
                  make_session: Callable[[tuple[str, int] | None], asyncio.Protocol]) -> None:
-        self._context = context
-        self._handshake_timeout = handshake_timeout
-        self._shutdown_timeout = shutdown_timeout
-        self._tls_started = False
-        self._header_timeout = header_timeout
-        self._listener = listener
-        self._access_log = access_log
-        self._worker = worker
-        self._make_session = make_session
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._peer: socket.socket | None = None
-        self._session: asyncio.Protocol | None = None
-        self._early: list[bytes] = []  # decrypted bytes that came before the session was set
-        self._early_eof = False
+        self._sock = sock
+        self.context = context
+        self.handshake_timeout = handshake_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.header_timeout = header_timeout
+        self.listener = listener
+        self.access_log = access_log
+        self.worker = worker
+        self.make_session = make_session
+        self.loop = asyncio.get_running_loop()
+        self.pending: set[_HeaderReader] = set()
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def start(self) -> None:
+        self.loop.add_reader(self._sock.fileno(), self._accept_ready)
+
+    def close(self) -> None:
+        """Stop accepting; connections already accepted go on, as with a Server."""
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+    def _accept_ready(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _address = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno == errno.ECONNABORTED:
+                    continue
+                if error.errno in _RESOURCE_ERRORS:
+                    log.warning("msg=\"accept paused\" listener=%s error=%r pause_s=%g",
+                                self.listener, error, ACCEPT_PAUSE)
+                    self.loop.remove_reader(self._sock.fileno())
+                    self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+                    return
+                raise
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = _HeaderReader(self, conn)
+            self.pending.add(reader)
+            reader.start()
+
+    def _resume_accepting(self) -> None:
+        if not self._closed:
+            self.loop.add_reader(self._sock.fileno(), self._accept_ready)
+
+    def log_rejection(self, client: str, reason: str, detail: str) -> None:
+        self.access_log.http_rejection(listener=self.listener, client=client, status=0,
+                                       reason=reason, detail=detail, worker=self.worker)
+
+
+class _HeaderReader:
+    """One accepted connection until its PROXY header has been read."""
+
+    def __init__(self, owner: ProxiedTlsListener, sock: socket.socket) -> None:
+        self._owner = owner
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._header = bytearray()
         self._deadline: asyncio.TimerHandle | None = None
-        self._client = "-"
-        self._retry = FIRST_RETRY
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        # uvloop starts reading after connection_made returns, whatever it was told inside it;
-        # paused from the ready queue instead, which runs before the loop polls for I/O again.
-        self._transport.pause_reading()
-        self._loop.call_soon(self._keep_paused)
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self._client = address_text((peer[0], peer[1]))
-        sock = transport.get_extra_info("socket")
-        self._peer = socket.socket(fileno=socket.dup(sock.fileno()))
-        self._peer.setblocking(False)
-        self._deadline = self._loop.call_later(self._header_timeout, self._header_timed_out)
-        self._loop.call_soon(self._peek)
-
-    def _keep_paused(self) -> None:
-        if self._transport is not None and not self._tls_started:
-            self._transport.pause_reading()
-
-    def _peek(self) -> None:
-        peer, transport = self._peer, self._transport
-        if peer is None or transport is None:
-            return
         try:
-            data = peer.recv(MAX_HEADER, socket.MSG_PEEK)
+            peer = sock.getpeername()
+            self._peer: tuple[str, int] | None = (peer[0], peer[1])
+        except OSError:
+            self._peer = None
+        self._client = address_text(self._peer)
+
+    def start(self) -> None:
+        loop = self._owner.loop
+        self._deadline = loop.call_later(self._owner.header_timeout, self._timed_out)
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            peeked = self._sock.recv(MAX_HEADER - len(self._header), socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
-            self._peek_later()
             return
-        except OSError:
-            self._close()
+        except OSError as error:
+            self._end("client-error-before-proxy-header", str(error))
             return
-        if not data:
-            self._close()
+        if not peeked:
+            self._end("client-closed-before-proxy-header", "")
             return
         try:
-            parsed = proxy_protocol.parse_header(data)
+            parsed = proxy_protocol.parse_header(bytes(self._header) + peeked)
         except proxy_protocol.ProxyProtocolError as error:
-            self._reject("bad-proxy-header", f"{error.reason}: {error}")
+            self._end("bad-proxy-header", f"{error.reason}: {error}")
             return
+        # While the header is incomplete, everything peeked belongs to it.
+        wanted = len(peeked) if parsed is None else parsed[1] - len(self._header)
+        try:
+            taken = self._sock.recv(wanted)
+        except OSError as error:
+            self._end("client-error-before-proxy-header", str(error))
+            return
+        if len(taken) != wanted:  # peeked bytes stay in the socket until read: cannot happen
+            self._end("bad-proxy-header", "header bytes vanished between peek and read")
+            return
+        self._header += taken
         if parsed is None:
-            self._peek_later()
+            if len(self._header) >= MAX_HEADER:
+                self._end("bad-proxy-header", "header longer than any valid one")
             return
-        header, length = parsed
-        try:
-            consumed = peer.recv(length)
-        except OSError:
-            self._close()
-            return
-        if len(consumed) != length:  # peeked bytes are in the socket: cannot be short
-            self._reject("bad-proxy-header", "header bytes vanished between peek and read")
-            return
-        self._stop_peeking()
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        self._tls_started = True
-        task = self._loop.create_task(self._start_tls(header.client_address))
-        task.add_done_callback(_ignore_result)
+        self._detach()
+        header = parsed[0]
+        client_address = header.client_address or self._peer
+        owner = self._owner
+        task = owner.loop.create_task(_start_tls(owner, self._sock, client_address))
+        owner.handshakes.add(task)
+        task.add_done_callback(owner.handshakes.discard)
 
-    def _peek_later(self) -> None:
-        self._loop.call_later(self._retry, self._peek)
-        self._retry = min(self._retry * 2, LAST_RETRY)
-
-    async def _start_tls(self, client_address: tuple[str, int] | None) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        try:
-            tls_transport = await self._loop.start_tls(
-                transport, self, self._context, server_side=True,
-                ssl_handshake_timeout=self._handshake_timeout,
-                ssl_shutdown_timeout=self._shutdown_timeout)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as error:
-            self._log("tls-handshake-failed", str(error) or type(error).__name__)
-            transport.abort()
-            return
-        if tls_transport is None:
-            return
-        if client_address is None:
-            peer = transport.get_extra_info("peername")
-            client_address = (peer[0], peer[1]) if peer else None
-        session = self._make_session(client_address)
-        self._session = session
-        tls_transport.set_protocol(session)
-        session.connection_made(tls_transport)
-        for data in self._early:
-            session.data_received(data)
-        self._early.clear()
-        if self._early_eof and not session.eof_received():
-            tls_transport.close()
-
-    # Between the end of the handshake and the session's arrival, TLS may already have
-    # decrypted the first request: kept, and handed over in order.
-    def data_received(self, data: bytes) -> None:
-        if not self._tls_started:
-            # The transport read bytes the peek was to see: the header can no longer be told
-            # apart from the TLS stream, so this connection cannot go on.
-            self._reject("bad-proxy-header", "bytes read before the header was complete")
-            return
-        if self._session is not None:
-            self._session.data_received(data)
-        else:
-            self._early.append(data)
-
-    def eof_received(self) -> bool | None:
-        if self._session is not None:
-            return self._session.eof_received()
-        self._early_eof = True
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_peeking()
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        session, self._session = self._session, None
-        self._transport = None
-        if session is not None:
-            session.connection_lost(exc)
-
-    def _header_timed_out(self) -> None:
+    def _timed_out(self) -> None:
         self._deadline = None
-        self._reject("proxy-header-timeout", "")
+        self._end("proxy-header-timeout", "")
 
-    def _reject(self, reason: str, detail: str) -> None:
-        self._log(reason, detail)
-        self._close()
+    def _end(self, reason: str, detail: str) -> None:
+        self._detach()
+        self._sock.close()
+        # A connection closed before sending anything is the outer balancer's TCP health check.
+        if reason != "client-closed-before-proxy-header" or self._header:
+            self._owner.log_rejection(self._client, reason, detail)
 
-    def _log(self, reason: str, detail: str) -> None:
-        self._access_log.http_rejection(listener=self._listener, client=self._client,
-                                        status=0, reason=reason, detail=detail,
-                                        worker=self._worker)
-
-    def _close(self) -> None:
-        self._stop_peeking()
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _stop_peeking(self) -> None:
-        peer, self._peer = self._peer, None
-        if peer is not None:
-            peer.close()
+    def _detach(self) -> None:
+        self._owner.pending.discard(self)
+        self._owner.loop.remove_reader(self._fd)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
 
-def _ignore_result(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        task.get_loop().call_exception_handler({
-            "message": "PROXY-then-TLS set-up failed", "exception": task.exception(),
-            "task": task})
+async def _start_tls(owner: ProxiedTlsListener, sock: socket.socket,
+                     client_address: tuple[str, int] | None) -> None:
+    try:
+        # The session is made when the handshake is done, and its first bytes are the request.
+        await owner.loop.connect_accepted_socket(
+            lambda: owner.make_session(client_address), sock, ssl=owner.context,
+            ssl_handshake_timeout=owner.handshake_timeout,
+            ssl_shutdown_timeout=owner.shutdown_timeout)
+    except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as error:
+        sock.close()  # a no-op when the failed transport has closed it already
+        owner.log_rejection(address_text(client_address), "tls-handshake-failed",
+                            str(error) or type(error).__name__)
