@@ -31,6 +31,7 @@ option and an ECDSA-first cipher and signature order).
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import re
@@ -46,7 +47,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from tls import sni
+from tls import groups, sni
 
 log = logging.getLogger("mta_ingress.tls")
 
@@ -223,7 +224,16 @@ def base_context() -> ssl.SSLContext:
     # Python sets OP_CIPHER_SERVER_PREFERENCE, OP_NO_COMPRESSION and single-use ECDH keys on
     # every new context; asserted here because the ECDSA preference depends on the first.
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+    if not groups.set_groups(context):
+        _warn_groups_unrestricted()
     return context
+
+
+@functools.cache
+def _warn_groups_unrestricted() -> None:
+    log.warning("msg=\"key-exchange groups left at OpenSSL's defaults: this Python's ssl "
+                "could not be given the intermediate list\" groups=%s",
+                groups.INTERMEDIATE_GROUPS)
 
 
 def _load_pem(context: ssl.SSLContext, pem: bytes) -> None:

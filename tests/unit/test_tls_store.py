@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from tls import selfsigned
+from tls import groups, selfsigned
 from tls.store import (
     MAX_FILE_BYTES,
     CertificateError,
@@ -638,3 +638,41 @@ def test_warn_expiring_logs_once_a_day(tmp_path: Path, caplog: pytest.LogCapture
         store.warn_expiring()
         assert len(warnings()) == 2
         assert all("later.pem" not in message for message in warnings())
+
+
+# --- key-exchange groups ------------------------------------------------------------------------
+
+def client_offering(ca: trustme.CA, offered: str) -> ssl.SSLContext:
+    context = client_for(ca)
+    assert groups.set_groups(context, offered)
+    return context
+
+
+@pytest.mark.parametrize("offered", ["X25519", "prime256v1", "secp384r1"])
+def test_intermediate_groups_are_accepted(tmp_path: Path, ca: trustme.CA,
+                                          make_store: Callable[..., CertificateStore],
+                                          offered: str) -> None:
+    (tmp_path / "a.pem").write_bytes(one_file(ca.issue_cert("a.example.org")))
+    store = make_store()
+    store.reload()
+    peer, _ = handshake(store.front, client_offering(ca, offered), "a.example.org")
+    assert peer.version() == "TLSv1.3"
+
+
+@pytest.mark.parametrize("offered", ["X448", "secp521r1", "ffdhe2048"])
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_groups_outside_the_intermediate_list_are_refused(
+        tmp_path: Path, ca: trustme.CA, make_store: Callable[..., CertificateStore],
+        offered: str, version: ssl.TLSVersion) -> None:
+    (tmp_path / "a.pem").write_bytes(one_file(ca.issue_cert("a.example.org")))
+    store = make_store()
+    store.reload()
+    client = client_offering(ca, offered)
+    client.maximum_version = version
+    with pytest.raises(ssl.SSLError):
+        handshake(store.front, client, "a.example.org")
+
+
+def test_set_groups_refuses_an_unknown_group() -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert not groups.set_groups(context, "X25519:no-such-group")
