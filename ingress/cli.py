@@ -1,4 +1,4 @@
-"""Command line: ``mta-ingress run | check-config | print-config | demo``."""
+"""Command line: ``mta-ingress run | check-config | print-config | certs status | demo``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     with_config("run", "Run the ingress.")
     with_config("check-config", "Validate the configuration; exit 1 listing every problem.")
     with_config("print-config", "Print the effective configuration as TOML.")
+    certs = commands.add_parser("certs", help="Inspect the certificate directory.",
+                                description="Inspect the certificate directory.")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    status = certs_commands.add_parser(
+        "status", help="Each certificate file: names, issuer, expiry and next renewal.",
+        description="Each certificate file of tls.cert_dir: names, issuer, expiry and, for the "
+                    "one the ingress obtains over ACME, its next renewal.")
+    for option in ("--config", "--preset", "--release"):
+        status.add_argument(option)
+    status.set_defaults(workers=None, assignments=[])
     demo = commands.add_parser("demo", help="Run the single-node demo on loopback.",
                                description="Run the single-node demo on loopback.")
     demo.add_argument("--base-port", type=int, default=20000,
@@ -69,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "print-config":
         sys.stdout.write(config.to_toml(effective))
+        return 0
+    if args.command == "certs":
+        from tls import status
+
+        sys.stdout.write(status.report(effective.tls))
         return 0
     from ingress import server
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from ingress import presets
-from routing.backends import is_ip
+from routing.backends import Balance, is_ip
+from routing.discovery import DnsName, is_dns_url, parse_dns_url
 from routing.table import BUILTIN_ANSWERS, LocalAnswer, Rule
 
 ENV_PREFIX = "MTA_INGRESS_"
@@ -75,12 +76,24 @@ class ListenerConfig:
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
-    servers: tuple[Address, ...]
+    servers: tuple[Address | DnsName, ...]  # DnsName: a dns+a:// or dns+srv:// server
     send_proxy: SendProxy
     check: bool = True
     check_interval: float = 2.0
     rise: int = 2
     fall: int = 3
+    balance: Balance = "roundrobin"
+    dns_min_ttl: float = 1.0
+    dns_max_ttl: float = 300.0
+    dns_grace: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """The resolver of dns+ servers (``[dns]``); no nameservers: the system's resolv.conf."""
+
+    nameservers: tuple[Address, ...] = ()
+    timeout: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +112,27 @@ class Timeouts:
 DEFAULT_CERT_DIR = "/mnt/tls/haproxy"
 
 
+ACME_DIRECTORY_ALIASES = {
+    "production": "https://acme-v02.api.letsencrypt.org/directory",
+    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """Certificates obtained by the ingress itself (``[tls.acme]``), where no TLS pod exists."""
+
+    enabled: bool = False
+    directory: str = ACME_DIRECTORY_ALIASES["production"]
+    email: str | None = None
+    domains: tuple[str, ...] = ()
+    ca_bundle: str | None = None  # CA file for a private ACME server's HTTPS
+    expected_addresses: tuple[str, ...] = ()
+    key_type: str = "ecdsa"
+    retry_initial: float = 60.0
+    retry_max: float = 6 * 3600.0
+
+
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
     """The certificate store shared by every TLS listener (``[tls]``)."""
@@ -110,6 +144,20 @@ class TlsConfig:
     # release's Event Tracker service name, which is what the cluster answers for.
     self_signed_names: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
+    acme: AcmeConfig = AcmeConfig()
+
+
+DEFAULT_ADMIN_PORT = 10081
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin listener (``[admin]``): /metrics, /livez, /readyz."""
+
+    enabled: bool = True
+    bind: tuple[Address, ...] = (Address("0.0.0.0", DEFAULT_ADMIN_PORT),)
+    # prometheus_client's multiprocess files; none: a temporary directory of the run
+    metrics_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +171,8 @@ class Config:
     timeouts: Timeouts
     routes: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -208,6 +258,19 @@ def parse_address(text: str, *, allow_hostname: bool) -> Address:
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     return Address(host, int(port_text))
+
+
+def parse_nameserver(text: str) -> Address:
+    """A DNS server: ``ip`` (port 53), ``ip:port``, ``v6`` or ``[v6]:port``."""
+    if is_ip(text):
+        return Address(str(ipaddress.ip_address(text)), 53)
+    if text.startswith(":"):
+        raise ValueError(f"{text!r}: write the nameserver's IP address, ip or ip:port")
+    try:
+        return parse_address(text, allow_hostname=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a nameserver address: write ip, ip:port or "
+                         "[ipv6]:port") from None
 
 
 # --- layering ----------------------------------------------------------------------------------
@@ -473,24 +536,43 @@ class _Checker:
 
     def addresses(self, tree: Mapping[str, Any], path: str, key: str, *,
                   allow_hostname: bool) -> tuple[Address, ...]:
+        result = []
+        for item_path, item in self._address_texts(tree, path, key):
+            try:
+                result.append(parse_address(item, allow_hostname=allow_hostname))
+            except ValueError as error:
+                self.problem(item_path, str(error))
+        return tuple(result)
+
+    def servers(self, tree: Mapping[str, Any], path: str, key: str
+                ) -> tuple[Address | DnsName, ...]:
+        """Backend servers: "host:port", or a dns+a:// or dns+srv:// URL (found through DNS)."""
+        result: list[Address | DnsName] = []
+        for item_path, item in self._address_texts(tree, path, key):
+            try:
+                result.append(parse_dns_url(item) if is_dns_url(item)
+                              else parse_address(item, allow_hostname=True))
+            except ValueError as error:
+                self.problem(item_path, str(error))
+        return tuple(result)
+
+    def _address_texts(self, tree: Mapping[str, Any], path: str, key: str
+                       ) -> list[tuple[str, str]]:
         value = tree.get(key)
         full = f"{path}.{key}"
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
             self.problem(full, "must be a non-empty list of \"host:port\" strings")
-            return ()
+            return []
         result = []
         for index, item in enumerate(value):
             if not isinstance(item, str):
                 self.problem(f"{full}[{index}]",
                              f"must be a \"host:port\" string, not {_kind(item)}")
                 continue
-            try:
-                result.append(parse_address(item, allow_hostname=allow_hostname))
-            except ValueError as error:
-                self.problem(f"{full}[{index}]", str(error))
-        return tuple(result)
+            result.append((f"{full}[{index}]", item))
+        return result
 
 
 def _kind(value: Any) -> str:
@@ -500,14 +582,19 @@ def _kind(value: Any) -> str:
 
 
 _TOP_KEYS = {"preset", "release", "workers", "log_format", "listeners", "backends", "timeouts",
-             "routes", "tls"}
+             "routes", "tls", "dns", "admin"}
+_ADMIN_KEYS = {"enabled", "bind", "metrics_dir"}
+_DNS_KEYS = {"nameservers", "timeout"}
 _TLS_KEYS = {"cert_dir", "default_cert", "poll_interval", "self_signed_names",
-             "handshake_timeout"}
+             "handshake_timeout", "acme"}
+_ACME_KEYS = {"enabled", "directory", "email", "domains", "ca_bundle", "expected_addresses",
+              "key_type", "retry_initial", "retry_max"}
 _LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_down", "enabled",
                   "routes", "forwarded_for", "max_body", "forwarded_proto"}
 _RULE_KEYS = {"path_prefix", "host", "backend", "return"}
 _ANSWER_KEYS = {"status", "content_type", "body"}
-_BACKEND_KEYS = {"servers", "send_proxy", "check", "check_interval", "rise", "fall"}
+_BACKEND_KEYS = {"servers", "send_proxy", "check", "check_interval", "rise", "fall", "balance",
+                 "dns_min_ttl", "dns_max_ttl", "dns_grace"}
 TIMEOUT_DEFAULTS = {"connect": "5s", "tcp_idle": "5m", "proxy_header": "5s", "drain": "10s",
                     "grace": "5m", "http_request": "10s", "http_keep_alive": "1m", "server": "1m"}
 
@@ -538,19 +625,30 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
         body = check.table(raw, path, _BACKEND_KEYS)
         if not body and not isinstance(raw, Mapping):
             continue
+        min_ttl = check.duration(body, path, "dns_min_ttl", "1s")
+        max_ttl = check.duration(body, path, "dns_max_ttl", "5m")
+        if min_ttl > max_ttl:
+            check.problem(f"{path}.dns_max_ttl", f"must not be shorter than dns_min_ttl "
+                                                 f"({format_duration(min_ttl)})")
         backends[name] = BackendConfig(
             name=name,
-            servers=check.addresses(body, path, "servers", allow_hostname=True),
+            servers=check.servers(body, path, "servers"),
             send_proxy=cast(SendProxy, check.string(body, path, "send_proxy", "none",
                                                     ("v1", "v2", "none"))),
             check=check.boolean(body, path, "check", True),
             check_interval=check.duration(body, path, "check_interval", "2s"),
             rise=check.count(body, path, "rise", 2),
             fall=check.count(body, path, "fall", 3),
+            balance=cast(Balance, check.string(body, path, "balance", "roundrobin",
+                                               ("roundrobin", "leastconn"))),
+            dns_min_ttl=min_ttl,
+            dns_max_ttl=max_ttl,
+            dns_grace=check.duration(body, path, "dns_grace", "5m", allow_zero=True),
         )
 
     routes = _validate_routes(check, tree.get("routes", {}), backends)
     tls = _validate_tls(check, tree.get("tls", {}))
+    dns = _validate_dns(check, tree.get("dns", {}))
 
     listeners: dict[str, ListenerConfig] = {}
     seen_binds: dict[Address, str] = {}
@@ -628,7 +726,48 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
         timeouts=timeouts,
         routes=routes,
         tls=tls,
+        dns=dns,
+        admin=_validate_admin(check, tree.get("admin", {}), seen_binds),
     )
+
+
+def _validate_admin(check: _Checker, raw: Any, listener_binds: Mapping[Address, str]
+                    ) -> AdminConfig:
+    body = check.table(raw, "admin", _ADMIN_KEYS)
+    enabled = check.boolean(body, "admin", "enabled", True)
+    bind = (check.addresses(body, "admin", "bind", allow_hostname=False)
+            if "bind" in body else AdminConfig().bind)
+    for index, address in enumerate(bind):
+        taken = listener_binds.get(address)
+        if enabled and taken is not None:
+            check.problem(f"admin.bind[{index}]",
+                          f"{address} is already bound by listener {taken!r}")
+    metrics_dir = body.get("metrics_dir")
+    if metrics_dir is not None and (not isinstance(metrics_dir, str) or not metrics_dir):
+        check.problem("admin.metrics_dir", "must name a directory")
+        metrics_dir = None
+    return AdminConfig(enabled=enabled, bind=bind, metrics_dir=metrics_dir)
+
+
+def _validate_dns(check: _Checker, raw: Any) -> DnsConfig:
+    body = check.table(raw, "dns", _DNS_KEYS)
+    value = body.get("nameservers", [])
+    if isinstance(value, str):
+        value = [value]
+    nameservers: list[Address] = []
+    if not isinstance(value, list):
+        check.problem("dns.nameservers", f"must be a list of \"ip\" or \"ip:port\" strings, "
+                                         f"not {_kind(value)}")
+        value = []
+    for index, item in enumerate(value):
+        try:
+            if not isinstance(item, str):
+                raise ValueError(f"must be an \"ip\" or \"ip:port\" string, not {_kind(item)}")
+            nameservers.append(parse_nameserver(item))
+        except ValueError as error:
+            check.problem(f"dns.nameservers[{index}]", str(error))
+    return DnsConfig(nameservers=tuple(nameservers),
+                     timeout=check.duration(body, "dns", "timeout", "2s"))
 
 
 def _validate_tls(check: _Checker, raw: Any) -> TlsConfig:
@@ -654,6 +793,56 @@ def _validate_tls(check: _Checker, raw: Any) -> TlsConfig:
         poll_interval=check.duration(body, "tls", "poll_interval", "5s"),
         self_signed_names=tuple(names),
         handshake_timeout=check.duration(body, "tls", "handshake_timeout", "10s"),
+        acme=_validate_acme(check, body.get("acme", {})),
+    )
+
+
+def _validate_acme(check: _Checker, raw: Any) -> AcmeConfig:
+    path = "tls.acme"
+    body = check.table(raw, path, _ACME_KEYS)
+    enabled = check.boolean(body, path, "enabled", False)
+    directory = check.string(body, path, "directory", "production")
+    directory = ACME_DIRECTORY_ALIASES.get(directory, directory)
+    if not directory.startswith("https://"):
+        check.problem(f"{path}.directory", "must be \"production\", \"staging\" or the https:// "
+                                           "URL of an ACME directory (RFC 8555 requires HTTPS)")
+    email = body.get("email")
+    if email is not None and (not isinstance(email, str) or "@" not in email
+                              or any(c.isspace() for c in email)):
+        check.problem(f"{path}.email", "must be an e-mail address")
+        email = None
+    domains = body.get("domains", [])
+    if isinstance(domains, str):
+        domains = [domains]
+    if not isinstance(domains, list) or not all(
+            isinstance(d, str) and _HOSTNAME.fullmatch(d) and not d.startswith("*")
+            for d in domains):
+        check.problem(f"{path}.domains", "must be a list of DNS names (no wildcards: HTTP-01 "
+                                         "cannot validate them)")
+        domains = []
+    if enabled and not domains:
+        check.problem(f"{path}.domains", "is needed when tls.acme.enabled is true")
+    if len({d.lower() for d in domains}) != len(domains):
+        check.problem(f"{path}.domains", "lists a name twice")
+    ca_bundle = body.get("ca_bundle")
+    if ca_bundle is not None and (not isinstance(ca_bundle, str) or not ca_bundle):
+        check.problem(f"{path}.ca_bundle", "must be the path of a PEM file of CA certificates")
+        ca_bundle = None
+    expected = body.get("expected_addresses", [])
+    if isinstance(expected, str):
+        expected = [expected]
+    valid_expected = isinstance(expected, list) and all(
+        isinstance(a, str) and is_ip(a) for a in expected)
+    if not valid_expected:
+        check.problem(f"{path}.expected_addresses", "must be a list of IP addresses")
+        expected = []
+    return AcmeConfig(
+        enabled=enabled, directory=directory, email=email,
+        domains=tuple(d.lower().rstrip(".") for d in domains), ca_bundle=ca_bundle,
+        expected_addresses=tuple(str(ipaddress.ip_address(a)) for a in expected),
+        key_type=check.string(body, path, "key_type", "ecdsa", ("ecdsa", "rsa")),
+        retry_initial=check.duration(body, path, "retry_initial", "1m"),
+        retry_max=check.duration(body, path, "retry_max", "6h"),
     )
 
 
@@ -744,6 +933,9 @@ def to_toml(config: Config) -> str:
     ]
     for key in TIMEOUT_DEFAULTS:
         lines.append(f"{key} = {_toml(format_duration(getattr(config.timeouts, key)))}")
+    lines += ["", "[dns]",
+              f"nameservers = {_toml([str(a) for a in config.dns.nameservers])}",
+              f"timeout = {_toml(format_duration(config.dns.timeout))}"]
     tls = config.tls
     lines += ["", "[tls]", f"cert_dir = {_toml(tls.cert_dir)}"]
     if tls.default_cert is not None:
@@ -751,6 +943,23 @@ def to_toml(config: Config) -> str:
     lines += [f"poll_interval = {_toml(format_duration(tls.poll_interval))}",
               f"self_signed_names = {_toml(list(tls.self_signed_names))}",
               f"handshake_timeout = {_toml(format_duration(tls.handshake_timeout))}"]
+    acme = tls.acme
+    lines += ["", "[tls.acme]", f"enabled = {_toml(acme.enabled)}",
+              f"directory = {_toml(acme.directory)}"]
+    if acme.email is not None:
+        lines.append(f"email = {_toml(acme.email)}")
+    lines.append(f"domains = {_toml(list(acme.domains))}")
+    if acme.ca_bundle is not None:
+        lines.append(f"ca_bundle = {_toml(acme.ca_bundle)}")
+    lines += [f"expected_addresses = {_toml(list(acme.expected_addresses))}",
+              f"key_type = {_toml(acme.key_type)}",
+              f"retry_initial = {_toml(format_duration(acme.retry_initial))}",
+              f"retry_max = {_toml(format_duration(acme.retry_max))}"]
+    admin = config.admin
+    lines += ["", "[admin]", f"enabled = {_toml(admin.enabled)}",
+              f"bind = {_toml([str(a) for a in admin.bind])}"]
+    if admin.metrics_dir is not None:
+        lines.append(f"metrics_dir = {_toml(admin.metrics_dir)}")
     for listener in config.listeners.values():
         lines += ["", f"[listeners.{_toml_key(listener.name)}]",
                   f"enabled = {_toml(listener.enabled)}",
@@ -774,7 +983,11 @@ def to_toml(config: Config) -> str:
                   f"check = {_toml(backend.check)}",
                   f"check_interval = {_toml(format_duration(backend.check_interval))}",
                   f"rise = {backend.rise}",
-                  f"fall = {backend.fall}"]
+                  f"fall = {backend.fall}",
+                  f"balance = {_toml(backend.balance)}",
+                  f"dns_min_ttl = {_toml(format_duration(backend.dns_min_ttl))}",
+                  f"dns_max_ttl = {_toml(format_duration(backend.dns_max_ttl))}",
+                  f"dns_grace = {_toml(format_duration(backend.dns_grace))}"]
     for name, rules in config.routes.items():
         for rule in rules:
             lines += ["", f"[[routes.{_toml_key(name)}]]"]

@@ -77,6 +77,9 @@ send_proxy = "v1"
 [backends.mta-smtp]
 servers = ["127.0.0.1:{base_port + 2587}"]
 send_proxy = "v1"
+
+[admin]
+bind = ["127.0.0.1:{base_port + 81}"]
 """
 
 

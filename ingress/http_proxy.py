@@ -58,6 +58,7 @@ from ingress.observe import AccessLog, address_text
 from routing.backends import NO_SERVER, Backend, Endpoint, NoServerReachedError, connect_first
 from routing.pool import ConnectionPool
 from routing.table import READINESS, LocalAnswer, RouteTable
+from tls.acme import CHALLENGE_PREFIX, ChallengeDirectory
 
 if TYPE_CHECKING:
     from ingress.config import ListenerConfig, Timeouts
@@ -104,6 +105,8 @@ class HttpContext:
     state: WorkerState
     limits: Limits = field(default_factory=Limits)
     worker: int = 0
+    # Pending ACME HTTP-01 answers, when the ingress obtains certificates itself.
+    acme_challenges: ChallengeDirectory | None = None
 
 
 def _status_line_reason(status: int) -> bytes:
@@ -156,9 +159,10 @@ class _Exchange:
     """One request forwarded to a backend, and its response."""
 
     __slots__ = (
-        "backend", "chunked_response", "connection", "endpoints", "head", "last_server_activity",
-        "pending", "request_body", "request_done", "response_bytes", "response_done",
-        "response_head", "response_started", "retried", "reused", "server_label", "started",
+        "backend", "chunked_response", "connection", "counted", "endpoints", "head",
+        "last_server_activity", "pending", "request_body", "request_done", "response_bytes",
+        "response_done", "response_head", "response_started", "retried", "reused",
+        "server_label", "started",
     )
 
     def __init__(self, head: RequestHead, backend: Backend, now: float) -> None:
@@ -177,8 +181,17 @@ class _Exchange:
         self.retried = False
         self.reused = False
         self.server_label = "-"
+        # The server this exchange counts as active on (leastconn), until it ends.
+        self.counted: str | None = None
         self.started = now
         self.last_server_activity = now
+
+    def release(self) -> None:
+        """No longer active on its server: called on every way an exchange ends or leaves its
+        connection, and harmless when it was not counted or already released."""
+        if self.counted is not None:
+            self.backend.release(self.counted)
+            self.counted = None
 
 
 class HttpSession(asyncio.Protocol):
@@ -281,6 +294,7 @@ class HttpSession(asyncio.Protocol):
             self._log_exchange(exchange, status=0, end="client-aborted")
             if exchange.connection is not None:
                 exchange.connection.abandon()
+            exchange.release()
             self._exchange = None
 
     def pause_writing(self) -> None:
@@ -341,6 +355,13 @@ class HttpSession(asyncio.Protocol):
         ctx = self._ctx
         if not head.keep_alive:
             self._closing = True
+        if ctx.acme_challenges is not None and head.path.startswith(CHALLENGE_PREFIX):
+            # Before the routes, which send this path to GreenArrow's TLS service: a token the
+            # ingress itself is waiting on is answered here; any other goes its normal way.
+            key_authorization = ctx.acme_challenges.answer(head.path)
+            if key_authorization is not None:
+                self._answer(head, 200, key_authorization, end="acme-challenge")
+                return
         rule = ctx.routes.match(head.path, head.host) if ctx.routes is not None else None
         backend_name = rule.backend if rule is not None else ctx.listener.backend
         if rule is not None and rule.answer is not None:
@@ -424,6 +445,9 @@ class HttpSession(asyncio.Protocol):
 
     def _attach(self, exchange: _Exchange, connection: _ServerConnection) -> None:
         exchange.connection = connection
+        if exchange.backend.leastconn:
+            exchange.counted = exchange.server_label
+            exchange.backend.acquire(exchange.server_label)
         exchange.last_server_activity = self._loop.time()
         connection.start(self, exchange)
         client_ip = self.client_address[0] if self.client_address else "-"
@@ -516,9 +540,13 @@ class HttpSession(asyncio.Protocol):
         connection = exchange.connection
         response = exchange.response_head
         status = response.status if response is not None else 0
+        exchange.release()
         if connection is not None:
+            # Not pooled when its server has left the backend (DNS discovery): that server is
+            # draining, and the connection would only wait idle for its timeout.
             connection.finish(reusable=exchange.request_done and response is not None
-                              and response.keep_alive)
+                              and response.keep_alive
+                              and exchange.backend.serves(exchange.server_label))
         self._log_exchange(exchange, status=status, end="ok")
         self._exchange = None
         self._head_started = None
@@ -533,6 +561,7 @@ class HttpSession(asyncio.Protocol):
         exchange.connection = None
         if connection is not None:
             connection.abandon()
+        exchange.release()
         if (retryable and exchange.reused and not exchange.retried
                 and not exchange.request_body and exchange.response_head is None):
             exchange.retried = True
@@ -544,6 +573,7 @@ class HttpSession(asyncio.Protocol):
     def _fail_exchange(self, exchange: _Exchange, status: int, reason: str) -> None:
         if self._exchange is not exchange:
             return
+        exchange.release()
         if exchange.response_started:
             # Bytes of this response are already with the client: a complete-looking response
             # must not follow, and the client must see the break.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -39,17 +40,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ingress import http_proxy
-from ingress.config import Address, Config, ListenerConfig
+from dns.exception import DNSException
+
+from ingress import http_proxy, metrics
+from ingress.admin import AdminSession
+from ingress.config import Address, BackendConfig, Config, ListenerConfig
 from ingress.http1 import Limits
 from ingress.observe import AccessLog
 from ingress.tcp_relay import RelayContext, RelaySession, make_factory
 from ingress.tls_accept import ProxiedTlsListener
 from routing.backends import Backend, Resolver
+from routing.discovery import Discovery, DnsName, TtlPolicy, make_resolver
 from routing.pool import ConnectionPool
 from routing.table import RouteTable
 from tls import selfsigned
-from tls.store import CertificateStore
+from tls.acme import AcmeManager, AcmeSettings, ChallengeDirectory
+from tls.store import CertificateStore, ReloadReport
 
 log = logging.getLogger("mta_ingress.server")
 
@@ -61,6 +67,8 @@ PR_SET_PDEATHSIG = 1
 # How long a closing TLS connection waits for the peer's close_notify (asyncio's default is
 # 30 s): a client that no longer reads must not hold a worker's shutdown that long.
 TLS_SHUTDOWN_TIMEOUT = 2.0
+# Longest wait at start for the first answers of dns+ servers: well inside START_TIMEOUT.
+FIRST_ANSWER_WAIT = 5.0
 
 
 def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -109,6 +117,21 @@ def certificate_store(config: Config) -> CertificateStore | None:
     return store
 
 
+def acme_manager(config: Config) -> AcmeManager:
+    acme = config.tls.acme
+    cert_dir = Path(config.tls.cert_dir)
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    settings = AcmeSettings(
+        directory=acme.directory, email=acme.email, domains=acme.domains,
+        ca_bundle=acme.ca_bundle, key_type=acme.key_type,
+        expected_addresses=acme.expected_addresses, retry_initial=acme.retry_initial,
+        retry_max=acme.retry_max)
+    return AcmeManager(settings, cert_dir,
+                       nameservers=[(a.host, a.port) for a in config.dns.nameservers],
+                       dns_timeout=config.dns.timeout,
+                       on_order=metrics.metrics().acme_order)
+
+
 def listening_socket(address: Address) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -139,21 +162,24 @@ class Worker:
         self.state = http_proxy.WorkerState()
         self.pool = ConnectionPool(idle_timeout=config.timeouts.http_keep_alive)
         self.servers: list[asyncio.Server | ProxiedTlsListener] = []
+        # Open until the very end of a shutdown: /readyz must say "draining" meanwhile.
+        self.admin_servers: list[asyncio.Server] = []
+        self.started = False
         self.draining = False
         self.stopping = False
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweep_interval = 1.0
+        self.acme_challenges = (ChallengeDirectory(Path(config.tls.cert_dir))
+                                if config.tls.acme.enabled else None)
 
     async def start(self) -> None:
         """Bind every listener; raises OSError if one cannot be bound."""
         loop = asyncio.get_running_loop()
         resolver = Resolver()
-        backends = {
-            name: Backend(name, [(a.host, a.port) for a in backend.servers], resolver,
-                          rise=backend.rise, fall=backend.fall)
-            for name, backend in self.config.backends.items()
-        }
+        backends = {name: self._backend(backend, resolver)
+                    for name, backend in self.config.backends.items()}
+        await self._start_discovery(backends)
         for listener in self.config.enabled_listeners:
             if listener.mode == "http" and listener.tls and listener.accept_proxy:
                 make_session = http_proxy.make_proxied_factory(
@@ -172,8 +198,19 @@ class Worker:
                 server = await loop.create_server(factory, sock=listening_socket(address),
                                                   backlog=LISTEN_BACKLOG, **tls)
                 self.servers.append(server)
+        if self.config.admin.enabled:
+            for address in self.config.admin.bind:
+                self.admin_servers.append(await loop.create_server(
+                    lambda: AdminSession(self.readiness), sock=listening_socket(address)))
+        self.started = True
         if self.tls_store is not None:
+            self._record_certificates(None)
             task = loop.create_task(self._poll_certificates(self.tls_store))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self.config.tls.acme.enabled and self.index == 0:
+            # One manager per replica; the lease on the shared volume keeps replicas apart.
+            task = loop.create_task(acme_manager(self.config).run_forever())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         for name in sorted(self._referenced_backends()):
@@ -189,6 +226,46 @@ class Worker:
         self._sweep_interval = min(1.0, max(0.05, min(timeouts.tcp_idle,
                                                       timeouts.proxy_header) / 4))
         loop.call_later(self._sweep_interval, self._sweep)
+
+    def _backend(self, config: BackendConfig, resolver: Resolver) -> Backend:
+        backend = Backend(
+            config.name, [(s.host, s.port) for s in config.servers if isinstance(s, Address)],
+            resolver, rise=config.rise, fall=config.fall, balance=config.balance,
+            sources=[str(s) for s in config.servers if isinstance(s, DnsName)])
+        backend.on_removed = self.pool.close_idle
+        return backend
+
+    async def _start_discovery(self, backends: dict[str, Backend]) -> None:
+        """One refresh task per dns+ server of the served backends.  The listeners open after
+        the first answers (or a bounded wait), so that the first clients find servers."""
+        discoveries: list[Discovery] = []
+        for name in sorted(self._referenced_backends()):
+            config = self.config.backends[name]
+            policy = TtlPolicy(config.dns_min_ttl, config.dns_max_ttl, config.dns_grace)
+            for server in config.servers:
+                if not isinstance(server, DnsName):
+                    continue
+                if not discoveries:
+                    try:
+                        resolver = make_resolver(
+                            [(a.host, a.port) for a in self.config.dns.nameservers],
+                            self.config.dns.timeout)
+                    except DNSException as error:
+                        log.error("msg=\"no DNS resolver: dns+ servers stay empty; set "
+                                  "[dns] nameservers\" worker=%d error=%r", self.index, str(error))
+                        return
+                discovery = Discovery(server, name, resolver, policy,
+                                      functools.partial(backends[name].update_source, str(server)))
+                discoveries.append(discovery)
+                task = asyncio.get_running_loop().create_task(discovery.run())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        if discoveries:
+            # An SRV refresh is two rounds of queries, each up to the DNS timeout.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(2 * self.config.dns.timeout + 0.5,
+                                               FIRST_ANSWER_WAIT)):
+                    await asyncio.gather(*(d.first_answer.wait() for d in discoveries))
 
     def _referenced_backends(self) -> set[str]:
         """Backends some served listener can reach: only those are health-checked (checking a
@@ -221,7 +298,7 @@ class Worker:
             listener=listener, routes=routes, backends=backends, pool=self.pool,
             timeouts=self.config.timeouts, access_log=self.access_log,
             sessions=self.http_sessions, state=self.state, worker=self.index,
-            limits=Limits(max_body=listener.max_body))
+            limits=Limits(max_body=listener.max_body), acme_challenges=self.acme_challenges)
 
     def _proxied_tls_listener(
             self, listener: ListenerConfig, sock: socket.socket,
@@ -292,6 +369,8 @@ class Worker:
         if self.sessions or self.http_sessions:
             await asyncio.sleep(0.05)  # let the aborts' connection_lost callbacks run
         self.access_log.flush()
+        for admin in self.admin_servers:
+            admin.close()
         self._stopped.set()
 
     async def serve(self, ready_fd: int | None) -> None:
@@ -307,11 +386,22 @@ class Worker:
         for server in self.servers:
             await server.wait_closed()
 
+    def readiness(self) -> tuple[bool, str]:
+        """For /readyz: every listener bound, certificates loaded, not draining."""
+        if self.draining:
+            return False, "draining"
+        if not self.started:
+            return False, "starting"
+        if self.tls_store is not None and not self.tls_store.loaded:
+            return False, "certificates not loaded"
+        return True, "ready"
+
     def _reload(self) -> None:
         if self.tls_store is None:
             log.info("msg=\"SIGHUP received: nothing to reload\" worker=%d", self.index)
             return
         report = self.tls_store.reload()
+        self._record_certificates(report)
         log.info("msg=\"SIGHUP: certificates reloaded\" worker=%d loaded=%d failed=%d "
                  "removed=%d", self.index, len(report.loaded), len(report.failed),
                  len(report.removed))
@@ -321,9 +411,25 @@ class Worker:
         while True:
             await asyncio.sleep(self.config.tls.poll_interval)
             try:
-                store.poll()
+                report = store.poll()
             except Exception:
                 log.exception("msg=\"certificate poll failed\" worker=%d", self.index)
+                continue
+            if report is not None:
+                self._record_certificates(report)
+
+    def _record_certificates(self, report: ReloadReport | None) -> None:
+        if self.tls_store is None:
+            return
+        expiry: dict[str, float] = {}
+        for certificate in self.tls_store.certificates.values():
+            for name in certificate.names:
+                expires = certificate.not_after.timestamp()
+                expiry[name] = min(expiry.get(name, expires), expires)
+        metrics.metrics().certificates(
+            expiry, loaded=len(report.loaded) if report else 0,
+            kept=len(report.failed) if report else 0,
+            removed=len(report.removed) if report else 0)
 
 
 def run_worker(config: Config, index: int, ready_fd: int | None,
@@ -352,6 +458,8 @@ class Supervisor:
         self.started_at: dict[int, float] = {}
         self.stopping: signal.Signals | None = None
         self.failed = False
+        # Before anything imports prometheus_client here or in a worker: see ingress/metrics.py.
+        self.metrics_dir = metrics.prepare_directory(config.admin.metrics_dir)
         self.tls_store = certificate_store(config)
 
     def _spawn(self, index: int, ready_fd: int | None) -> None:
@@ -423,6 +531,7 @@ class Supervisor:
                 break
             index = self.children.pop(pid, -1)
             self.started_at.pop(pid, None)
+            metrics.worker_exited(pid)
             exited.append((index, os.waitstatus_to_exitcode(status)))
         return exited
 
@@ -484,4 +593,8 @@ class Supervisor:
 
 
 def serve(config: Config) -> int:
-    return Supervisor(config).run()
+    supervisor = Supervisor(config)
+    try:
+        return supervisor.run()
+    finally:
+        metrics.remove_directory(supervisor.metrics_dir, config.admin.metrics_dir)

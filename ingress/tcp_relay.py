@@ -85,10 +85,10 @@ def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int
 class RelaySession(asyncio.Protocol):
     __slots__ = (
         "_backend_transport", "_client_eof", "_connect_handle", "_connect_task",
-        "_connect_timed_out", "_ctx", "_detail", "_end", "_inbound", "_last_activity", "_loop",
-        "_pending", "_pending_paused", "_pending_size", "_server_eof", "_server_label",
-        "_started", "_state", "bytes_in", "bytes_out", "client_address", "local_address",
-        "transport",
+        "_connect_timed_out", "_counted", "_ctx", "_detail", "_end", "_inbound",
+        "_last_activity", "_loop", "_pending", "_pending_paused", "_pending_size", "_server_eof",
+        "_server_label", "_started", "_state", "bytes_in", "bytes_out", "client_address",
+        "local_address", "transport",
     )
 
     def __init__(self, ctx: RelayContext) -> None:
@@ -109,6 +109,7 @@ class RelaySession(asyncio.Protocol):
         self._detail = ""
         self._pending_paused = False
         self._server_label = "-"
+        self._counted = False  # active on _server_label (leastconn) until the session ends
         self.bytes_in = 0
         self.bytes_out = 0
         self.client_address: tuple[str, int] | None = None
@@ -232,6 +233,11 @@ class RelaySession(asyncio.Protocol):
             failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
         else:
             self._server_label = endpoint.server
+            # Only a session that is relaying counts: one whose client left meanwhile has
+            # already ended (or will, without relaying).
+            if self._state == RELAY and self._ctx.backend.leastconn:
+                self._counted = True
+                self._ctx.backend.acquire(endpoint.server)
             self._cancel_connect_deadline()
             return
         self._cancel_connect_deadline()
@@ -352,6 +358,9 @@ class RelaySession(asyncio.Protocol):
         self._state = CLOSED
         ctx = self._ctx
         ctx.sessions.discard(self)
+        if self._counted:
+            self._counted = False
+            ctx.backend.release(self._server_label)
         ctx.access_log.tcp_session(
             listener=ctx.listener.name,
             client=address_text(self.client_address),

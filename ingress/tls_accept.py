@@ -26,6 +26,7 @@ import ssl
 from collections.abc import Callable
 
 from ingress import proxy_protocol
+from ingress.metrics import metrics
 from ingress.observe import AccessLog, address_text
 
 log = logging.getLogger("mta_ingress")
@@ -101,6 +102,7 @@ class ProxiedTlsListener:
             self.loop.add_reader(self._sock.fileno(), self._accept_ready)
 
     def log_rejection(self, client: str, reason: str, detail: str) -> None:
+        metrics().http_rejected(self.listener, reason)
         self.access_log.http_rejection(listener=self.listener, client=client, status=0,
                                        reason=reason, detail=detail, worker=self.worker)
 

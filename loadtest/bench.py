@@ -398,6 +398,9 @@ def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
     return ProxySetup("haproxy", port, path, [*_pin(cpus), HAPROXY, "-db", "-f", str(path)])
 
 
+ADMIN_PORT_OFFSET = 100
+
+
 def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
                   workers: int, access_log: str, http: bool = False,
                   certs: Path | None = None) -> ProxySetup:
@@ -407,12 +410,13 @@ def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
         disabled = "".join(f"\n[listeners.{name}]\nenabled = false\n"
                            for name in (*INGRESS_DISABLED, "http") if name != listener)
         tls = f'\n[tls]\ncert_dir = "{certs}"\n' if certs else ""
-        path.write_text(INGRESS_HTTP_CONFIG.format(port=port, backend_port=backend_port,
-                                                   workers=workers, disabled=disabled,
-                                                   listener=listener, tls=tls))
+        text = INGRESS_HTTP_CONFIG.format(port=port, backend_port=backend_port,
+                                          workers=workers, disabled=disabled,
+                                          listener=listener, tls=tls)
     else:
-        path.write_text(INGRESS_CONFIG.format(port=port, backend_port=backend_port,
-                                              workers=workers))
+        text = INGRESS_CONFIG.format(port=port, backend_port=backend_port, workers=workers)
+    # Metrics are counted as in production; their listener stays on loopback, unscraped.
+    path.write_text(f'{text}\n[admin]\nbind = ["127.0.0.1:{port + ADMIN_PORT_OFFSET}"]\n')
     binary = BENCH_VENV / "bin" / "mta-ingress"
     if not binary.exists():
         binary = Path(sys.executable).parent / "mta-ingress"

@@ -6,6 +6,14 @@ A server written as an IP literal is used as is.  A host name (a Kubernetes Serv
 a DNS query on the per-connection path, and a ClusterIP changes only when the Service is
 recreated.  A failed lookup is not cached beyond ``NEGATIVE_TTL`` so that a Service created after
 the ingress is found quickly; while a name fails, the last good answer is still used.
+
+Servers found through DNS (``dns+a://``, ``dns+srv://``) are not looked up here: their refresh
+tasks (``routing.discovery``) hand each new set to ``Backend.update_source``, which rebuilds the
+list sessions read.  A session never waits for DNS.
+
+Which server a session tries first is the ``Balancer``'s choice (round robin, weighted by SRV
+weight, or least connections); a backend of equal IP-literal servers under round robin keeps
+the plain rotation, the fastest path.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from routing.discovery import Target
 
 log = logging.getLogger("mta_ingress.backends")
 
@@ -106,25 +117,215 @@ class ServerHealth:
         return False
 
 
+Balance = Literal["roundrobin", "leastconn"]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Servers of one priority (SRV; everything else is priority 0), with their weights, or
+    None when they are all equal."""
+
+    endpoints: tuple[Endpoint, ...]
+    weights: tuple[int, ...] | None = None
+
+
+def make_groups(members: Sequence[tuple[Endpoint, int, int]]) -> tuple[Group, ...]:
+    """(endpoint, priority, weight) members -> groups, lowest priority first, member order
+    kept within a group."""
+    by_priority: dict[int, list[tuple[Endpoint, int]]] = {}
+    for endpoint, priority, weight in members:
+        by_priority.setdefault(priority, []).append((endpoint, weight))
+    groups = []
+    for priority in sorted(by_priority):
+        group = by_priority[priority]
+        weights = tuple(weight for _, weight in group)
+        groups.append(Group(tuple(endpoint for endpoint, _ in group),
+                            None if len(set(weights)) <= 1 else weights))
+    return tuple(groups)
+
+
+class Balancer:
+    """Which server a new session tries first, and the order of the others after it.  Pure: the
+    state it keeps between sessions (a rotating start, the weighted round robin's credits) is
+    its own, so its choices are reproducible in tests.
+
+    The first choice is made in the lowest priority group with a server up: round robin
+    (weighted when the group's weights differ: nginx's smooth weighted round robin, which
+    spreads a heavier server's turns instead of bunching them), or with ``leastconn`` the server
+    with the fewest active sessions, ties broken round robin.  The rest of that group follows in
+    rotation, then the up servers of the higher priorities, for a session whose first choice
+    refuses."""
+
+    __slots__ = ("_credit", "_next", "leastconn")
+
+    def __init__(self, leastconn: bool = False) -> None:
+        self.leastconn = leastconn
+        self._next = 0
+        self._credit: dict[str, int] = {}
+
+    def reset(self) -> None:
+        """Forget the weighted credits (the servers changed)."""
+        self._credit.clear()
+
+    def order(self, groups: Sequence[Group], down: Collection[str],
+              active: Mapping[str, int]) -> list[Endpoint]:
+        index, up = _first_usable(groups, down)
+        if not up:
+            return []
+        group = groups[index]
+        endpoints = group.endpoints
+        count = len(up)
+        if self.leastconn:
+            first = self._least(endpoints, up, active)
+        elif group.weights is None or count == 1:
+            first = self._next % count
+            self._next = first + 1
+        else:
+            first = self._weighted(endpoints, group.weights, up)
+        result = [endpoints[up[(first + k) % count]] for k in range(count)]
+        for later in groups[index + 1:]:
+            result += [e for e in later.endpoints if e.server not in down]
+        return result
+
+    def _least(self, endpoints: Sequence[Endpoint], up: Sequence[int],
+               active: Mapping[str, int]) -> int:
+        count = len(up)
+        start = self._next % count
+        self._next = start + 1
+        best, best_active = start, active.get(endpoints[up[start]].server, 0)
+        for k in range(1, count):
+            position = (start + k) % count
+            load = active.get(endpoints[up[position]].server, 0)
+            if load < best_active:
+                best, best_active = position, load
+        return best
+
+    def _weighted(self, endpoints: Sequence[Endpoint], weights: Sequence[int],
+                  up: Sequence[int]) -> int:
+        total = sum(weights[i] for i in up)
+        credit = self._credit
+        best, best_credit = 0, 0
+        for position, i in enumerate(up):
+            # All-zero weights (RFC 2782: "no server selection to do") count as equal.
+            label = endpoints[i].server
+            value = credit.get(label, 0) + (weights[i] if total else 1)
+            credit[label] = value
+            if position == 0 or value > best_credit:
+                best, best_credit = position, value
+        credit[endpoints[up[best]].server] = best_credit - (total or len(up))
+        return best
+
+
+def _first_usable(groups: Sequence[Group], down: Collection[str]) -> tuple[int, list[int]]:
+    """The lowest priority group with a server up, and the positions of its up servers."""
+    for index, group in enumerate(groups):
+        endpoints = group.endpoints
+        up = ([i for i, e in enumerate(endpoints) if e.server not in down] if down
+              else list(range(len(endpoints))))
+        if up:
+            return index, up
+    return 0, []
+
+
 class Backend:
-    """The servers of one backend, tried round-robin: each new session starts one further on,
-    and on a connect failure the session moves on to the next server.  Servers that health
-    checks found down are skipped; when all are down there is nothing to try, and the client
-    gets its 503 or 421 at once instead of after a connect timeout."""
+    """The servers of one backend, tried round-robin (or least-connections): each new session
+    starts one further on, and on a connect failure the session moves on to the next server.
+    Servers that health checks found down are skipped; when all are down there is nothing to
+    try, and the client gets its 503 or 421 at once instead of after a connect timeout.
+
+    Servers come from the configuration (``servers``: host names and IP literals) and from DNS
+    discovery (``sources``: dns+ servers, whose current targets ``update_source`` sets).  The
+    list a session reads is rebuilt on every change, never per session."""
 
     def __init__(self, name: str, servers: Sequence[tuple[str, int]], resolver: Resolver,
-                 *, rise: int = 2, fall: int = 3) -> None:
+                 *, rise: int = 2, fall: int = 3, balance: Balance = "roundrobin",
+                 sources: Sequence[str] = ()) -> None:
         self.name = name
         self.servers = list(servers)
+        self.sources = list(sources)
         self._resolver = resolver
+        self._rise = rise
+        self._fall = fall
         self._next = 0
         self.health = {_label(host, port): ServerHealth(rise, fall) for host, port in servers}
+        self._down: set[str] = set()
         self._all_up = True
+        self.leastconn = balance == "leastconn"
+        # Sessions or requests in progress per server, in this worker: kept only for leastconn,
+        # so that round robin sessions pay nothing for it.
+        self.active: dict[str, int] = {}
+        self._balancer = Balancer(self.leastconn)
+        self._ordered = False  # True: the balancer orders sessions, not the plain rotation
+        self._discovered: dict[str, tuple[Target, ...]] = {source: () for source in sources}
+        self._members: list[tuple[Endpoint, int, int]] = []
+        self._groups: tuple[Group, ...] = ()
+        # Called with (address, port) of each server that leaves the set (closes idle pooled
+        # connections to it).
+        self.on_removed: Callable[[tuple[str, int]], None] | None = None
         # Servers written as IP literals need no lookup: their endpoints are built once here so
         # that a session's connect does no parsing and no awaiting before the connect itself.
         self._static: list[Endpoint] | None = None
-        if all(is_ip(host) for host, _ in self.servers):
-            self._static = [Endpoint(host, port, _label(host, port)) for host, port in self.servers]
+        self._rebuild()
+
+    def _rebuild(self) -> list[tuple[str, int]]:
+        """Recompute what sessions read after a change of the discovered servers; returns the
+        servers that are gone."""
+        members: list[tuple[Endpoint, int, int]] = []
+        seen: set[str] = set()
+        plain_ips = all(is_ip(host) for host, _ in self.servers)
+        if plain_ips:
+            for host, port in self.servers:
+                label = _label(host, port)
+                if label not in seen:
+                    seen.add(label)
+                    members.append((Endpoint(host, port, label), 0, 1))
+        discovered = []
+        for source in self.sources:
+            for target in self._discovered[source]:
+                label = _label(target.host, target.port)
+                if label not in seen:
+                    seen.add(label)
+                    endpoint = Endpoint(target.host, target.port, label)
+                    discovered.append((endpoint, target.priority, target.weight))
+        members += discovered
+        removed = [(e.host, e.port) for e, _, _ in self._members if e.server not in seen]
+        self._members = discovered if not plain_ips else members
+        # A server keeps its health state while it stays; one that appears starts up.
+        labels = [_label(host, port) for host, port in self.servers] + [
+            e.server for e, _, _ in discovered]
+        old = self.health
+        self.health = {label: old.get(label) or ServerHealth(self._rise, self._fall)
+                       for label in labels}
+        self._down = {label for label, health in self.health.items() if not health.up}
+        self._all_up = not self._down
+        self._groups = make_groups(members)
+        self._ordered = self.leastconn or len(self._groups) > 1 or any(
+            group.weights is not None for group in self._groups)
+        self._balancer.reset()
+        self._static = [e for e, _, _ in members] if plain_ips else None
+        return removed
+
+    def update_source(self, source: str, targets: Sequence[Target]) -> None:
+        """The dns+ server ``source`` now stands for ``targets``."""
+        self._discovered[source] = tuple(targets)
+        removed = self._rebuild()
+        if self.on_removed is not None:
+            for key in removed:
+                self.on_removed(key)
+
+    def serves(self, server: str) -> bool:
+        """Whether ``server`` (a label) is still one of this backend's servers."""
+        return server in self.health
+
+    def acquire(self, server: str) -> None:
+        self.active[server] = self.active.get(server, 0) + 1
+
+    def release(self, server: str) -> None:
+        count = self.active.get(server, 0) - 1
+        if count > 0:
+            self.active[server] = count
+        else:
+            self.active.pop(server, None)  # no entry left behind for servers that are gone
 
     def rotation(self) -> list[tuple[str, int]]:
         count = len(self.servers)
@@ -137,11 +338,13 @@ class Backend:
         static = self._static
         if static is None:
             return None
+        if self._ordered:
+            return self._balancer.order(self._groups, self._down, self.active)
         if not self._all_up:
             static = [e for e in static if self.health[e.server].up]
             if not static:
                 return static
-        if len(static) == 1:
+        if len(static) <= 1:  # empty: every discovered server is gone
             return static
         start = self._next % len(static)
         self._next = start + 1
@@ -149,30 +352,48 @@ class Backend:
 
     async def check_forever(self, interval: float, connect_timeout: float) -> None:
         """TCP health checks of every server: a connect, then a close, every ``interval``."""
-        loop = asyncio.get_running_loop()
         while True:
-            for host, port in list(self.servers):
-                label = _label(host, port)
-                ok = False
-                for address in await self._resolver.resolve(host, port):
-                    try:
-                        async with asyncio.timeout(connect_timeout):
-                            transport, _ = await loop.create_connection(
-                                asyncio.Protocol, address, port)
-                    except (OSError, TimeoutError):
-                        continue
-                    transport.close()
-                    ok = True
-                    break
-                if self.record_check(label, ok):
-                    log.warning("msg=\"server %s\" backend=%s server=%s",
-                                "up" if ok else "down", self.name, label)
+            await self.check_once(connect_timeout)
             await asyncio.sleep(interval)
 
+    async def check_once(self, connect_timeout: float) -> None:
+        # Concurrently: a discovered set can hold many servers, and a round must not take a
+        # connect timeout per server that black-holes.
+        checks: dict[str, tuple[str, int]] = {_label(host, port): (host, port)
+                                              for host, port in self.servers}
+        for endpoint, _, _ in self._members:
+            checks.setdefault(endpoint.server, (endpoint.host, endpoint.port))
+        labels = list(checks)
+        results = await asyncio.gather(*(self._check(*checks[label], connect_timeout)
+                                         for label in labels))
+        for label, ok in zip(labels, results, strict=True):
+            if self.record_check(label, ok):
+                log.warning("msg=\"server %s\" backend=%s server=%s",
+                            "up" if ok else "down", self.name, label)
+
+    async def _check(self, host: str, port: int, connect_timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        for address in await self._resolver.resolve(host, port):
+            try:
+                async with asyncio.timeout(connect_timeout):
+                    transport, _ = await loop.create_connection(asyncio.Protocol, address, port)
+            except (OSError, TimeoutError):
+                continue
+            transport.close()
+            return True
+        return False
+
     def record_check(self, server: str, ok: bool) -> bool:
-        changed = self.health[server].record(ok)
+        health = self.health.get(server)
+        if health is None:
+            return False  # it left the set while it was being checked
+        changed = health.record(ok)
         if changed:
-            self._all_up = all(health.up for health in self.health.values())
+            if health.up:
+                self._down.discard(server)
+            else:
+                self._down.add(server)
+            self._all_up = not self._down
         return changed
 
     async def endpoints(self) -> list[Endpoint]:
@@ -180,14 +401,23 @@ class Backend:
         static = self.static_endpoints()
         if static is not None:
             return static
-        result: list[Endpoint] = []
-        for host, port in self.rotation():
+        if not self.sources and not self.leastconn:
+            result: list[Endpoint] = []
+            for host, port in self.rotation():
+                label = _label(host, port)
+                if not self.health[label].up:
+                    continue
+                for address in await self._resolver.resolve(host, port):
+                    result.append(Endpoint(address, port, label))
+            return result
+        members: list[tuple[Endpoint, int, int]] = []
+        for host, port in self.servers:
             label = _label(host, port)
-            if not self.health[label].up:
-                continue
-            for address in await self._resolver.resolve(host, port):
-                result.append(Endpoint(address, port, label))
-        return result
+            if label not in self._down:
+                members += [(Endpoint(address, port, label), 0, 1)
+                            for address in await self._resolver.resolve(host, port)]
+        return self._balancer.order(make_groups(members + self._members), self._down,
+                                    self.active)
 
 
 class NoServerReachedError(Exception):

@@ -67,6 +67,12 @@ class ConnectionPool:
                         keep.append((since, connection))
                 self._idle[key] = keep
 
+    def close_idle(self, key: tuple[str, int]) -> None:
+        """Close the idle connections to a server that left its backend: they would otherwise
+        hold a socket on a pod that is going away until the idle timeout."""
+        for _, connection in self._idle.pop(key, ()):
+            connection.close()
+
     def close_all(self) -> None:
         for idle in self._idle.values():
             for _, connection in idle:

@@ -81,6 +81,7 @@ class Certificate:
     file: str
     names: tuple[str, ...]  # normalised, wildcards as "*.example.org"
     key_type: str  # "ecdsa", "rsa" or "other"
+    not_before: datetime.datetime
     not_after: datetime.datetime
     issuer: str
     pem: bytes  # chain then key, as OpenSSL loads it
@@ -195,7 +196,8 @@ def parse_certificate_file(name: str, data: bytes, key_data: bytes | None,
                             for certificate in chain)
     loaded = Certificate(
         file=name, names=names, key_type=_key_type(leaf.public_key()),
-        not_after=leaf.not_valid_after_utc, issuer=leaf.issuer.rfc4514_string(),
+        not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc,
+        issuer=leaf.issuer.rfc4514_string(),
         pem=certificates + key_pem + (b"" if key_pem.endswith(b"\n") else b"\n"),
         signature=signature)
     # OpenSSL's own verdict, so that nothing it would refuse reaches a listener.
@@ -304,6 +306,11 @@ class CertificateStore:
             self.reload()
         assert self._index is not None
         return self._index
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a set of certificates (or the self-signed fallback) is in service."""
+        return self._index is not None
 
     @property
     def certificates(self) -> dict[str, Certificate]:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.integration.peers import free_port
+
 
 class IngressProcess:
     """``python -m ingress run --config FILE`` with stdout (access log) and stderr captured."""
@@ -18,6 +20,12 @@ class IngressProcess:
                  ) -> None:
         self.workdir = workdir
         self.config_path = workdir / "ingress.toml"
+        self.admin_port: int | None = None
+        if "[admin]" not in config_text:
+            # The default admin address is every interface's port 10081: tests stay on loopback
+            # and on a port of their own.
+            self.admin_port = free_port()
+            config_text += f'\n[admin]\nbind = ["127.0.0.1:{self.admin_port}"]\n'
         self.config_path.write_text(config_text)
         self.stdout_path = workdir / "ingress.stdout"
         self.stderr_path = workdir / "ingress.stderr"

@@ -42,11 +42,12 @@ class EchoOrigin:
     host: str = "127.0.0.1"
     requests: list[ReceivedRequest] = field(default_factory=list)
     connections: int = 0
+    bind_port: int = 0  # 0: any free port; DNS discovery tests put origins on one shared port
 
     def __post_init__(self) -> None:
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((self.host, 0))
+        self._sock.bind((self.host, self.bind_port))
         self._sock.listen(128)
         self.port: int = self._sock.getsockname()[1]
         self._lock = threading.Lock()

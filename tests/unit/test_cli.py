@@ -191,7 +191,10 @@ def test_print_config_applies_file_environment_and_flags(
     assert parsed["listeners"]["https-proxied"]["enabled"] is False
     assert parsed["backends"]["mta-smtp"] == {"servers": ["prod-ingress-mta:587"],
                                               "send_proxy": "v1", "check": True,
-                                              "check_interval": "2s", "rise": 2, "fall": 3}
+                                              "check_interval": "2s", "rise": 2, "fall": 3,
+                                              "balance": "roundrobin", "dns_min_ttl": "1s",
+                                              "dns_max_ttl": "5m", "dns_grace": "5m"}
+    assert parsed["dns"] == {"nameservers": [], "timeout": "2s"}
     assert parsed["backends"]["tls-http"]["servers"] == ["prod-ingress-tls:80"]
 
 

@@ -23,7 +23,8 @@ from ingress.config import Address, ConfigError, format_duration, parse_address,
 PRESET_LISTENERS = ("smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "http",
                     "http-proxied", "https", "https-proxied")
 PRESET_BACKENDS = "event-tracker-http, event-tracker-smtp, mta-http, mta-smtp, tls-http"
-TOP_KEYS = "backends, listeners, log_format, preset, release, routes, timeouts, tls, workers"
+TOP_KEYS = ("admin, backends, dns, listeners, log_format, preset, release, routes, timeouts, "
+            "tls, workers")
 LISTENER_KEYS = (
     "accept_proxy, backend, bind, enabled, forwarded_for, forwarded_proto, max_body, mode, "
     "on_backend_down, routes, tls")
@@ -229,8 +230,31 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
     ("unknown-top-key", 'colour = "blue"\n',
      f"colour: unknown key; known keys here: {TOP_KEYS}"),
     ("unknown-tls-key", '[tls]\ncrt = "/x"\n',
-     "tls.crt: unknown key; known keys here: cert_dir, default_cert, handshake_timeout, "
+     "tls.crt: unknown key; known keys here: acme, cert_dir, default_cert, handshake_timeout, "
      "poll_interval, self_signed_names"),
+    ("admin-unknown-key", '[admin]\nport = 9000\n',
+     "admin.port: unknown key; known keys here: bind, enabled, metrics_dir"),
+    ("admin-on-a-listener-port", '[admin]\nbind = ["0.0.0.0:10080"]\n',
+     "admin.bind[0]: 0.0.0.0:10080 is already bound by listener 'http'"),
+    ("acme-unknown-key", '[tls.acme]\ndomain = "a.test"\n',
+     "tls.acme.domain: unknown key; known keys here: ca_bundle, directory, domains, email, "
+     "enabled, expected_addresses, key_type, retry_initial, retry_max"),
+    ("acme-enabled-without-domains", "[tls.acme]\nenabled = true\n",
+     "tls.acme.domains: is needed when tls.acme.enabled is true"),
+    ("acme-wildcard", '[tls.acme]\ndomains = ["*.mail.test"]\n',
+     "tls.acme.domains: must be a list of DNS names (no wildcards: HTTP-01 cannot validate "
+     "them)"),
+    ("acme-twice", '[tls.acme]\ndomains = ["a.mail.test", "A.mail.test"]\n',
+     "tls.acme.domains: lists a name twice"),
+    ("acme-http-directory", '[tls.acme]\ndirectory = "http://ca.test/dir"\n',
+     "tls.acme.directory: must be \"production\", \"staging\" or the https:// URL of an ACME "
+     "directory (RFC 8555 requires HTTPS)"),
+    ("acme-email", '[tls.acme]\nemail = "postmaster"\n',
+     "tls.acme.email: must be an e-mail address"),
+    ("acme-expected", '[tls.acme]\nexpected_addresses = ["mail.test"]\n',
+     "tls.acme.expected_addresses: must be a list of IP addresses"),
+    ("acme-key-type", '[tls.acme]\nkey_type = "dsa"\n',
+     "tls.acme.key_type: must be one of 'ecdsa', 'rsa', not 'dsa'"),
     ("tls-default-cert-path", '[tls]\ndefault_cert = "a/b.pem"\n',
      "tls.default_cert: must be the name of a file in tls.cert_dir"),
     ("tls-poll-zero", '[tls]\npoll_interval = "0s"\n',
@@ -243,8 +267,8 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
     ("unknown-listener-key", "[listeners.smtp25]\nport = 25\n",
      f"listeners.smtp25.port: unknown key; known keys here: {LISTENER_KEYS}"),
     ("unknown-backend-key", "[backends.mta-smtp]\nweight = 2\n",
-     "backends.mta-smtp.weight: unknown key; known keys here: check, check_interval, fall, "
-     "rise, send_proxy, servers"),
+     "backends.mta-smtp.weight: unknown key; known keys here: balance, check, check_interval, "
+     "dns_grace, dns_max_ttl, dns_min_ttl, fall, rise, send_proxy, servers"),
     ("unknown-timeout-key", '[timeouts]\nclient = "1m"\n',
      "timeouts.client: unknown key; known keys here: connect, drain, grace, http_keep_alive, "
      "http_request, proxy_header, server, tcp_idle"),
@@ -735,7 +759,10 @@ def test_to_toml_of_default_is_valid_toml_and_loads_back(write: Any) -> None:
     assert list(parsed["listeners"]) == list(PRESET_LISTENERS)
     assert parsed["backends"]["mta-smtp"] == {"servers": ["ga1-ingress-mta:587"],
                                               "send_proxy": "v1", "check": True,
-                                              "check_interval": "2s", "rise": 2, "fall": 3}
+                                              "check_interval": "2s", "rise": 2, "fall": 3,
+                                              "balance": "roundrobin", "dns_min_ttl": "1s",
+                                              "dns_max_ttl": "5m", "dns_grace": "5m"}
+    assert parsed["dns"] == {"nameservers": [], "timeout": "2s"}
     assert parsed["timeouts"] == {"connect": "5s", "tcp_idle": "5m", "proxy_header": "5s",
                                   "drain": "10s", "grace": "5m", "http_request": "10s",
                                   "http_keep_alive": "1m", "server": "1m"}
@@ -853,3 +880,23 @@ def test_tls_section_defaults_and_values(write: Any) -> None:
     assert configured.tls.poll_interval == 0.5
     assert configured.tls.self_signed_names == ("mail.example.org",)
     assert configured.tls.handshake_timeout == 3.0
+
+
+def test_acme_section_defaults_aliases_and_values(write: Any) -> None:
+    defaults = config.load(write(""), environ={}).tls.acme
+    assert not defaults.enabled
+    assert defaults.directory == "https://acme-v02.api.letsencrypt.org/directory"
+    assert (defaults.retry_initial, defaults.retry_max) == (60.0, 6 * 3600.0)
+    staging = config.load(write('[tls.acme]\ndirectory = "staging"\n'), environ={}).tls.acme
+    assert staging.directory == "https://acme-staging-v02.api.letsencrypt.org/directory"
+    configured = config.load(environ={}, path=write(
+        '[tls.acme]\nenabled = true\ndirectory = "https://ca.internal/dir"\n'
+        'email = "ops@mail.test"\ndomains = ["Track.Mail.Test.", "send.mail.test"]\n'
+        'ca_bundle = "/etc/ca.pem"\nexpected_addresses = ["2001:db8::0:1", "192.0.2.7"]\n'
+        'key_type = "rsa"\nretry_initial = "30s"\nretry_max = "1h"\n')).tls.acme
+    assert configured.enabled
+    assert configured.domains == ("track.mail.test", "send.mail.test")
+    assert configured.expected_addresses == ("2001:db8::1", "192.0.2.7")
+    assert (configured.email, configured.ca_bundle) == ("ops@mail.test", "/etc/ca.pem")
+    assert (configured.key_type, configured.retry_initial, configured.retry_max) == (
+        "rsa", 30.0, 3600.0)

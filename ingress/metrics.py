@@ -1,0 +1,223 @@
+"""Prometheus metrics, counted in every worker and served by any of them.
+
+prometheus_client's multiprocess mode: each process writes its values to memory-mapped files in
+one directory (``PROMETHEUS_MULTIPROC_DIR``), and a scrape sums the files of all processes. The
+supervisor makes (and empties) the directory and sets the variable before any worker starts, and
+before this process imports prometheus_client, which picks its storage when first imported;
+hence the imports inside functions. A dead worker's counters stay (they count what happened);
+its live gauges are dropped when the supervisor reaps it.
+
+Labels are configured names only (listener, backend, route, certificate name) or small fixed
+sets (status class, reason, outcome): never paths, client addresses or discovered server
+addresses, so the number of series stays bounded whatever the traffic.
+
+The per-request calls (``http_request``, ``connection_opened``, ...) keep the labelled children
+they have used in dictionaries: a ``labels()`` lookup costs more than the increment itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ENVIRONMENT = "PROMETHEUS_MULTIPROC_DIR"
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                30.0, 60.0)
+TCP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+def prepare_directory(configured: str | None) -> Path:
+    """The multiprocess directory, emptied (values of an earlier run must not be summed in),
+    and announced to prometheus_client through the environment. Call before any import of
+    prometheus_client in this process and before forking workers."""
+    if configured:
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for entry in directory.iterdir():
+            if entry.suffix == ".db":
+                entry.unlink()
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="mta-ingress-metrics-"))
+    os.environ[ENVIRONMENT] = str(directory)
+    return directory
+
+
+def remove_directory(directory: Path, configured: str | None) -> None:
+    if configured is None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop an exited worker's live gauges (its counters and histograms stay)."""
+    if ENVIRONMENT in os.environ:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+def exposition() -> tuple[bytes, str]:
+    """Every process's metrics, summed: the body and content type of a ``/metrics`` answer."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+    registry = CollectorRegistry()
+    if ENVIRONMENT in os.environ:
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+
+
+class Metrics:
+    """Every metric of the ingress; one instance per process."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.connections = Counter(
+            "mta_ingress_connections", "Client connections accepted.", ["listener"])
+        self.connections_active = Gauge(
+            "mta_ingress_connections_active", "Client connections open now.", ["listener"],
+            multiprocess_mode="livesum")
+        self.received_bytes = Counter(
+            "mta_ingress_received_bytes", "Bytes received from clients.", ["listener"])
+        self.sent_bytes = Counter(
+            "mta_ingress_sent_bytes", "Bytes sent to clients.", ["listener"])
+        self.http_requests = Counter(
+            "mta_ingress_http_requests",
+            "HTTP requests answered, by route, backend (<local> for local answers) and status "
+            "class.", ["listener", "route", "backend", "code"])
+        self.http_duration = Histogram(
+            "mta_ingress_http_request_duration_seconds",
+            "From a request head's arrival to the end of its response.", ["listener"],
+            buckets=HTTP_BUCKETS)
+        self.http_rejections = Counter(
+            "mta_ingress_http_rejected_requests",
+            "Requests and connections refused before any backend saw them, by reason.",
+            ["listener", "reason"])
+        self.tcp_sessions = Counter(
+            "mta_ingress_tcp_sessions", "TCP (SMTP) sessions ended, by how they ended.",
+            ["listener", "backend", "end"])
+        self.tcp_duration = Histogram(
+            "mta_ingress_tcp_session_duration_seconds", "TCP (SMTP) session durations.",
+            ["listener"], buckets=TCP_BUCKETS)
+        self.proxy_header_errors = Counter(
+            "mta_ingress_proxy_header_errors",
+            "Inbound PROXY protocol headers refused, by reason.", ["listener", "reason"])
+        self.backend_connect_failures = Counter(
+            "mta_ingress_backend_connect_failures",
+            "Connections to backend servers that failed.", ["backend"])
+        self.backend_retries = Counter(
+            "mta_ingress_backend_retries",
+            "Requests retried on a fresh connection after a pooled one turned out closed.",
+            ["backend"])
+        self.backend_checks = Counter(
+            "mta_ingress_backend_checks", "Health checks of backend servers, by result.",
+            ["backend", "result"])
+        self.backend_servers = Gauge(
+            "mta_ingress_backend_servers", "Servers of a backend, by health-check state "
+            "(the least optimistic worker's view).", ["backend", "state"],
+            multiprocess_mode="livemin")
+        self.certificate_expiry = Gauge(
+            "mta_ingress_certificate_expiry_timestamp_seconds",
+            "When the certificate serving a name expires (Unix time).", ["name"],
+            multiprocess_mode="livemin")
+        self.certificate_reloads = Counter(
+            "mta_ingress_certificate_reloads",
+            "Certificate files examined on reload, by outcome (loaded, kept-last-good, "
+            "removed).", ["outcome"])
+        self.acme_orders = Counter(
+            "mta_ingress_acme_orders", "ACME orders, by outcome.", ["outcome"])
+        self.dns_refreshes = Counter(
+            "mta_ingress_dns_refreshes", "DNS discovery refreshes, by backend and outcome.",
+            ["backend", "outcome"])
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    # --- per connection and per request: cached children ---------------------------------------
+
+    def connection_opened(self, listener: str) -> None:
+        self._child(self.connections, listener).inc()
+        self._child(self.connections_active, listener).inc()
+
+    def connection_closed(self, listener: str, received: int, sent: int) -> None:
+        self._child(self.connections_active, listener).dec()
+        if received:
+            self._child(self.received_bytes, listener).inc(received)
+        if sent:
+            self._child(self.sent_bytes, listener).inc(sent)
+
+    def http_request(self, listener: str, route: str, backend: str, status: int,
+                     seconds: float) -> None:
+        self._child(self.http_requests, listener, route, backend, status_class(status)).inc()
+        self._child(self.http_duration, listener).observe(seconds)
+
+    def http_rejected(self, listener: str, reason: str) -> None:
+        self._child(self.http_rejections, listener, reason).inc()
+        if "proxy-header" in reason:
+            self._child(self.proxy_header_errors, listener, reason).inc()
+
+    def tcp_session(self, listener: str, backend: str, end: str, seconds: float) -> None:
+        self._child(self.tcp_sessions, listener, backend, end).inc()
+        self._child(self.tcp_duration, listener).observe(seconds)
+        if "proxy-header" in end:
+            self._child(self.proxy_header_errors, listener, end).inc()
+
+    # --- rarer events --------------------------------------------------------------------------
+
+    def connect_failed(self, backend: str) -> None:
+        self._child(self.backend_connect_failures, backend).inc()
+
+    def retried(self, backend: str) -> None:
+        self._child(self.backend_retries, backend).inc()
+
+    def checked(self, backend: str, ok: bool) -> None:
+        self._child(self.backend_checks, backend, "ok" if ok else "failed").inc()
+
+    def servers(self, backend: str, up: int, down: int) -> None:
+        self._child(self.backend_servers, backend, "up").set(up)
+        self._child(self.backend_servers, backend, "down").set(down)
+
+    def certificates(self, expiry_by_name: dict[str, float], loaded: int, kept: int,
+                     removed: int) -> None:
+        for name, expires in expiry_by_name.items():
+            self._child(self.certificate_expiry, name).set(expires)
+        for outcome, count in (("loaded", loaded), ("kept-last-good", kept),
+                               ("removed", removed)):
+            if count:
+                self._child(self.certificate_reloads, outcome).inc(count)
+
+    def acme_order(self, outcome: str) -> None:
+        self._child(self.acme_orders, outcome).inc()
+
+    def dns_refresh(self, backend: str, outcome: str) -> None:
+        self._child(self.dns_refreshes, backend, outcome).inc()
+
+
+_metrics: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    """This process's metrics, made on first use (after the supervisor set the directory)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics
+
