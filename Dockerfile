@@ -1,21 +1,49 @@
 # syntax=docker/dockerfile:1
-# Build stage: a wheel of the project and its dependencies.
-FROM python:3.11-slim-bookworm AS build
+# mta-ingress image: see docs/deployment.md for how it is built and run.
+#
+# The two stages use the same base image, so the virtualenv built in the first one finds its
+# interpreter at the same path (/usr/local/bin/python3.11) in the second.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: a virtualenv holding the project and its runtime dependencies, nothing else ----
+FROM ${PYTHON_IMAGE} AS build
+# Every dependency ships manylinux wheels for amd64 and arm64, so no compiler is installed here;
+# a platform without wheels needs build-essential and libffi-dev added to this stage only.
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+# The same files the wheel is made of (tests/integration/test_packaging.py builds from this list).
 COPY pyproject.toml README.md ./
 COPY ingress ingress
 COPY tls tls
 COPY routing routing
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# --without-pip plus the base image's pip: the final virtualenv carries no installer at all.
+# Bytecode is compiled here, at install time, because the root filesystem is read-only at run.
+RUN python -m venv --without-pip /opt/mta-ingress \
+    && pip --python /opt/mta-ingress/bin/python install --compile .
 
-# Runtime stage: no compilers, no build files, a non-root user.
-FROM python:3.11-slim-bookworm
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ingress
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels mta-ingress && rm -rf /wheels
-USER 10001
-# The KRA contract's ports: plain and PROXY-protocol variants of SMTP 25/587, HTTP and HTTPS.
-EXPOSE 10025 11025 10587 11587 10080 11080 10443 11443
-# Exec form: SIGTERM from the kubelet reaches the supervisor, which drains the workers.
+# ---- runtime: the base image, one non-root user, the virtualenv ----
+FROM ${PYTHON_IMAGE}
+# Fixed numeric ids: the manifests' runAsUser/runAsGroup/fsGroup name them without a lookup.
+RUN groupadd --system --gid 10001 ingress \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin ingress
+COPY --from=build /opt/mta-ingress /opt/mta-ingress
+# PYTHONDONTWRITEBYTECODE: the root filesystem is mounted read-only, so a missing .pyc must not
+# be attempted (they are all compiled above). Writable places are volumes: /tmp (an emptyDir,
+# metrics' multiprocess files) and /mnt/tls only when ACME is enabled.
+ENV PATH=/opt/mta-ingress/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1
+LABEL org.opencontainers.image.title="mta-ingress" \
+      org.opencontainers.image.description="Ingress for Kubernetes mail clusters: SMTP relay with PROXY protocol, HTTP(S) reverse proxy" \
+      org.opencontainers.image.licenses="MIT"
+USER 10001:10001
+WORKDIR /
+# The KRA contract's ports, all above 1024 so no capability is needed to bind them: SMTP 25 and
+# 587, HTTP and HTTPS, each plain (100xx) and behind a PROXY-protocol load balancer (110xx);
+# then the admin listener (/metrics, /livez, /readyz).
+EXPOSE 10025 11025 10587 11587 10080 11080 10443 11443 10081
+# Exec form: the kubelet's SIGTERM reaches the supervisor itself (no shell in between to swallow
+# it), which starts the drain.
 ENTRYPOINT ["mta-ingress"]
 CMD ["run"]

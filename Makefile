@@ -19,6 +19,7 @@ install: $(VENV)/.installed
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint --failure-threshold style --no-color Dockerfile
 
 typecheck: install
 	$(VENV)/bin/mypy
