@@ -54,6 +54,8 @@ from ingress.http1 import (
     serialize_request_head,
     serialize_response_head,
 )
+from ingress.metrics import Metrics
+from ingress.metrics import metrics as metrics_of_this_process
 from ingress.observe import AccessLog, address_text
 from routing.backends import NO_SERVER, Backend, Endpoint, NoServerReachedError, connect_first
 from routing.pool import ConnectionPool
@@ -107,6 +109,7 @@ class HttpContext:
     worker: int = 0
     # Pending ACME HTTP-01 answers, when the ingress obtains certificates itself.
     acme_challenges: ChallengeDirectory | None = None
+    metrics: Metrics = field(default_factory=metrics_of_this_process)
 
 
 def _status_line_reason(status: int) -> bytes:
@@ -161,13 +164,14 @@ class _Exchange:
     __slots__ = (
         "backend", "chunked_response", "connection", "counted", "endpoints", "head",
         "last_server_activity", "pending", "request_body", "request_done", "response_bytes",
-        "response_done", "response_head", "response_started", "retried", "reused",
+        "response_done", "response_head", "response_started", "retried", "reused", "route",
         "server_label", "started",
     )
 
-    def __init__(self, head: RequestHead, backend: Backend, now: float) -> None:
+    def __init__(self, head: RequestHead, backend: Backend, now: float, route: str) -> None:
         self.head = head
         self.backend = backend
+        self.route = route  # the matched rule's label, for the metrics
         self.connection: _ServerConnection | None = None
         self.endpoints: list[Endpoint] = []
         self.pending: list[bytes] = []
@@ -218,6 +222,8 @@ class HttpSession(asyncio.Protocol):
         self._proto_port: tuple[bytes, bytes] | None = None
         self._connected_at = self._last_activity = self._loop.time()
         self._head_started: float | None = None
+        self._received = 0  # bytes from and to the client, for the metrics
+        self._sent = 0
 
     # --- client events -------------------------------------------------------------------------
 
@@ -237,10 +243,12 @@ class HttpSession(asyncio.Protocol):
             self._proto_port = (b"https" if listener.tls else b"http",
                                 str(sock[1] if sock else 0).encode())
         self._ctx.sessions.add(self)
+        self._ctx.metrics.connection_opened(listener.name)
 
     def data_received(self, data: bytes) -> None:
         now = self._loop.time()
         self._last_activity = now
+        self._received += len(data)
         if self._awaiting_proxy:
             try:
                 parsed = self._inbound.feed(data)
@@ -289,6 +297,7 @@ class HttpSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._ctx.sessions.discard(self)
+        self._ctx.metrics.connection_closed(self._ctx.listener.name, self._received, self._sent)
         exchange = self._exchange
         if exchange is not None and not exchange.response_done:
             self._log_exchange(exchange, status=0, end="client-aborted")
@@ -360,17 +369,19 @@ class HttpSession(asyncio.Protocol):
             # ingress itself is waiting on is answered here; any other goes its normal way.
             key_authorization = ctx.acme_challenges.answer(head.path)
             if key_authorization is not None:
-                self._answer(head, 200, key_authorization, end="acme-challenge")
+                self._answer(head, 200, key_authorization, end="acme-challenge",
+                             route="acme-challenge")
                 return
         rule = ctx.routes.match(head.path, head.host) if ctx.routes is not None else None
         backend_name = rule.backend if rule is not None else ctx.listener.backend
         if rule is not None and rule.answer is not None:
-            self._answer_locally(head, rule.answer)
+            self._answer_locally(head, rule.answer, rule.label)
             return
         if backend_name is None:
             self._answer(head, 503, b"No route for this request.\n", end="no-route")
             return
-        exchange = _Exchange(head, ctx.backends[backend_name], self._loop.time())
+        exchange = _Exchange(head, ctx.backends[backend_name], self._loop.time(),
+                             rule.label if rule is not None else "-")
         self._exchange = exchange
         static = exchange.backend.static_endpoints()
         if static is not None:
@@ -380,26 +391,25 @@ class HttpSession(asyncio.Protocol):
             task = self._loop.create_task(self._resolve_and_connect(exchange))
             task.add_done_callback(_report_unexpected)
 
-    def _answer_locally(self, head: RequestHead, answer: LocalAnswer) -> None:
+    def _answer_locally(self, head: RequestHead, answer: LocalAnswer, route: str) -> None:
         status = answer.status
         body = answer.body
         if answer.kind == READINESS and self._ctx.state.draining:
             status, body = 503, b"draining\n"
-        self._answer(head, status, body, answer.content_type, end="local")
+        self._answer(head, status, body, answer.content_type, end="local", route=route)
 
     def _answer(self, head: RequestHead, status: int, body: bytes,
-                content_type: bytes = b"text/plain", *, end: str) -> None:
+                content_type: bytes = b"text/plain", *, end: str, route: str = "-") -> None:
         if head.chunked or head.content_length:
             self._discarding_body = True
         close = self._closing or self._ctx.state.draining
         if close:
             self._closing = True
-        if self.transport is not None:
-            self.transport.write(simple_response(
-                status, body, content_type, close=close, http10=head.version == b"1.0",
-                head=head.method == b"HEAD"))
+        self._send(simple_response(
+            status, body, content_type, close=close, http10=head.version == b"1.0",
+            head=head.method == b"HEAD"))
         self._log_request(head, status, len(body), backend="<local>", server="-", end=end,
-                          started=self._loop.time())
+                          started=self._loop.time(), route=route)
 
     # --- backend connection --------------------------------------------------------------------
 
@@ -429,8 +439,10 @@ class HttpSession(asyncio.Protocol):
             async with asyncio.timeout(self._ctx.timeouts.connect):
                 connection, endpoint = await connect_first(
                     exchange.endpoints,
-                    lambda e: lambda: _ServerConnection(pool, (e.host, e.port)))
+                    lambda e: lambda: _ServerConnection(pool, (e.host, e.port)),
+                    exchange.backend.connect_failed)
         except TimeoutError:
+            exchange.backend.connect_failed()
             failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
         except NoServerReachedError as error:
             failure = str(error)
@@ -493,7 +505,7 @@ class HttpSession(asyncio.Protocol):
             elif isinstance(event, ResponseHead):
                 if 100 <= event.status < 200:
                     if event.status == 101:
-                        transport.write(b"".join(out))
+                        self._send(b"".join(out))
                         self._fail_exchange(exchange, 502, "protocol upgrade is not supported")
                         return
                     out.append(serialize_response_head(
@@ -505,11 +517,15 @@ class HttpSession(asyncio.Protocol):
             else:
                 if exchange.chunked_response:
                     out.append(LAST_CHUNK)
-                transport.write(b"".join(out))
+                data = b"".join(out)
+                self._sent += len(data)
+                transport.write(data)
                 self._finish_exchange(exchange)
                 return
         if out:
-            transport.write(b"".join(out) if len(out) > 1 else out[0])
+            data = b"".join(out) if len(out) > 1 else out[0]
+            self._sent += len(data)
+            transport.write(data)
 
     def _client_response_head(self, exchange: _Exchange, response: ResponseHead) -> bytes:
         headers = _end_to_end(response.headers)
@@ -566,6 +582,7 @@ class HttpSession(asyncio.Protocol):
                 and not exchange.request_body and exchange.response_head is None):
             exchange.retried = True
             exchange.reused = False
+            self._ctx.metrics.retried(exchange.backend.name)
             self._connect(exchange)
             return
         self._fail_exchange(exchange, status, reason)
@@ -585,9 +602,8 @@ class HttpSession(asyncio.Protocol):
         self._closing = self._closing or not exchange.request_done
         body = {503: b"No server is available to handle this request.\n",
                 504: b"The server did not answer in time.\n"}.get(status, b"Bad gateway.\n")
-        if self.transport is not None:
-            self.transport.write(simple_response(status, body, close=self._closing,
-                                                 http10=exchange.head.version == b"1.0"))
+        self._send(simple_response(status, body, close=self._closing,
+                                   http10=exchange.head.version == b"1.0"))
         self._log_exchange(exchange, status=status, end=reason)
         if exchange.request_body and not exchange.request_done:
             self._discarding_body = True
@@ -601,7 +617,7 @@ class HttpSession(asyncio.Protocol):
         self._log_rejection(error.status, error.reason, error.detail)
         if self.transport is not None and self._exchange is None:
             body = f"{_status_line_reason(error.status).decode()}: {error.reason}\n".encode()
-            self.transport.write(simple_response(error.status, body, close=True))
+            self._send(simple_response(error.status, body, close=True))
             self.transport.close()
         else:
             self._abort_client()
@@ -636,7 +652,13 @@ class HttpSession(asyncio.Protocol):
         if self._exchange is None and not self._queue and self._head_started is None:
             self._abort_client()
 
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self._sent += len(data)
+            self.transport.write(data)
+
     def _log_rejection(self, status: int, reason: str, detail: str) -> None:
+        self._ctx.metrics.http_rejected(self._ctx.listener.name, reason)
         self._ctx.access_log.http_rejection(
             listener=self._ctx.listener.name, client=self._client_text, status=status,
             reason=reason, detail=detail, worker=self._ctx.worker)
@@ -644,14 +666,17 @@ class HttpSession(asyncio.Protocol):
     def _log_exchange(self, exchange: _Exchange, *, status: int, end: str) -> None:
         self._log_request(exchange.head, status, exchange.response_bytes,
                           backend=exchange.backend.name, server=exchange.server_label, end=end,
-                          started=exchange.started)
+                          started=exchange.started, route=exchange.route)
 
     def _log_request(self, head: RequestHead, status: int, body_bytes: int, *, backend: str,
-                     server: str, end: str, started: float) -> None:
-        self._ctx.access_log.http_request(
-            client=self._client_text, listener=self._ctx.listener.name,
+                     server: str, end: str, started: float, route: str) -> None:
+        ctx = self._ctx
+        seconds = self._loop.time() - started
+        ctx.metrics.http_request(ctx.listener.name, route, backend, status, seconds)
+        ctx.access_log.http_request(
+            client=self._client_text, listener=ctx.listener.name,
             backend=backend, server=server,
-            duration_ms=round((self._loop.time() - started) * 1000), status=status,
+            duration_ms=round(seconds * 1000), status=status,
             body_bytes=body_bytes, method=head.method, target=head.target,
             version=head.version, end=end, worker=self._ctx.worker, tls=self._tls)
 

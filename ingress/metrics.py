@@ -143,6 +143,7 @@ class Metrics:
             "mta_ingress_dns_refreshes", "DNS discovery refreshes, by backend and outcome.",
             ["backend", "outcome"])
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._http_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -166,8 +167,15 @@ class Metrics:
 
     def http_request(self, listener: str, route: str, backend: str, status: int,
                      seconds: float) -> None:
-        self._child(self.http_requests, listener, route, backend, status_class(status)).inc()
-        self._child(self.http_duration, listener).observe(seconds)
+        # The busiest call: one dictionary lookup for both children.
+        key = (listener, route, backend, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self.http_requests.labels(listener, route, backend, status_class(status)),
+                self.http_duration.labels(listener))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def http_rejected(self, listener: str, reason: str) -> None:
         self._child(self.http_rejections, listener, reason).inc()

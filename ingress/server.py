@@ -233,6 +233,7 @@ class Worker:
             resolver, rise=config.rise, fall=config.fall, balance=config.balance,
             sources=[str(s) for s in config.servers if isinstance(s, DnsName)])
         backend.on_removed = self.pool.close_idle
+        backend.events = metrics.metrics()
         return backend
 
     async def _start_discovery(self, backends: dict[str, Backend]) -> None:
@@ -255,7 +256,9 @@ class Worker:
                                   "[dns] nameservers\" worker=%d error=%r", self.index, str(error))
                         return
                 discovery = Discovery(server, name, resolver, policy,
-                                      functools.partial(backends[name].update_source, str(server)))
+                                      functools.partial(backends[name].update_source, str(server)),
+                                      on_refresh=functools.partial(
+                                          metrics.metrics().dns_refresh, name))
                 discoveries.append(discovery)
                 task = asyncio.get_running_loop().create_task(discovery.run())
                 self._tasks.add(task)

@@ -38,11 +38,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from ingress import proxy_protocol
 from ingress.flow import pause_reading, resume_reading
+from ingress.metrics import Metrics
+from ingress.metrics import metrics as metrics_of_this_process
 from ingress.observe import AccessLog, address_text
 from routing.backends import Backend, Endpoint, NoServerReachedError, connect_first
 
@@ -72,6 +74,7 @@ class RelayContext:
     access_log: AccessLog
     sessions: set[RelaySession]
     worker: int = 0
+    metrics: Metrics = field(default_factory=metrics_of_this_process)
 
 
 def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int]) -> bytes:
@@ -127,6 +130,7 @@ class RelaySession(asyncio.Protocol):
         self.client_address = (peer[0], peer[1]) if peer else None
         self.local_address = (sock[0], sock[1]) if sock else None
         self._ctx.sessions.add(self)
+        self._ctx.metrics.connection_opened(self._ctx.listener.name)
         if not self._ctx.listener.accept_proxy:
             self._start_connect()
 
@@ -223,13 +227,15 @@ class RelaySession(asyncio.Protocol):
         try:
             if endpoints is None:
                 endpoints = await self._ctx.backend.endpoints()
-            _, endpoint = await connect_first(endpoints, self._backend_factory_for)
+            _, endpoint = await connect_first(endpoints, self._backend_factory_for,
+                                              self._ctx.backend.connect_failed)
         except NoServerReachedError as error:
             failure = str(error)
         except asyncio.CancelledError:
             if not self._connect_timed_out:
                 self._cancel_connect_deadline()
                 raise
+            self._ctx.backend.connect_failed()
             failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
         else:
             self._server_label = endpoint.server
@@ -361,6 +367,10 @@ class RelaySession(asyncio.Protocol):
         if self._counted:
             self._counted = False
             ctx.backend.release(self._server_label)
+        seconds = self._loop.time() - self._started
+        metrics = ctx.metrics
+        metrics.connection_closed(ctx.listener.name, self.bytes_in, self.bytes_out)
+        metrics.tcp_session(ctx.listener.name, ctx.backend.name, self._end, seconds)
         ctx.access_log.tcp_session(
             listener=ctx.listener.name,
             client=address_text(self.client_address),
@@ -368,7 +378,7 @@ class RelaySession(asyncio.Protocol):
             server=self._server_label,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
-            duration_ms=round((self._loop.time() - self._started) * 1000),
+            duration_ms=round(seconds * 1000),
             end=self._end,
             worker=ctx.worker,
             detail=self._detail[:200],

@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from routing.discovery import Target
@@ -118,6 +118,14 @@ class ServerHealth:
 
 
 Balance = Literal["roundrobin", "leastconn"]
+
+
+class BackendEvents(Protocol):
+    """What a backend reports to the metrics (ingress.metrics.Metrics has these methods)."""
+
+    def checked(self, backend: str, ok: bool) -> None: ...
+    def servers(self, backend: str, up: int, down: int) -> None: ...
+    def connect_failed(self, backend: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +270,7 @@ class Backend:
         # Called with (address, port) of each server that leaves the set (closes idle pooled
         # connections to it).
         self.on_removed: Callable[[tuple[str, int]], None] | None = None
+        self.events: BackendEvents | None = None
         # Servers written as IP literals need no lookup: their endpoints are built once here so
         # that a session's connect does no parsing and no awaiting before the connect itself.
         self._static: list[Endpoint] | None = None
@@ -366,10 +375,20 @@ class Backend:
         labels = list(checks)
         results = await asyncio.gather(*(self._check(*checks[label], connect_timeout)
                                          for label in labels))
+        events = self.events
         for label, ok in zip(labels, results, strict=True):
             if self.record_check(label, ok):
                 log.warning("msg=\"server %s\" backend=%s server=%s",
                             "up" if ok else "down", self.name, label)
+            if events is not None:
+                events.checked(self.name, ok)
+        if events is not None:
+            events.servers(self.name, len(self.health) - len(self._down), len(self._down))
+
+    def connect_failed(self) -> None:
+        """One connection attempt to one of this backend's servers failed."""
+        if self.events is not None:
+            self.events.connect_failed(self.name)
 
     async def _check(self, host: str, port: int, connect_timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -428,9 +447,11 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 async def connect_first(endpoints: Sequence[Endpoint],
-                        factory: Callable[[Endpoint], Callable[[], P]]) -> tuple[P, Endpoint]:
-    """Connect to the first endpoint, in order, that accepts.  No deadline here: each caller
-    bounds the whole attempt its own way (timeouts.connect covers every endpoint tried)."""
+                        factory: Callable[[Endpoint], Callable[[], P]],
+                        on_failure: Callable[[], None] | None = None) -> tuple[P, Endpoint]:
+    """Connect to the first endpoint, in order, that accepts; ``on_failure`` is told of each
+    that does not.  No deadline here: each caller bounds the whole attempt its own way
+    (timeouts.connect covers every endpoint tried)."""
     loop = asyncio.get_running_loop()
     failure = NO_SERVER
     for endpoint in endpoints:
@@ -439,6 +460,8 @@ async def connect_first(endpoints: Sequence[Endpoint],
                                                        endpoint.port)
         except OSError as error:
             failure = f"{endpoint.server} ({endpoint.host}): {error.strerror or error}"
+            if on_failure is not None:
+                on_failure()
             continue
         return protocol, endpoint
     raise NoServerReachedError(failure)

@@ -380,12 +380,14 @@ class Discovery:
 
     def __init__(self, name: DnsName, backend: str, resolver: dns.asyncresolver.Resolver,
                  policy: TtlPolicy, on_change: Callable[[tuple[Target, ...]], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_refresh: Callable[[str], None] | None = None) -> None:
         self.name = name
         self.backend = backend
         self._resolver = resolver
         self._policy = policy
         self._on_change = on_change
+        self._on_refresh = on_refresh  # "ok" or the failure's kind: for the metrics
         self._clock = clock
         self.state = State()
         self.first_answer = asyncio.Event()  # set after the first refresh, whatever its result
@@ -408,6 +410,8 @@ class Discovery:
         if step.state.targets != previous.targets:
             self._on_change(step.state.targets)
         self._log(step, previous, outcome)
+        if self._on_refresh is not None:
+            self._on_refresh(outcome.problem if isinstance(outcome, Failed) else "ok")
         self.first_answer.set()
         return step.refresh_at
 

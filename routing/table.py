@@ -17,7 +17,7 @@ rules before ``use_backend`` does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 READINESS = "readiness"
 STATS_UNAVAILABLE = "stats-unavailable"
@@ -52,6 +52,15 @@ class Rule:
     host: bytes | None
     backend: str | None
     answer: LocalAnswer | None
+    # How metrics name the rule: its path prefix, else its host, else "*" (from the
+    # configuration, so the number of labels is bounded whatever the traffic).
+    label: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        label = (self.path_prefix or self.host or b"*").decode("latin-1")
+        if self.path_prefix is not None and self.host is not None:
+            label = f"{self.host.decode('latin-1')}{label}"
+        object.__setattr__(self, "label", label)
 
     def matches(self, path: bytes, host: bytes | None) -> bool:
         if self.path_prefix is not None and not path.startswith(self.path_prefix):
