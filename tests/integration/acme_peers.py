@@ -22,7 +22,19 @@ import trustme
 from tests.integration.peers import free_port, require_binary, wait_for_port
 
 
-class ChallTestSrv:
+class _ServerProcess:
+    """A peer started by ``__enter__``; stopped (SIGTERM, then waited for) on exit."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class ChallTestSrv(_ServerProcess):
     """pebble-challtestsrv as a DNS server on 127.0.0.1 with only A records by default."""
 
     def __init__(self, workdir: Path) -> None:
@@ -44,12 +56,6 @@ class ChallTestSrv:
         self.command("set-default-ipv6", {"ip": ""})
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-
     def command(self, name: str, body: dict[str, object]) -> None:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.management_port}/{name}", data=json.dumps(body).encode(),
@@ -63,7 +69,7 @@ class ChallTestSrv:
             self.command("add-a", {"host": host, "addresses": addresses})
 
 
-class Pebble:
+class Pebble(_ServerProcess):
     """Pebble with its own HTTPS certificate from a trustme CA (``ca_file``), no random sleeps
     or nonce rejections (tests must not be flaky), and an optional certificate lifetime."""
 
@@ -111,12 +117,6 @@ class Pebble:
         wait_for_port("127.0.0.1", self.port)
         wait_for_port("127.0.0.1", self.management_port)
         return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
 
     def root_pem(self) -> bytes:
         """The root Pebble made at start, which its issued chains lead to."""
