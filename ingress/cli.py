@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", metavar="FILE",
                          help="TOML configuration file (default: $MTA_INGRESS_CONFIG, or none)")
-        sub.add_argument("--preset", help="greenarrow (default) or none")
+        sub.add_argument("--preset", help="greenarrow (default), kumomta or none")
         sub.add_argument("--release", help="Helm release name used by the greenarrow preset")
         sub.add_argument("--workers", type=int, help="worker processes; 0 = one per usable CPU")
         sub.add_argument("--set", dest="assignments", action="append", default=[],

@@ -32,6 +32,7 @@ from routing.table import BUILTIN_ANSWERS, LocalAnswer, Rule
 ENV_PREFIX = "MTA_INGRESS_"
 DEFAULT_PRESET = "greenarrow"
 DEFAULT_RELEASE = "ga1"
+DEFAULT_KUMOMTA_SERVICE = presets.DEFAULT_KUMOMTA_SERVICE
 
 Mode = Literal["tcp", "http"]
 SendProxy = Literal["v1", "v2", "none"]
@@ -173,6 +174,8 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    # The kumomta preset's Service name; kept (and printed) whatever the preset, like release.
+    kumomta_service: str = DEFAULT_KUMOMTA_SERVICE
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -260,6 +263,18 @@ def parse_address(text: str, *, allow_hostname: bool) -> Address:
     return Address(host, int(port_text))
 
 
+# RFC 1123 host names only (no '_', unlike _HOSTNAME): a Service name that Kubernetes DNS answers.
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def is_dns_name(text: str) -> bool:
+    """A host name that is not an IP address: ``kumod``, ``kumod.mail.svc.cluster.local.``."""
+    return bool(_DNS_NAME.fullmatch(text)) and not is_ip(text.rstrip("."))
+
+
 def parse_nameserver(text: str) -> Address:
     """A DNS server: ``ip`` (port 53), ``ip:port``, ``v6`` or ``[v6]:port``."""
     if is_ip(text):
@@ -334,7 +349,7 @@ def _set_path(tree: Tree, dotted: str, value: Any) -> None:
     tree[parts[-1]] = value
 
 
-_ENV_TEXT = ("preset", "release", "log_format")
+_ENV_TEXT = ("preset", "release", "kumomta_service", "log_format")
 _TIMEOUT_KEYS = ("connect", "tcp_idle", "proxy_header", "drain", "grace", "http_request",
                  "http_keep_alive", "server")
 
@@ -415,18 +430,25 @@ def load(
 
     top: Tree = {}
     for _, layer in layers:
-        top.update({k: v for k, v in layer.items() if k in ("preset", "release")})
+        top.update({k: v for k, v in layer.items()
+                    if k in ("preset", "release", "kumomta_service")})
     preset = top.get("preset", DEFAULT_PRESET)
     release = top.get("release", DEFAULT_RELEASE)
+    kumomta_service = top.get("kumomta_service", DEFAULT_KUMOMTA_SERVICE)
     origins: dict[str, str] = {}
     if not isinstance(release, str) or not _NAME.fullmatch(release):
         release_source = _source_of(layers, "release")
         problems.append(f"{release_source}: release: must be a name like ga1, not {release!r}")
         release = DEFAULT_RELEASE
+    if not isinstance(kumomta_service, str) or not is_dns_name(kumomta_service):
+        service_source = _source_of(layers, "kumomta_service")
+        problems.append(f"{service_source}: kumomta_service: must be a DNS name like kumod or "
+                        f"kumod.mail.svc.cluster.local, not {kumomta_service!r}")
+        kumomta_service = DEFAULT_KUMOMTA_SERVICE
     try:
         if not isinstance(preset, str):
             raise KeyError(preset)
-        tree = presets.build(preset, release)
+        tree = presets.build(preset, release, kumomta_service=kumomta_service)
     except KeyError:
         preset_source = _source_of(layers, "preset")
         problems.append(
@@ -434,7 +456,7 @@ def load(
             f"choose one of {', '.join(presets.NAMES)}"
         )
         preset = "none"
-        tree = presets.build(preset, release)
+        tree = presets.build(preset, release, kumomta_service=kumomta_service)
     _merge({}, tree, f"preset {preset}", origins)
     for source, layer in layers:
         _merge(tree, layer, source, origins)
@@ -581,8 +603,8 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-_TOP_KEYS = {"preset", "release", "workers", "log_format", "listeners", "backends", "timeouts",
-             "routes", "tls", "dns", "admin"}
+_TOP_KEYS = {"preset", "release", "kumomta_service", "workers", "log_format", "listeners",
+             "backends", "timeouts", "routes", "tls", "dns", "admin"}
 _ADMIN_KEYS = {"enabled", "bind", "metrics_dir"}
 _DNS_KEYS = {"nameservers", "timeout"}
 _TLS_KEYS = {"cert_dir", "default_cert", "poll_interval", "self_signed_names",
@@ -716,9 +738,13 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
 
     preset = tree.get("preset", DEFAULT_PRESET)
     release = tree.get("release", DEFAULT_RELEASE)
+    # Already checked by load(), which built the preset from it.
+    kumomta_service = tree.get("kumomta_service", DEFAULT_KUMOMTA_SERVICE)
     return Config(
         preset=preset if isinstance(preset, str) else DEFAULT_PRESET,
         release=release if isinstance(release, str) else DEFAULT_RELEASE,
+        kumomta_service=(kumomta_service if isinstance(kumomta_service, str)
+                         else DEFAULT_KUMOMTA_SERVICE),
         workers=workers,
         log_format=cast(LogFormat, log_format),
         listeners=listeners,
@@ -926,6 +952,11 @@ def to_toml(config: Config) -> str:
     lines = [
         f"preset = {_toml(config.preset)}",
         f"release = {_toml(config.release)}",
+    ]
+    # Printed where it matters, so a greenarrow printout carries no KumoMTA setting.
+    if config.preset == "kumomta" or config.kumomta_service != DEFAULT_KUMOMTA_SERVICE:
+        lines.append(f"kumomta_service = {_toml(config.kumomta_service)}")
+    lines += [
         f"workers = {config.workers}",
         f"log_format = {_toml(config.log_format)}",
         "",

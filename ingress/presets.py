@@ -3,37 +3,64 @@
 ``greenarrow`` is the drop-in for the HAProxy Deployment of GreenArrow's Kubernetes Reference
 Architecture (docs/kra-ingress-contract.md in the shared docs): the same eight listeners, the same
 backends behind the release's ClusterIP Services, PROXY v1 towards the SMTP services.
+
+``kumomta`` fronts a KumoMTA (kumod) StatefulSet through its Service ``kumomta_service``: the same
+listener ports, SMTP to kumod's ESMTP listener with a PROXY v2 header, HTTP and HTTPS to its HTTP
+listener (the injection API); see "The kumomta preset" in docs/configuration.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 Tree = dict[str, Any]
 
+DEFAULT_KUMOMTA_SERVICE = "kumod"
+# The contract's readiness probe path; every preset answers it locally, so that one Deployment
+# manifest (readinessProbe on port 10080) fits them all.
+_READINESS = {"path_prefix": "/.kubernetes-readiness-probe", "return": "readiness"}
 
-def _greenarrow(release: str) -> Tree:
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The top-level keys that shape a preset's tree (each preset reads only its own)."""
+
+    release: str
+    kumomta_service: str = DEFAULT_KUMOMTA_SERVICE
+
+
+def _listener(port: int, mode: str, proxied: bool, **extra: Any) -> Tree:
+    return {"bind": [f"0.0.0.0:{port}"], "mode": mode, "accept_proxy": proxied, **extra}
+
+
+def _contract_listeners(*, smtp25: str, smtp587: str, routes: str) -> Tree:
+    """The contract's eight listeners (every preset keeps its ports): SMTP 25 and 587, HTTP and
+    HTTPS, each plain (100xx) and behind a PROXY-protocol load balancer (110xx)."""
+    return {
+        "smtp25": _listener(10025, "tcp", False, backend=smtp25),
+        "smtp25-proxied": _listener(11025, "tcp", True, backend=smtp25),
+        "smtp587": _listener(10587, "tcp", False, backend=smtp587),
+        "smtp587-proxied": _listener(11587, "tcp", True, backend=smtp587),
+        "http": _listener(10080, "http", False, routes=routes),
+        "http-proxied": _listener(11080, "http", True, routes=routes),
+        "https": _listener(10443, "http", False, tls=True, routes=routes),
+        "https-proxied": _listener(11443, "http", True, tls=True, routes=routes),
+    }
+
+
+def _greenarrow(settings: Settings) -> Tree:
+    release = settings.release
     mta = f"{release}-ingress-mta"
     event_tracker = f"{release}-ingress-event-tracker"
     tls_service = f"{release}-ingress-tls"
 
-    def listener(port: int, mode: str, proxied: bool, **extra: Any) -> Tree:
-        return {"bind": [f"0.0.0.0:{port}"], "mode": mode, "accept_proxy": proxied, **extra}
-
     return {
         "preset": "greenarrow",
         "release": release,
-        "listeners": {
-            "smtp25": listener(10025, "tcp", False, backend="event-tracker-smtp"),
-            "smtp25-proxied": listener(11025, "tcp", True, backend="event-tracker-smtp"),
-            "smtp587": listener(10587, "tcp", False, backend="mta-smtp"),
-            "smtp587-proxied": listener(11587, "tcp", True, backend="mta-smtp"),
-            "http": listener(10080, "http", False, routes="greenarrow"),
-            "http-proxied": listener(11080, "http", True, routes="greenarrow"),
-            "https": listener(10443, "http", False, tls=True, routes="greenarrow"),
-            "https-proxied": listener(11443, "http", True, tls=True, routes="greenarrow"),
-        },
+        "listeners": _contract_listeners(smtp25="event-tracker-smtp", smtp587="mta-smtp",
+                                         routes="greenarrow"),
         "backends": {
             "mta-smtp": {"servers": [f"{mta}:587"], "send_proxy": "v1"},
             "event-tracker-smtp": {"servers": [f"{event_tracker}:25"], "send_proxy": "v1"},
@@ -44,7 +71,7 @@ def _greenarrow(release: str) -> Tree:
         # The contract's order: local answers first, then routes, first match wins.
         "routes": {
             "greenarrow": [
-                {"path_prefix": "/.kubernetes-readiness-probe", "return": "readiness"},
+                dict(_READINESS),
                 {"path_prefix": "/greenarrowadmin/h/stats_", "return": "stats-unavailable"},
                 {"path_prefix": "/ga/eui/disk_queue_summary", "return": "stats-unavailable"},
                 {"path_prefix": "/ga/eui/dynamic_deliveries", "return": "stats-unavailable"},
@@ -57,14 +84,42 @@ def _greenarrow(release: str) -> Tree:
     }
 
 
-def _none(release: str) -> Tree:
-    return {"preset": "none", "release": release, "listeners": {}, "backends": {}, "routes": {}}
+def _kumomta(settings: Settings) -> Tree:
+    service = settings.kumomta_service
+    # kumod has one ESMTP listener for relaying and submission alike (who may relay is its
+    # relay_hosts and SMTP AUTH, decided on the address in the PROXY header), so both public SMTP
+    # ports go to one backend. Port 25 is the Service's port; kumod itself may listen elsewhere
+    # (2500 in the seed's demo chart) behind the Service's targetPort.
+    return {
+        "preset": "kumomta",
+        "release": settings.release,
+        "kumomta_service": service,
+        "listeners": _contract_listeners(smtp25="kumod-smtp", smtp587="kumod-smtp",
+                                         routes="kumomta"),
+        "backends": {
+            # v2: kumod's require_proxy_protocol reads v1 and v2, and v2 is the binary form
+            # (no text parsing on kumod's side, room for TLVs later).
+            "kumod-smtp": {"servers": [f"{service}:25"], "send_proxy": "v2"},
+            "kumod-http": {"servers": [f"{service}:8000"], "send_proxy": "none"},
+        },
+        # No path is kept from kumod: its HTTP listener authenticates every request itself
+        # (basic auth), so the ingress only answers its own readiness probe.
+        "routes": {
+            "kumomta": [dict(_READINESS), {"backend": "kumod-http"}],
+        },
+    }
 
 
-_PRESETS: dict[str, Callable[[str], Tree]] = {"greenarrow": _greenarrow, "none": _none}
+def _none(settings: Settings) -> Tree:
+    return {"preset": "none", "release": settings.release, "listeners": {}, "backends": {},
+            "routes": {}}
+
+
+_PRESETS: dict[str, Callable[[Settings], Tree]] = {
+    "greenarrow": _greenarrow, "kumomta": _kumomta, "none": _none}
 NAMES = tuple(_PRESETS)
 
 
-def build(name: str, release: str) -> Tree:
+def build(name: str, release: str, *, kumomta_service: str = DEFAULT_KUMOMTA_SERVICE) -> Tree:
     """A fresh tree for the preset; raises KeyError for an unknown name."""
-    return _PRESETS[name](release)
+    return _PRESETS[name](Settings(release=release, kumomta_service=kumomta_service))

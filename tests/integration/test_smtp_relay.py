@@ -28,6 +28,17 @@ def send_mail(host: str, port: int, *, source: str | None = None) -> tuple[str, 
     return sockname[0], sockname[1]
 
 
+def mail_after_header(port: int, header: bytes) -> None:
+    """One SMTP transaction on a raw socket, after ``header`` (an inbound PROXY header)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(header)
+        converse(sock, [b"EHLO client.test", b"MAIL FROM:<a@example.org>",
+                        b"RCPT TO:<b@test.invalid>", b"DATA"])
+        sock.sendall(MESSAGE + b".\r\n")
+        assert read_reply(sock).startswith(b"250")
+        sock.sendall(b"QUIT\r\n")
+
+
 @pytest.fixture
 def backend() -> Iterator[AiosmtpdBackend]:
     with AiosmtpdBackend(proxy_protocol=True) as server:
@@ -91,13 +102,7 @@ def test_inbound_proxy_header_address_is_sent_on(tmp_path: Path, backend: Aiosmt
                                                  header: bytes) -> None:
     port = free_port()
     with IngressProcess(tmp_path, relay_config(port, backend.port, accept_proxy=True)):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(header)
-            converse(sock, [b"EHLO client.test", b"MAIL FROM:<a@example.org>",
-                            b"RCPT TO:<b@test.invalid>", b"DATA"])
-            sock.sendall(MESSAGE + b".\r\n")
-            assert read_reply(sock).startswith(b"250")
-            sock.sendall(b"QUIT\r\n")
+        mail_after_header(port, header)
         [message] = backend.wait_for_messages(1)
     expected = ("2001:db8::9", 40001) if b"TCP6" in header else ("203.0.113.9", 40001)
     assert message.proxy_source == expected

@@ -114,7 +114,7 @@ def test_check_config_names_environment_and_flags(
                  "--set", "broken"]) == 1
     assert sorted(lines(capsys.readouterr().err)) == sorted([
         "--set: broken: write key.path=value",
-        "flags: preset: unknown preset 'bogus'; choose one of greenarrow, none",
+        "flags: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, none",
         f"{tmp_path / 'ingress.toml'}: workers: must be a whole number from 0 (one per CPU) "
         "to 1024, not 2000",
         "environment: timeouts.grace: must be longer than zero",

@@ -23,8 +23,8 @@ from ingress.config import Address, ConfigError, format_duration, parse_address,
 PRESET_LISTENERS = ("smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "http",
                     "http-proxied", "https", "https-proxied")
 PRESET_BACKENDS = "event-tracker-http, event-tracker-smtp, mta-http, mta-smtp, tls-http"
-TOP_KEYS = ("admin, backends, dns, listeners, log_format, preset, release, routes, timeouts, "
-            "tls, workers")
+TOP_KEYS = ("admin, backends, dns, kumomta_service, listeners, log_format, preset, release, "
+            "routes, timeouts, tls, workers")
 LISTENER_KEYS = (
     "accept_proxy, backend, bind, enabled, forwarded_for, forwarded_proto, max_body, mode, "
     "on_backend_down, routes, tls")
@@ -298,7 +298,7 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
      "release: must be a name like ga1, not 'bad release'"),
     ("release-number", "release = 7\n", "release: must be a name like ga1, not 7"),
     ("unknown-preset", 'preset = "haproxy"\n',
-     "preset: unknown preset 'haproxy'; choose one of greenarrow, none"),
+     "preset: unknown preset 'haproxy'; choose one of greenarrow, kumomta, none"),
     ("bind-no-port", '[listeners.smtp25]\nbind = ["0.0.0.0"]\n',
      "listeners.smtp25.bind[0]: '0.0.0.0' has no port: write host:port"),
     ("bind-port-0", '[listeners.smtp25]\nbind = ["0.0.0.0:0"]\n',
@@ -450,7 +450,7 @@ def test_set_without_equals(assignment: str, expected: str) -> None:
         ({"MTA_INGRESS_WORKERS": "-1"}, f"environment: workers: {WORKERS} -1"),
         ({"MTA_INGRESS_WORKERS": "true"}, f"environment: workers: {WORKERS} True"),
         ({"MTA_INGRESS_PRESET": "bogus"},
-         "environment: preset: unknown preset 'bogus'; choose one of greenarrow, none"),
+         "environment: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, none"),
         ({"MTA_INGRESS_RELEASE": "no good"},
          "environment: release: must be a name like ga1, not 'no good'"),
         ({"MTA_INGRESS_LOG_FORMAT": "xml"},
@@ -480,7 +480,7 @@ def test_problem_from_environment(environ: dict[str, str], expected: str) -> Non
         ({"workers": -1}, None, f"flags: workers: {WORKERS} -1"),
         ({"workers": 2000}, None, f"flags: workers: {WORKERS} 2000"),
         ({"preset": "bogus"}, None,
-         "flags: preset: unknown preset 'bogus'; choose one of greenarrow, none"),
+         "flags: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, none"),
         ({"release": "a b"}, None, "flags: release: must be a name like ga1, not 'a b'"),
         (None, ["workers=x"], f"flags: workers: {WORKERS} 'x'"),
         (None, ["timeouts.grace=forever"],

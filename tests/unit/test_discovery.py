@@ -35,8 +35,9 @@ from routing.discovery import (
 # --- the dns+ URL parser -------------------------------------------------------------------------
 
 LDH = string.ascii_lowercase + string.digits
+# RFC 1123 labels: a letter or digit at both ends (a one-character label has only the first).
 labels = st.builds(
-    lambda first, middle, last: first + middle + last if middle or last else first,
+    lambda first, middle, last: first + middle + last if last else first,
     st.sampled_from(LDH), st.text(LDH + "-", max_size=20), st.sampled_from(["", *LDH]))
 host_names = st.lists(labels, min_size=1, max_size=5).map(".".join).filter(
     lambda name: not name.replace(".", "").isdigit())

@@ -6,12 +6,16 @@ the contract in /work/shared/docs/kra-ingress-contract.md and the issue.
 
 from __future__ import annotations
 
+import logging
+import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ingress import config, presets
+from ingress.cli import main
 from ingress.config import Address, BackendConfig, ListenerConfig, Timeouts
 
 # name: (port, mode, accept_proxy, backend, tls) -- every listener binds 0.0.0.0 (every interface)
@@ -84,7 +88,7 @@ def write(tmp_path: Path) -> Any:
 
 
 def test_preset_names() -> None:
-    assert presets.NAMES == ("greenarrow", "none")
+    assert presets.NAMES == ("greenarrow", "kumomta", "none")
     assert config.DEFAULT_PRESET == "greenarrow"
     assert config.DEFAULT_RELEASE == "ga1"
 
@@ -264,3 +268,190 @@ def test_later_layer_chooses_the_preset(
     effective = config.load(path, environ=environ, overrides=overrides)
     assert effective.preset == expected
     assert set(effective.listeners) == set(GREENARROW_LISTENERS) | {"extra"}
+
+
+# --- kumomta -------------------------------------------------------------------------------------
+
+# The greenarrow preset's ports and PROXY flags, every SMTP port to kumod's one ESMTP listener and
+# every HTTP(S) port through the kumomta routes.
+KUMOMTA_LISTENERS: dict[str, tuple[int, str, bool, str | None, bool]] = {
+    "smtp25": (10025, "tcp", False, "kumod-smtp", False),
+    "smtp25-proxied": (11025, "tcp", True, "kumod-smtp", False),
+    "smtp587": (10587, "tcp", False, "kumod-smtp", False),
+    "smtp587-proxied": (11587, "tcp", True, "kumod-smtp", False),
+    "http": (10080, "http", False, None, False),
+    "http-proxied": (11080, "http", True, None, False),
+    "https": (10443, "http", False, None, True),
+    "https-proxied": (11443, "http", True, None, True),
+}
+KUMOMTA_ROUTES = [
+    {"path_prefix": "/.kubernetes-readiness-probe", "return": "readiness"},
+    {"backend": "kumod-http"},
+]
+
+
+@pytest.mark.parametrize("service", ["kumod", "kumomta.mail.svc.cluster.local"])
+def test_kumomta_tree_is_exactly_the_spec(service: str) -> None:
+    listeners = {
+        name: {"bind": [f"0.0.0.0:{port}"], "mode": mode, "accept_proxy": proxied}
+        | ({"backend": backend} if backend else {})
+        | ({"tls": True} if tls else {})
+        | ({"routes": "kumomta"} if mode == "http" else {})
+        for name, (port, mode, proxied, backend, tls) in KUMOMTA_LISTENERS.items()
+    }
+    assert presets.build("kumomta", "ga1", kumomta_service=service) == {
+        "preset": "kumomta",
+        "release": "ga1",
+        "kumomta_service": service,
+        "listeners": listeners,
+        "backends": {
+            "kumod-smtp": {"servers": [f"{service}:25"], "send_proxy": "v2"},
+            "kumod-http": {"servers": [f"{service}:8000"], "send_proxy": "none"},
+        },
+        "routes": {"kumomta": KUMOMTA_ROUTES},
+    }
+
+
+def test_kumomta_default_service_is_kumod() -> None:
+    tree = presets.build("kumomta", "ga1")
+    assert tree["kumomta_service"] == "kumod" == config.DEFAULT_KUMOMTA_SERVICE
+    assert tree["backends"]["kumod-http"]["servers"] == ["kumod:8000"]
+
+
+def test_kumomta_listeners_match_the_greenarrow_ports() -> None:
+    """One LoadBalancer Service and readiness probe fit both presets."""
+    def shape(name: str) -> dict[str, tuple[Any, ...]]:
+        return {key: (tuple(body["bind"]), body["mode"], body["accept_proxy"],
+                      body.get("tls", False))
+                for key, body in presets.build(name, "ga1")["listeners"].items()}
+
+    assert shape("kumomta") == shape("greenarrow")
+    routes = presets.build("kumomta", "ga1")["routes"]["kumomta"]
+    assert routes[0] == CONTRACT_ROUTES[0]
+
+
+def test_kumomta_effective_configuration(write: Any) -> None:
+    effective = config.load(write('preset = "kumomta"\n'), environ={})
+    assert (effective.preset, effective.release, effective.kumomta_service) == (
+        "kumomta", "ga1", "kumod")
+    assert {name: (listener.bind, listener.mode, listener.accept_proxy, listener.backend,
+                   listener.tls, listener.routes)
+            for name, listener in effective.listeners.items()} == {
+        name: ((Address("0.0.0.0", port),), mode, proxied, backend, tls,
+               "kumomta" if mode == "http" else None)
+        for name, (port, mode, proxied, backend, tls) in KUMOMTA_LISTENERS.items()
+    }
+    assert dict(effective.backends) == {
+        "kumod-smtp": BackendConfig(name="kumod-smtp", servers=(Address("kumod", 25),),
+                                    send_proxy="v2"),
+        "kumod-http": BackendConfig(name="kumod-http", servers=(Address("kumod", 8000),),
+                                    send_proxy="none"),
+    }
+    readiness, fallback = effective.routes["kumomta"]
+    assert (readiness.path_prefix, readiness.backend) == (b"/.kubernetes-readiness-probe", None)
+    assert readiness.answer is not None
+    assert readiness.answer.kind == "readiness"
+    assert (fallback.path_prefix, fallback.host, fallback.backend, fallback.answer) == (
+        None, None, "kumod-http", None)
+    assert list(effective.routes) == ["kumomta"]
+
+
+@pytest.mark.parametrize("how", ["file", "environment", "set"])
+def test_kumomta_service_names_the_servers(how: str, write: Any) -> None:
+    service = "kumod.mail.svc.cluster.local"
+    path = write('preset = "kumomta"\n'
+                 + (f'kumomta_service = "{service}"\n' if how == "file" else ""))
+    environ = {"MTA_INGRESS_KUMOMTA_SERVICE": service} if how == "environment" else {}
+    assignments = [f"kumomta_service={service}"] if how == "set" else None
+    effective = config.load(path, environ=environ, assignments=assignments)
+    assert effective.kumomta_service == service
+    assert {name: backend.servers for name, backend in effective.backends.items()} == {
+        "kumod-smtp": (Address(service, 25),), "kumod-http": (Address(service, 8000),)}
+
+
+def test_kumomta_file_servers_beat_the_service_derived_ones(write: Any) -> None:
+    path = write('preset = "kumomta"\nkumomta_service = "mta"\n[backends.kumod-http]\n'
+                 'servers = ["dns+a://kumod-headless.mail.svc.cluster.local:8000"]\n')
+    backends = config.load(path, environ={}).backends
+    assert [str(server) for server in backends["kumod-http"].servers] == [
+        "dns+a://kumod-headless.mail.svc.cluster.local:8000"]
+    assert backends["kumod-smtp"].servers == (Address("mta", 25),)
+
+
+@pytest.mark.parametrize("value", [
+    '"kumo_d"', '"-kumod"', '"kumod-"', '"kumod..mail"', '""', '"10.0.0.5"', '"kumod:25"',
+    '"kumod.mail svc"', f'"{"a" * 64}"', "42", '["kumod"]',
+])
+def test_kumomta_service_must_be_a_dns_name(write: Any, value: str) -> None:
+    path = write(f'preset = "kumomta"\nkumomta_service = {value}\n')
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, environ={})
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{path}: kumomta_service: must be a DNS name like kumod or "
+                              "kumod.mail.svc.cluster.local, not ")
+
+
+def test_kumomta_service_problem_names_the_environment() -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(None, environ={"MTA_INGRESS_PRESET": "kumomta",
+                                   "MTA_INGRESS_KUMOMTA_SERVICE": "bad_name"})
+    assert caught.value.problems == [
+        "environment: kumomta_service: must be a DNS name like kumod or "
+        "kumod.mail.svc.cluster.local, not 'bad_name'"]
+
+
+@pytest.mark.parametrize("name", ["kumod", "KUMOD", "k", "kumod-0.kumod-headless.mail.svc.",
+                                  "a" * 63, ".".join(["a" * 63] * 3) + "." + "b" * 61])
+def test_dns_names_accepted(name: str) -> None:
+    assert config.is_dns_name(name)
+
+
+def test_release_plays_no_part_in_kumomta(write: Any) -> None:
+    plain = config.load(write('preset = "kumomta"\n'), environ={})
+    prod = config.load(write('preset = "kumomta"\nrelease = "prod"\n', "prod.toml"), environ={})
+    assert prod.release == "prod"
+    assert dict(prod.backends) == dict(plain.backends)
+    assert dict(prod.listeners) == dict(plain.listeners)
+
+
+@pytest.mark.parametrize("text", [
+    'preset = "kumomta"\n',
+    'preset = "kumomta"\nrelease = "prod"\nkumomta_service = "kumod.mail.svc.cluster.local"\n'
+    "[listeners.https-proxied]\nenabled = false\n"
+    '[backends.kumod-smtp]\nservers = ["dns+a://kumod-headless:2500"]\nbalance = "leastconn"\n',
+])
+def test_kumomta_print_config_round_trips(write: Any, text: str) -> None:
+    effective = config.load(write(text), environ={})
+    printed = config.to_toml(effective)
+    parsed = tomllib.loads(printed)
+    assert (parsed["preset"], parsed["release"], parsed["kumomta_service"]) == (
+        "kumomta", effective.release, effective.kumomta_service)
+    again = config.load(write(printed, "printed.toml"), environ={})
+    assert again == effective
+    assert again.kumomta_service == effective.kumomta_service
+    assert config.to_toml(again) == printed
+
+
+def test_greenarrow_printout_carries_kumomta_service_only_when_set(write: Any) -> None:
+    assert "kumomta_service" not in config.to_toml(config.load(None, environ={}))
+    effective = config.load(write('kumomta_service = "mta"\n'), environ={})
+    assert effective.preset == "greenarrow"
+    printed = config.to_toml(effective)
+    assert tomllib.loads(printed)["kumomta_service"] == "mta"
+    assert config.load(write(printed, "printed.toml"), environ={}) == effective
+
+
+def test_check_config_accepts_kumomta(write: Any, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("MTA_INGRESS_"):
+            monkeypatch.delenv(name)
+    # main() configures the "mta_ingress" logger; other tests must find it as it was.
+    logger = logging.getLogger("mta_ingress")
+    monkeypatch.setattr(logger, "handlers", logger.handlers[:])
+    monkeypatch.setattr(logger, "level", logger.level)
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    path = write('preset = "kumomta"\nkumomta_service = "kumod.mail.svc.cluster.local"\n')
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert main(["check-config", "--preset", "kumomta", "--set", "kumomta_service=bad_"]) == 1
+    assert "flags: kumomta_service: must be a DNS name" in capsys.readouterr().err
