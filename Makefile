@@ -6,6 +6,7 @@ BENCH_PYTHON ?= /usr/bin/python3.11
 BENCH_VENV ?= .venv-bench
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
+DEMO_ARGS ?=  # e.g. DEMO_ARGS="--base-port 30000" where the demo's ports are taken
 
 .PHONY: install test lint typecheck unit integration demo bench clean
 
@@ -34,7 +35,7 @@ integration: install
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 demo: install
-	$(VENV)/bin/mta-ingress demo
+	$(VENV)/bin/mta-ingress demo $(DEMO_ARGS)
 
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_PYTHON) -m venv $(BENCH_VENV)

@@ -4,14 +4,22 @@ Event Tracker, and the counting backend of the benchmarks.
 It answers every command, accepts any message, and says in its replies which client address
 the PROXY header gave it, so that a person trying the demo sees the address travel.  It is not
 a mail server: messages are counted (and their size and client address kept), then dropped.
+
+Counting: ``StubStats`` is shared by every session of one stub.  ``sessions`` counts every
+connection, the ingress's health checks included (they connect and close without a byte);
+``session_clients`` and ``message_clients`` count, by client host, only the sessions that got
+as far as a PROXY header (or any connection, without ``expect_proxy``) and the messages
+accepted, so that a load test can compare what it sent with what arrived and from where.
+``snapshot()`` gives them as JSON-ready data.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from ingress import proxy_protocol
 from ingress.observe import address_text
@@ -32,6 +40,24 @@ class StubStats:
     sessions: int = 0
     messages: list[Received] = field(default_factory=list)
     proxy_errors: int = 0
+    session_clients: Counter[str] = field(default_factory=Counter)
+    message_clients: Counter[str] = field(default_factory=Counter)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"sessions": self.sessions,
+                "client_sessions": sum(self.session_clients.values()),
+                "messages": len(self.messages),
+                "message_bytes": sum(message.size for message in self.messages),
+                "proxy_errors": self.proxy_errors,
+                "sessions_by_client": dict(self.session_clients),
+                "messages_by_client": dict(self.message_clients)}
+
+    def reset(self) -> None:
+        self.sessions = 0
+        self.messages.clear()
+        self.proxy_errors = 0
+        self.session_clients.clear()
+        self.message_clients.clear()
 
 
 class StubSmtp(asyncio.Protocol):
@@ -49,14 +75,18 @@ class StubSmtp(asyncio.Protocol):
         self._mail_from = b""
         self._recipients: list[bytes] = []
         self._client = "unknown"
+        self._client_host = "unknown"
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._stats.sessions += 1
         peer = transport.get_extra_info("peername")
-        self._client = address_text((peer[0], peer[1]), "unknown") if peer else "unknown"
+        if peer:
+            self._client = address_text((peer[0], peer[1]), "unknown")
+            self._client_host = peer[0]
         if not self._expect_proxy:
+            self._stats.session_clients[self._client_host] += 1
             self._banner()
 
     def _banner(self) -> None:
@@ -80,7 +110,9 @@ class StubSmtp(asyncio.Protocol):
             header, data = parsed
             if header.client_address is not None:
                 self._client = address_text(header.client_address, "unknown")
+                self._client_host = header.client_address[0]
             self._expect_proxy = False
+            self._stats.session_clients[self._client_host] += 1
             self._banner()
         self._buffer += data
         self._process()
@@ -102,6 +134,7 @@ class StubSmtp(asyncio.Protocol):
                 self._in_data = False
                 self._stats.messages.append(Received(
                     self._client, self._mail_from, self._recipients, self._data_size))
+                self._stats.message_clients[self._client_host] += 1
                 self._reply(f"250 2.0.0 queued by {self._name} "
                             f"({self._data_size} bytes, client {self._client})")
                 self._recipients = []
