@@ -22,8 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mta-ingress {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    def add_config_options(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("--config", metavar="FILE",
                          help="TOML configuration file (default: $MTA_INGRESS_CONFIG, or none)")
         sub.add_argument("--preset", help="greenarrow (default), kumomta or none")
@@ -35,19 +34,20 @@ def _parser() -> argparse.ArgumentParser:
                               "'listeners.smtp587.bind=[\"127.0.0.1:2587\"]' (repeatable)")
         return sub
 
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        return add_config_options(commands.add_parser(name, help=help_text,
+                                                      description=help_text))
+
     with_config("run", "Run the ingress.")
     with_config("check-config", "Validate the configuration; exit 1 listing every problem.")
     with_config("print-config", "Print the effective configuration as TOML.")
     certs = commands.add_parser("certs", help="Inspect the certificate directory.",
                                 description="Inspect the certificate directory.")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
-    status = certs_commands.add_parser(
+    add_config_options(certs_commands.add_parser(
         "status", help="Each certificate file: names, issuer, expiry and next renewal.",
         description="Each certificate file of tls.cert_dir: names, issuer, expiry and, for the "
-                    "one the ingress obtains over ACME, its next renewal.")
-    for option in ("--config", "--preset", "--release"):
-        status.add_argument(option)
-    status.set_defaults(workers=None, assignments=[])
+                    "one the ingress obtains over ACME, its next renewal."))
     demo = commands.add_parser("demo", help="Run the single-node demo on loopback.",
                                description="Run the single-node demo on loopback.")
     demo.add_argument("--base-port", type=int, default=20000,
