@@ -28,7 +28,7 @@ def test_rows_for_served_refused_and_acme_files(tmp_path: Path) -> None:
     assert "a.mail.test,b.mail.test" in rows["a.pem"]
     assert "written by another party" in rows["a.pem"]
     # renewal when a third of the lifetime (90 days and the hour it was back-dated) is left
-    expected = NOW + datetime.timedelta(days=60) - datetime.timedelta(hours=1) * 2 / 3
+    expected = NOW + datetime.timedelta(days=60) - datetime.timedelta(hours=1) / 3
     shown = datetime.datetime.strptime(rows["acme-track.mail.test.pem"].split("acme ")[-1],
                                        "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
     assert abs(shown - expected) < datetime.timedelta(minutes=1)
