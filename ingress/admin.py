@@ -56,6 +56,7 @@ class AdminSession(asyncio.Protocol):
         if request.method not in (b"GET", b"HEAD"):
             self._respond(405, b"text/plain", b"Only GET and HEAD.\n", head=False)
         elif path == b"/metrics":
+            metrics.metrics().flush()  # this worker's pending sums; the others' within a second
             body, content_type = metrics.exposition()
             self._respond(200, content_type.encode(), body, head=request.method == b"HEAD")
         elif path == b"/livez":

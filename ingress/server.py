@@ -290,6 +290,7 @@ class Worker:
         for http_session in list(self.http_sessions):
             http_session.check_timeouts(now)
         self.pool.expire()
+        metrics.metrics().flush()
         if not self._stopped.is_set():
             loop.call_later(self._sweep_interval, self._sweep)
 
@@ -372,6 +373,7 @@ class Worker:
         if self.sessions or self.http_sessions:
             await asyncio.sleep(0.05)  # let the aborts' connection_lost callbacks run
         self.access_log.flush()
+        metrics.metrics().flush()
         for admin in self.admin_servers:
             admin.close()
         self._stopped.set()

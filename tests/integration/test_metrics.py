@@ -117,10 +117,14 @@ def test_metrics_count_what_two_workers_served(tmp_path: object, cluster: Cluste
 
             connections = clicks + sends + probes + malformed
             deadline = time.monotonic() + 5
-            while True:  # a session's end is counted when both its sides have closed
+            # A session's end is counted when both its sides have closed, and the other
+            # worker's request counts reach the shared files within its next sweep (1 s).
+            while True:
                 samples = scrape(process.admin_port)
                 if (value(samples, "mta_ingress_tcp_sessions_total") == sum(sessions.values())
-                        and value(samples, "mta_ingress_connections_active") == 0) \
+                        and value(samples, "mta_ingress_connections_active") == 0
+                        and value(samples, "mta_ingress_http_requests_total")
+                        == clicks + sends + probes) \
                         or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
