@@ -215,6 +215,11 @@ class HttpSession(asyncio.Protocol):
         self._tls: tuple[str, str] | None = None  # TLS version and SNI, for the access log
         self._inbound = proxy_protocol.HeaderReader()
         self._closing = False
+        # A request after which the connection closes has been parsed / read whole: bytes
+        # after it are not read (they would be a request that must not be answered).
+        self._last_head_seen = False
+        self._input_done = False
+        self._client_eof = False
         self._pumping = False
         self._client_paused = False
         self.client_address: tuple[str, int] | None = None
@@ -265,7 +270,7 @@ class HttpSession(asyncio.Protocol):
             self._awaiting_proxy = False
             if not data:
                 return
-        if self._closing:
+        if self._input_done:
             return
         if self._head_started is None and self._exchange is None and not self._queue:
             self._head_started = now
@@ -279,8 +284,21 @@ class HttpSession(asyncio.Protocol):
                 self._head_started = now
         else:
             self._head_started = None
-        self._queue.extend(events)
+        self._enqueue(events)
         self._pump()
+
+    def _enqueue(self, events: list[RequestHead | Data | EndOfMessage]) -> None:
+        """Queue parsed events up to the end of the request after which the connection closes
+        (Connection: close, HTTP/1.0): its body is still wanted, anything after it is not."""
+        queue = self._queue
+        for event in events:
+            queue.append(event)
+            if isinstance(event, RequestHead):
+                if not event.keep_alive:
+                    self._last_head_seen = True
+            elif isinstance(event, EndOfMessage) and self._last_head_seen:
+                self._input_done = True
+                return
 
     def eof_received(self) -> bool:
         try:
@@ -290,6 +308,7 @@ class HttpSession(asyncio.Protocol):
             return False
         self._queue.extend(events)
         self._closing = True
+        self._client_eof = True
         self._pump()
         # Keep the transport open to write the response to a client that only shut down its side.
         return self._exchange is not None or bool(self._queue)
@@ -335,6 +354,12 @@ class HttpSession(asyncio.Protocol):
             if isinstance(event, RequestHead):
                 if self._exchange is not None:
                     break  # pipelined: answered after the current exchange, in order
+                if self._closing and not self._client_eof:
+                    # The last response said Connection: close: a request pipelined after it
+                    # is not answered (the client retries it on a new connection). A client
+                    # that only shut down its sending side still gets every answer.
+                    queue.clear()
+                    break
                 queue.popleft()
                 self._begin(event)
                 continue

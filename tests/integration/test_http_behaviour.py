@@ -12,6 +12,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,6 +336,32 @@ def test_pipelined_requests_after_connection_close_are_not_processed(
     assert second.json()["target"] == "/click/2"
     assert second.values("connection") == [b"close"]
     assert events_for(cluster.event_tracker) == [("GET", "/click/1"), ("GET", "/click/2")]
+
+
+@pytest.mark.parametrize(("version", "close"), [(b"1.1", True), (b"1.0", False)],
+                         ids=["http11-connection-close", "http10"])
+def test_large_body_of_the_last_request_is_read_whole(port: int, cluster: Cluster,
+                                                       version: bytes, close: bool) -> None:
+    """The body of a request after which the connection closes arrives in many reads; every
+    one of them is still the request's (found by the load test: bodies of 150 KB and more
+    stalled when the request said Connection: close)."""
+    body = bytes(range(256)) * 1200  # 300 KB
+    sock, reader = connect(port)
+    with sock:
+        sock.sendall(b"POST /api/v1/send.json HTTP/" + version + b"\r\nHost: t.example.org\r\n"
+                     + (b"Connection: close\r\n" if close else b"")
+                     + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        for offset in range(0, len(body), 16384):  # as a client's socket writes it: in pieces
+            sock.sendall(body[offset:offset + 16384])
+            time.sleep(0.001)
+        # then bytes that must not be read as a request
+        sock.sendall(b"GET /click/never HTTP/1.1\r\nHost: t.example.org\r\n\r\n")
+        response = reader.read("POST")
+        assert reader.closed_by_peer()
+    assert response.status == 200
+    [received] = cluster.mta.wait_for_requests(1)
+    assert received.body == body
+    assert events_for(cluster.event_tracker) == []
 
 
 def test_many_pipelined_requests_pause_and_resume_reading(port: int) -> None:
