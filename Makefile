@@ -7,8 +7,9 @@ BENCH_VENV ?= .venv-bench
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 DEMO_ARGS ?=  # e.g. DEMO_ARGS="--base-port 30000" where the demo's ports are taken
+LOADTEST_ARGS ?=  # e.g. LOADTEST_ARGS="--duration 120 --users 80 --fault rolling" (docs/loadtesting.md)
 
-.PHONY: install test lint typecheck unit integration demo bench clean
+.PHONY: install test lint typecheck unit integration demo bench loadtest clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) || { echo "cannot create a virtualenv: apt-get install python3-venv"; exit 1; }
@@ -45,6 +46,9 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python loadtest/bench.py $(BENCH_ARGS)
+
+loadtest: install
+	$(VENV)/bin/python -m loadtest.run $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -18,6 +18,12 @@ are answered on whatever route reaches the stub, so ask the stub's own port to b
 service answers.  Health-check connections (connect, close) count as connections, never as
 requests.
 
+Identities (opt-in, for the load test's exactly-once check): a ``StubService`` given an
+``IdLog`` (``ingress/stub_smtp.py``, shared with its SMTP stub) logs every request's
+``X-Loadtest-Id`` with its ``client``, and counts requests without one.  ``GET /_stub/received``
+answers ``{"service": ..., "entries": [[kind, id, client], ...], "unidentified": {...},
+"dropped": n}`` (404 without a log), ``DELETE /_stub/received`` empties it; neither is logged.
+
 Requests are parsed with httptools (llhttp): keep-alive, pipelining, Content-Length and chunked
 bodies, as the ingress's pooled backend connections use them.  Bodies are counted, not kept.
 """
@@ -35,10 +41,12 @@ from typing import Any, cast
 import httptools
 
 from ingress.observe import address_text
-from ingress.stub_smtp import StubStats
+from ingress.stub_smtp import ID_HEADER, IdLog, StubStats, valid_id
 
 COUNTS_PATH = b"/_stub/counts"
-_REASONS = {200: "OK", 400: "Bad Request", 405: "Method Not Allowed"}
+RECEIVED_PATH = b"/_stub/received"
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_ID_HEADER_LOWER = ID_HEADER.lower()
 
 
 @dataclass(slots=True)
@@ -66,6 +74,7 @@ class StubService:
     name: str
     http: HttpCounts = field(default_factory=HttpCounts)
     smtp: StubStats | None = None
+    received: IdLog | None = None
 
     def counts(self) -> dict[str, Any]:
         return {"service": self.name, "http": self.http.snapshot(),
@@ -162,8 +171,12 @@ class StubHttp(asyncio.Protocol):
         method: bytes = self._parser.get_method()
         keep_alive = bool(self._parser.should_keep_alive())
         target = bytes(self._url)
-        if target.partition(b"?")[0] == COUNTS_PATH:
+        path = target.partition(b"?")[0]
+        if path == COUNTS_PATH:
             self._counts(method, keep_alive)
+            return
+        if path == RECEIVED_PATH:
+            self._received(method, keep_alive)
             return
         counts = self._service.http
         document = request_document(self._service.name, method.decode("latin-1"),
@@ -172,6 +185,12 @@ class StubHttp(asyncio.Protocol):
         counts.requests += 1
         counts.body_bytes += self._body_bytes
         counts.by_client[document["client"]] += 1
+        if self._service.received is not None:
+            ident = next((value.strip() for name, value in self._headers
+                          if name.lower() == _ID_HEADER_LOWER), None)
+            self._service.received.add(
+                "http", ident if ident is not None and valid_id(ident) else None,
+                document["client"])
         self._finish(200, document, keep_alive=keep_alive, head_only=method == b"HEAD")
 
     # ---------------------------------------------------------------------------------------
@@ -184,6 +203,19 @@ class StubHttp(asyncio.Protocol):
             return
         self._finish(200, self._service.counts(), keep_alive=keep_alive,
                      head_only=method == b"HEAD")
+
+    def _received(self, method: bytes, keep_alive: bool) -> None:
+        received = self._service.received
+        if received is None:
+            self._finish(404, {"error": "no id log on this stub"}, keep_alive=keep_alive)
+            return
+        if method == b"DELETE":
+            received.reset()
+        elif method not in (b"GET", b"HEAD"):
+            self._finish(405, {"error": "GET or DELETE"}, keep_alive=keep_alive)
+            return
+        self._finish(200, {"service": self._service.name, **received.snapshot()},
+                     keep_alive=keep_alive, head_only=method == b"HEAD")
 
     def _finish(self, status: int, document: dict[str, Any], *, keep_alive: bool,
                 head_only: bool = False) -> None:

@@ -11,11 +11,18 @@ connection, the ingress's health checks included (they connect and close without
 as far as a PROXY header (or any connection, without ``expect_proxy``) and the messages
 accepted, so that a load test can compare what it sent with what arrived and from where.
 ``snapshot()`` gives them as JSON-ready data.
+
+Identities (opt-in, for the load test's exactly-once check, ``loadtest/``): with an ``IdLog`` in
+``StubStats.received``, every accepted message's ``X-Loadtest-Id`` header (searched in the first
+``HEAD_LIMIT`` bytes of the message) is logged with the client address, and a message without
+one is counted as unidentified.  One ``IdLog`` is meant to be shared by a service's SMTP and HTTP
+stubs; the HTTP stub serves it at ``/_stub/received``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +32,62 @@ from ingress import proxy_protocol
 from ingress.observe import address_text
 
 MAX_LINE = 4096
+# How much of a message is kept to look for its X-Loadtest-Id: the header block of a generated
+# message is well under this, and a body is never buffered whole.
+HEAD_LIMIT = 8192
+ID_HEADER = "X-Loadtest-Id"
+# An id is an opaque token; anything else in the header is treated as no id, so that a log
+# line can never be made ambiguous by what a client sent.
+_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_ID_FIELD = ID_HEADER.lower().encode() + b":"
+# Bounds the log's memory by the run, not by the stub's lifetime: at about 200 bytes an entry,
+# a million is some 200 MB, more than an hour of load at the demo's rates.
+DEFAULT_ID_LIMIT = 1_000_000
+
+
+def valid_id(value: str) -> bool:
+    return _ID_PATTERN.fullmatch(value.encode("latin-1", "replace")) is not None
+
+
+def loadtest_id(head: bytes) -> str | None:
+    """The ``X-Loadtest-Id`` of a message from the start of its data (header fields up to the
+    first empty line), or None when it has none, or one that is not a valid id."""
+    for line in head.split(b"\r\n"):
+        if not line:
+            return None  # end of the header block
+        if line[:len(_ID_FIELD)].lower() == _ID_FIELD:
+            value = line[len(_ID_FIELD):].strip(b" \t")
+            return value.decode("ascii") if _ID_PATTERN.fullmatch(value) else None
+    return None
+
+
+@dataclass(slots=True)
+class IdLog:
+    """What one service received that carried a load-test id: ``(kind, id, client)`` entries in
+    arrival order (``kind`` is ``http`` or ``smtp``), arrivals without an id counted by kind, and
+    entries beyond ``limit`` counted as dropped (a comparison must then refuse to conclude)."""
+
+    limit: int = DEFAULT_ID_LIMIT
+    entries: list[tuple[str, str, str]] = field(default_factory=list)
+    unidentified: Counter[str] = field(default_factory=Counter)
+    dropped: int = 0
+
+    def add(self, kind: str, ident: str | None, client: str) -> None:
+        if ident is None:
+            self.unidentified[kind] += 1
+        elif len(self.entries) < self.limit:
+            self.entries.append((kind, ident, client))
+        else:
+            self.dropped += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"entries": [list(entry) for entry in self.entries],
+                "unidentified": dict(self.unidentified), "dropped": self.dropped}
+
+    def reset(self) -> None:
+        self.entries.clear()
+        self.unidentified.clear()
+        self.dropped = 0
 
 
 @dataclass(slots=True)
@@ -42,6 +105,7 @@ class StubStats:
     proxy_errors: int = 0
     session_clients: Counter[str] = field(default_factory=Counter)
     message_clients: Counter[str] = field(default_factory=Counter)
+    received: IdLog | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return {"sessions": self.sessions,
@@ -58,6 +122,8 @@ class StubStats:
         self.proxy_errors = 0
         self.session_clients.clear()
         self.message_clients.clear()
+        if self.received is not None:
+            self.received.reset()
 
 
 class StubSmtp(asyncio.Protocol):
@@ -72,6 +138,7 @@ class StubSmtp(asyncio.Protocol):
         self._header = proxy_protocol.HeaderReader()
         self._in_data = False
         self._data_size = 0
+        self._head = bytearray()
         self._mail_from = b""
         self._recipients: list[bytes] = []
         self._client = "unknown"
@@ -126,15 +193,20 @@ class StubSmtp(asyncio.Protocol):
                 end = buffer.find(b"\r\n.\r\n", max(start - 2, 0))
                 if end < 0:
                     keep = max(start, len(buffer) - 4)
+                    self._keep_head(buffer, start, keep)
                     self._data_size += keep - start
                     start = keep
                     break
+                self._keep_head(buffer, start, end + 2)
                 self._data_size += end - start + 2
                 start = end + 5
                 self._in_data = False
                 self._stats.messages.append(Received(
                     self._client, self._mail_from, self._recipients, self._data_size))
                 self._stats.message_clients[self._client_host] += 1
+                if self._stats.received is not None:
+                    self._stats.received.add("smtp", loadtest_id(bytes(self._head)),
+                                             self._client_host)
                 self._reply(f"250 2.0.0 queued by {self._name} "
                             f"({self._data_size} bytes, client {self._client})")
                 self._recipients = []
@@ -148,6 +220,11 @@ class StubSmtp(asyncio.Protocol):
             self._command(bytes(buffer[start:end]))
             start = end + 2
         del buffer[:start]
+
+    def _keep_head(self, buffer: bytearray, start: int, end: int) -> None:
+        room = HEAD_LIMIT - len(self._head)
+        if self._stats.received is not None and room > 0:
+            self._head += buffer[start:min(end, start + room)]
 
     def _command(self, line: bytes) -> None:
         verb = line[:4].upper()
@@ -168,6 +245,7 @@ class StubSmtp(asyncio.Protocol):
                 return
             self._in_data = True
             self._data_size = 0
+            self._head.clear()
             self._reply("354 end with <CRLF>.<CRLF>")
         elif verb in (b"RSET", b"NOOP"):
             self._recipients = []

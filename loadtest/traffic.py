@@ -1,0 +1,184 @@
+"""What the locustfile sends, without locust (pure, unit-tested): ids, the client address each
+simulated client uses, and the requests and messages themselves.
+
+Client addresses, so that the backends' view of the client can be checked: a client either
+goes through a ``-proxied`` listener with a PROXY header carrying a documentation address
+(203.0.113.0/24, 2001:db8::/32, RFC 5737 and 3849: never a real sender), which the backend must
+see, or connects directly from a loopback source address of its own (127.0.0.2 to 127.0.0.254;
+never 127.0.0.1, the ingress's own source towards the backends, so that a backend that reports
+its TCP peer instead of the client is caught).  Against a host that is not loopback, direct
+clients do not bind and their address is not checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import math
+import os
+import random
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+ID_HEADER = "X-Loadtest-Id"
+
+_DOC_V4 = ipaddress.ip_network("203.0.113.0/24")
+_DOC_V6 = ipaddress.ip_network("2001:db8::/32")
+# Destinations written in PROXY headers: documentation addresses too, of the source's family.
+PROXY_DESTINATION_V4 = "198.51.100.10"
+PROXY_DESTINATION_V6 = "2001:db8:ffff::10"
+
+
+class IdSource:
+    """Unique ids for one locust process: a random prefix (processes and runs never collide)
+    and a counter; only characters the stubs accept (``ingress.stub_smtp.valid_id``)."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self._prefix = prefix if prefix is not None else f"{secrets.token_hex(4)}{os.getpid():x}"
+        self._counter = itertools.count(1)
+
+    def next(self, kind: str) -> str:
+        return f"{self._prefix}-{kind}-{next(self._counter)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPlan:
+    """How one simulated client connects: through a -proxied listener (``proxy_version`` 1 or 2)
+    or directly; ``source`` is the address to bind (None: the system's choice) and ``client``
+    the address the backend must report (None: not checked)."""
+
+    proxied: bool
+    proxy_version: int
+    source: str | None
+    client: str | None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def plan_client(rng: random.Random, *, proxied_share: float, ipv6_share: float,
+                loopback: bool) -> ClientPlan:
+    if rng.random() < proxied_share:
+        if rng.random() < ipv6_share:
+            address = str(_DOC_V6[rng.randrange(1, 1 << 16)])
+        else:
+            address = str(_DOC_V4[rng.randrange(1, 255)])
+        return ClientPlan(True, rng.choice((1, 2)), None, address)
+    if not loopback:
+        return ClientPlan(False, 0, None, None)
+    source = f"127.0.0.{rng.randrange(2, 255)}"
+    return ClientPlan(False, 0, source, source)
+
+
+def parse_host(host: str | None) -> str:
+    """Locust's ``--host`` (``127.0.0.1``, ``http://mail.example.com``, ``[::1]``) as the
+    address or name to connect to."""
+    if not host:
+        return "127.0.0.1"
+    if "://" not in host:
+        host = f"//{host}"
+    name = urlsplit(host).hostname
+    if not name:
+        raise ValueError(f"no host name in {host!r}")
+    return name
+
+
+def log_uniform(rng: random.Random, low: int, high: int) -> int:
+    """A size between ``low`` and ``high``, small ones more often (as real API payloads)."""
+    if high <= low:
+        return low
+    return int(math.exp(rng.uniform(math.log(max(low, 1)), math.log(high))))
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+def tracking_path(rng: random.Random, kind: str) -> str:
+    """A click or open path shaped like a tracking link: campaign, subscriber, signature."""
+    campaign = rng.randrange(1, 5000)
+    subscriber = rng.randrange(1, 10_000_000)
+    signature = f"{rng.getrandbits(64):016x}"
+    if kind == "open":
+        return f"/ss/o/{campaign}/{subscriber}/{signature}.gif"
+    return f"/ss/c/{campaign}/{subscriber}/{signature}?u=https%3A%2F%2Fexample.com%2Fp%2F{campaign}"
+
+
+def send_json_body(rng: random.Random, ident: str, size: int) -> bytes:
+    """A send.json request of about ``size`` bytes: the HTML part carries the bulk."""
+    document = {
+        "username": "loadtest", "password": "not-a-secret",
+        "message": {
+            "from_email": "news@example.com", "from_name": "Load Test",
+            "to": [{"email": f"user{rng.randrange(1, 10**6)}@example.org", "name": "Reader"}],
+            "subject": f"Load test {ident}", "mailclass": "loadtest",
+            "custom_headers": {ID_HEADER: ident},
+            "text": "Plain text part.\n",
+            "html": "",
+        },
+    }
+    base = len(json.dumps(document))
+    filler = "<p>" + "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 2 + "</p>\n"
+    repeat = max(0, size - base) // len(filler) + 1
+    document["message"]["html"] = (filler * repeat)[:max(0, size - base)]  # type: ignore[index]
+    return json.dumps(document).encode()
+
+
+# --- SMTP -----------------------------------------------------------------------------------
+
+def _padding(size: int, width: int = 76) -> bytes:
+    """Body lines of at most ``width`` characters, none starting with a dot, to ``size`` bytes."""
+    line = (b"The quick brown fox jumps over the lazy dog 0123456789 " * 2)[:width - 2]
+    count = max(1, size // width)
+    return (line + b"\r\n") * count
+
+
+def _headers(ident: str, mail_from: str, to: str, subject: str, extra: str = "") -> bytes:
+    return (f"From: {mail_from}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{ident}@loadtest.example>\r\n"
+            f"{ID_HEADER}: {ident}\r\nMIME-Version: 1.0\r\n{extra}\r\n").encode()
+
+
+def submission_message(ident: str, size: int) -> bytes:
+    """A message as an application injects it on 587, of about ``size`` bytes (CRLF lines)."""
+    head = _headers(ident, "news@example.com", "reader@example.org", f"Load test {ident}",
+                    "Content-Type: text/plain; charset=us-ascii\r\n")
+    return head + _padding(max(0, size - len(head)))
+
+
+def bounce_message(ident: str, size: int) -> bytes:
+    """A delivery status notification (RFC 3464) as a remote MTA returns it on port 25."""
+    boundary = f"dsn-{ident}"
+    head = _headers(ident, "MAILER-DAEMON@mx.example.net", f"bounce-{ident}@return.example.com",
+                    "Undelivered Mail Returned to Sender",
+                    f'Content-Type: multipart/report; report-type=delivery-status; '
+                    f'boundary="{boundary}"\r\n')
+    parts = (f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
+             f"Your message could not be delivered.\r\n\r\n"
+             f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+             f"Reporting-MTA: dns; mx.example.net\r\n\r\n"
+             f"Final-Recipient: rfc822; gone@example.net\r\nAction: failed\r\n"
+             f"Status: 5.1.1\r\n\r\n"
+             f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + parts + _padding(max(0, size - len(head) - len(parts) - len(tail))) + tail
+
+
+def feedback_report(ident: str, size: int) -> bytes:
+    """A feedback-loop complaint (ARF, RFC 5965) as a mailbox provider sends it."""
+    boundary = f"arf-{ident}"
+    head = _headers(ident, "fbl@isp.example.net", f"fbl-{ident}@return.example.com",
+                    "Abuse report",
+                    f'Content-Type: multipart/report; report-type=feedback-report; '
+                    f'boundary="{boundary}"\r\n')
+    parts = (f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
+             f"This is an email abuse report.\r\n\r\n"
+             f"--{boundary}\r\nContent-Type: message/feedback-report\r\n\r\n"
+             f"Feedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n\r\n"
+             f"--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + parts + _padding(max(0, size - len(head) - len(parts) - len(tail))) + tail
