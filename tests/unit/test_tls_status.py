@@ -9,10 +9,9 @@ from ingress.cli import main
 from ingress.config import AcmeConfig, TlsConfig
 from tls import selfsigned, status
 
-NOW = datetime.datetime.now(datetime.UTC)
-
 
 def test_rows_for_served_refused_and_acme_files(tmp_path: Path) -> None:
+    now = datetime.datetime.now(datetime.UTC)  # the certificates below are made from now
     (tmp_path / "a.pem").write_bytes(selfsigned.generate(("a.mail.test", "b.mail.test")))
     (tmp_path / "acme-track.mail.test.pem").write_bytes(selfsigned.generate(
         ("track.mail.test",), validity=datetime.timedelta(days=90)))
@@ -20,7 +19,7 @@ def test_rows_for_served_refused_and_acme_files(tmp_path: Path) -> None:
     (tmp_path / ".hidden.pem").write_bytes(b"skipped by the store's rules")
     tls = TlsConfig(cert_dir=str(tmp_path), acme=AcmeConfig(
         enabled=True, domains=("track.mail.test",)))
-    lines = status.report(tls, NOW).splitlines()
+    lines = status.report(tls, now).splitlines()
     assert lines[0].split() == ["FILE", "NAMES", "ISSUER", "EXPIRES", "DAYS", "LEFT", "NEXT",
                                 "RENEWAL"]
     rows = {line.split()[0]: line for line in lines[1:]}
@@ -28,7 +27,7 @@ def test_rows_for_served_refused_and_acme_files(tmp_path: Path) -> None:
     assert "a.mail.test,b.mail.test" in rows["a.pem"]
     assert "written by another party" in rows["a.pem"]
     # renewal when a third of the lifetime (90 days and the hour it was back-dated) is left
-    expected = NOW + datetime.timedelta(days=60) - datetime.timedelta(hours=1) / 3
+    expected = now + datetime.timedelta(days=60) - datetime.timedelta(hours=1) / 3
     shown = datetime.datetime.strptime(rows["acme-track.mail.test.pem"].split("acme ")[-1],
                                        "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
     assert abs(shown - expected) < datetime.timedelta(minutes=1)
