@@ -15,22 +15,7 @@ from hypothesis import strategies as st
 from ingress import stub_http, stub_smtp
 from loadtest import compare, traffic
 from loadtest.compare import Arrival, Sent, ServiceLog
-
-
-class RecordingTransport:
-    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
-        self.peer = peer
-        self.written = bytearray()
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
+from tests.unit.test_stub_http import RecordingTransport
 
 
 def sent(ident: str, *, ok: bool = True, service: str = "mta", kind: str = "http",
