@@ -396,24 +396,17 @@ class AcmeClient:
 
 async def resolve_addresses(name: str, nameservers: Sequence[tuple[str, int]],
                             lifetime: float) -> set[str]:
-    """Every A and AAAA address of ``name``, CNAMEs followed (by the resolver)."""
-    import dns.asyncresolver
-    import dns.exception
-    import dns.nameserver
-    import dns.resolver
+    """Every A and AAAA address of ``name``, CNAMEs followed, through the resolver DNS discovery
+    uses. A name that does not exist has none; a failed look-up raises (and is retried)."""
+    from routing.discovery import Failed, lookup_addresses, make_resolver
 
-    resolver = dns.asyncresolver.Resolver(configure=not nameservers)
-    if nameservers:
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)
-                                for host, port in nameservers]
-    resolver.lifetime = lifetime
     found: set[str] = set()
-    for record_type in ("A", "AAAA"):
-        try:
-            answer = await resolver.resolve(name, record_type)
-        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
-            continue
-        found.update(record.to_text() for record in answer)
+    for answer in await lookup_addresses(make_resolver(nameservers, lifetime), name):
+        if isinstance(answer, Failed):
+            if answer.problem == "nxdomain":
+                continue
+            raise AcmeError(f"DNS look-up of {name} failed: {answer.problem} {answer.detail}")
+        found.update(answer.values)
     return found
 
 
