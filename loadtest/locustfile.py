@@ -480,7 +480,10 @@ class SmtpUser(LoadtestUser):
         return float(options.proxied_share)
 
     def envelope(self, ident: str) -> tuple[str, str, bytes]:
-        raise NotImplementedError
+        """Sender, recipient and message of one session: by default an application's message
+        injected on 587."""
+        return ("news@example.com", "reader@example.org",
+                traffic.submission_message(ident, self.settings.options.smtp_size))
 
     def step(self, name: str, call: Callable[[], T]) -> T:
         started = time.perf_counter()
@@ -588,13 +591,6 @@ class SmtpSubmissionUser(SmtpUser):
     """Message injection on 587 by an application, to the MTA."""
 
     weight = 15
-    label = "587"
-    service = "mta"
-    kind_of_port = "smtp"
-
-    def envelope(self, ident: str) -> tuple[str, str, bytes]:
-        return ("news@example.com", "reader@example.org",
-                traffic.submission_message(ident, self.settings.options.smtp_size))
 
 
 class InboundSmtpUser(SmtpUser):

@@ -150,35 +150,38 @@ def submission_message(ident: str, size: int) -> bytes:
     return head + _padding(max(0, size - len(head)))
 
 
+def _multipart_report(ident: str, size: int, *, mail_from: str, to: str, subject: str,
+                      report_type: str, boundary: str, parts: list[tuple[str, str]]) -> bytes:
+    """A multipart/report (RFC 6522) of about ``size`` bytes: ``parts`` are (content type,
+    text) pairs; the padding stands for the original message, which ends the report."""
+    head = _headers(ident, mail_from, to, subject,
+                    f"Content-Type: multipart/report; report-type={report_type}; "
+                    f'boundary="{boundary}"\r\n')
+    body = "".join(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n{text}"
+                   for content_type, text in parts).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + body + _padding(max(0, size - len(head) - len(body) - len(tail))) + tail
+
+
 def bounce_message(ident: str, size: int) -> bytes:
     """A delivery status notification (RFC 3464) as a remote MTA returns it on port 25."""
-    boundary = f"dsn-{ident}"
-    head = _headers(ident, "MAILER-DAEMON@mx.example.net", f"bounce-{ident}@return.example.com",
-                    "Undelivered Mail Returned to Sender",
-                    f'Content-Type: multipart/report; report-type=delivery-status; '
-                    f'boundary="{boundary}"\r\n')
-    parts = (f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
-             f"Your message could not be delivered.\r\n\r\n"
-             f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
-             f"Reporting-MTA: dns; mx.example.net\r\n\r\n"
-             f"Final-Recipient: rfc822; gone@example.net\r\nAction: failed\r\n"
-             f"Status: 5.1.1\r\n\r\n"
-             f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    return head + parts + _padding(max(0, size - len(head) - len(parts) - len(tail))) + tail
+    return _multipart_report(
+        ident, size, mail_from="MAILER-DAEMON@mx.example.net",
+        to=f"bounce-{ident}@return.example.com", subject="Undelivered Mail Returned to Sender",
+        report_type="delivery-status", boundary=f"dsn-{ident}", parts=[
+            ("text/plain", "Your message could not be delivered.\r\n\r\n"),
+            ("message/delivery-status",
+             "Reporting-MTA: dns; mx.example.net\r\n\r\nFinal-Recipient: rfc822; "
+             "gone@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"),
+            ("text/rfc822-headers", "")])
 
 
 def feedback_report(ident: str, size: int) -> bytes:
     """A feedback-loop complaint (ARF, RFC 5965) as a mailbox provider sends it."""
-    boundary = f"arf-{ident}"
-    head = _headers(ident, "fbl@isp.example.net", f"fbl-{ident}@return.example.com",
-                    "Abuse report",
-                    f'Content-Type: multipart/report; report-type=feedback-report; '
-                    f'boundary="{boundary}"\r\n')
-    parts = (f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
-             f"This is an email abuse report.\r\n\r\n"
-             f"--{boundary}\r\nContent-Type: message/feedback-report\r\n\r\n"
-             f"Feedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n\r\n"
-             f"--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n").encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    return head + parts + _padding(max(0, size - len(head) - len(parts) - len(tail))) + tail
+    return _multipart_report(
+        ident, size, mail_from="fbl@isp.example.net", to=f"fbl-{ident}@return.example.com",
+        subject="Abuse report", report_type="feedback-report", boundary=f"arf-{ident}", parts=[
+            ("text/plain", "This is an email abuse report.\r\n\r\n"),
+            ("message/feedback-report",
+             "Feedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n\r\n"),
+            ("message/rfc822", "")])
