@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Self
 
 import h11
 
@@ -77,7 +78,7 @@ class EchoOrigin:
         for thread in self._threads:
             thread.join(5)
 
-    def __enter__(self) -> EchoOrigin:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
@@ -167,58 +165,17 @@ def exchange(port: int, data: bytes, method: str = "GET", *, closes: bool | None
 # --------------------------------------------------------------------------------------------
 
 
-class RawOrigin:
+class RawOrigin(EchoOrigin):
     """Loopback HTTP origin for bodiless requests: every request head received is recorded as
-    bytes, and answered with ``response``."""
+    bytes, and answered with ``response``. The listener, its threads and their stop are
+    EchoOrigin's."""
 
     def __init__(self, response: bytes) -> None:
         self.response = response
         self.heads: list[bytes] = []
-        self.connections = 0
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.port: int = self._sock.getsockname()[1]
-        self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
+        super().__init__(name="raw")
 
-    def __enter__(self) -> RawOrigin:
-        thread = threading.Thread(target=self._accept, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        with self._lock:
-            for conn in self._open:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        for thread in self._threads:
-            thread.join(TIMEOUT)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                self._open.append(conn)
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, peer: tuple[str, int], connection_id: int) -> None:
         buffer = b""
         conn.settimeout(30)
         with conn:
