@@ -31,14 +31,6 @@ LISTENER_KEYS = (
 WORKERS = "must be a whole number from 0 (one per CPU) to 1024, not"
 
 
-@pytest.fixture
-def write(tmp_path: Path) -> Any:
-    def write(text: str, name: str = "ingress.toml") -> Path:
-        path = tmp_path / name
-        path.write_text(text)
-        return path
-
-    return write
 
 
 def problems_of(path: Path | str | None = None, **kwargs: Any) -> list[str]:

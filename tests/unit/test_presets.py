@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,14 +73,6 @@ DEFAULT_TIMEOUTS = Timeouts(connect=5.0, tcp_idle=300.0, proxy_header=5.0, drain
                             grace=300.0)
 
 
-@pytest.fixture
-def write(tmp_path: Path) -> Any:
-    def write(text: str, name: str = "ingress.toml") -> Path:
-        path = tmp_path / name
-        path.write_text(text)
-        return path
-
-    return write
 
 
 # --- the raw preset trees ------------------------------------------------------------------------
