@@ -198,3 +198,32 @@ class EchoOrigin:
             conn.sendall(http.send(h11.Data(data=echo)))
         conn.sendall(http.send(h11.EndOfMessage()))
         return True
+
+
+class Cluster:
+    """Three origins standing in for the MTA, Event Tracker and TLS services."""
+
+    def __init__(self) -> None:
+        self.mta = EchoOrigin("mta")
+        self.event_tracker = EchoOrigin("event-tracker")
+        self.tls = EchoOrigin("tls")
+
+    def backends_toml(self) -> str:
+        """The greenarrow preset's HTTP backends, pointed at these origins."""
+        return (
+            f'[backends.mta-http]\nservers = ["127.0.0.1:{self.mta.port}"]\n'
+            f'[backends.event-tracker-http]\nservers = ["127.0.0.1:{self.event_tracker.port}"]\n'
+            f'[backends.tls-http]\nservers = ["127.0.0.1:{self.tls.port}"]\n'
+        )
+
+    def config(self, http_port: int, proxied_port: int, *, timeouts: str = "",
+               extra: str = "") -> str:
+        disabled = "".join(f"[listeners.{name}]\nenabled = false\n" for name in (
+            "smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "https", "https-proxied"))
+        return (
+            f'preset = "greenarrow"\nworkers = 1\n[timeouts]\ndrain = "0s"\n{timeouts}\n'
+            f"{disabled}"
+            f'[listeners.http]\nbind = ["127.0.0.1:{http_port}"]\n'
+            f'[listeners.http-proxied]\nbind = ["127.0.0.1:{proxied_port}"]\n'
+            f"{self.backends_toml()}{extra}"
+        )

@@ -12,17 +12,15 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 
 from tests.integration.acme_peers import ChallTestSrv, Pebble
 from tests.integration.ingress_process import IngressProcess
+from tests.integration.origin import Cluster
 from tests.integration.peers import free_port
-from tests.integration.test_http_proxy import Cluster
 from tests.integration.tls_helpers import TIMEOUT, served_certificate
 
 NAME = "acme.mail.test"
@@ -34,13 +32,6 @@ class Replica:
     process: IngressProcess
     http: int
     https: int
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    nodes = Cluster()
-    with nodes.mta, nodes.event_tracker, nodes.tls:
-        yield nodes
 
 
 def ingress_config(cluster: Cluster, cert_dir: Path, pebble: Pebble, http: int, https: int,
@@ -57,9 +48,7 @@ def ingress_config(cluster: Cluster, cert_dir: Path, pebble: Pebble, http: int, 
         f"{disabled}"
         f'[listeners.http]\nbind = ["127.0.0.1:{http}"]\n'
         f'[listeners.https]\nbind = ["127.0.0.1:{https}"]\n'
-        f'[backends.mta-http]\nservers = ["127.0.0.1:{cluster.mta.port}"]\n'
-        f'[backends.event-tracker-http]\nservers = ["127.0.0.1:{cluster.event_tracker.port}"]\n'
-        f'[backends.tls-http]\nservers = ["127.0.0.1:{cluster.tls.port}"]\n{extra}'
+        f"{cluster.backends_toml()}{extra}"
     )
 
 

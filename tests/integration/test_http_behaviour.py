@@ -20,9 +20,8 @@ import pytest
 
 from ingress.http1 import Limits
 from tests.integration.ingress_process import IngressProcess
-from tests.integration.origin import EchoOrigin
+from tests.integration.origin import Cluster, EchoOrigin
 from tests.integration.peers import free_port
-from tests.integration.test_http_proxy import Cluster
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -194,13 +193,6 @@ class RawOrigin(EchoOrigin):
 # --------------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    nodes = Cluster()
-    with nodes.mta, nodes.event_tracker, nodes.tls:
-        yield nodes
 
 
 Edit = Callable[[str], str]

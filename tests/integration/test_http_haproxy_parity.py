@@ -58,10 +58,9 @@ import h11
 import pytest
 
 from tests.integration.ingress_process import IngressProcess
-from tests.integration.origin import EchoOrigin, ReceivedRequest
+from tests.integration.origin import Cluster, EchoOrigin, ReceivedRequest
 from tests.integration.peers import HAProxyInstance, free_port, require_binary
 from tests.integration.test_http_behaviour import ResponseReader
-from tests.integration.test_http_proxy import Cluster
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 

@@ -26,8 +26,8 @@ import pytest
 from cryptography import x509
 
 from tests.integration.ingress_process import IngressProcess
+from tests.integration.origin import Cluster
 from tests.integration.peers import free_port, require_binary
-from tests.integration.test_http_proxy import Cluster
 from tests.integration.tls_helpers import (
     TIMEOUT,
     BioTlsClient,
@@ -61,9 +61,7 @@ def https_config(cluster: Cluster, cert_dir: Path, port: int, proxied: int) -> s
         f"{disabled}"
         f'[listeners.https]\nbind = ["127.0.0.1:{port}"]\n'
         f'[listeners.https-proxied]\nbind = ["127.0.0.1:{proxied}"]\n'
-        f'[backends.mta-http]\nservers = ["127.0.0.1:{cluster.mta.port}"]\n'
-        f'[backends.event-tracker-http]\nservers = ["127.0.0.1:{cluster.event_tracker.port}"]\n'
-        f'[backends.tls-http]\nservers = ["127.0.0.1:{cluster.tls.port}"]\n'
+        f"{cluster.backends_toml()}"
     )
 
 
@@ -72,13 +70,6 @@ class HttpsIngress:
     process: IngressProcess
     port: int  # https
     proxied: int  # https-proxied
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    nodes = Cluster()
-    with nodes.mta, nodes.event_tracker, nodes.tls:
-        yield nodes
 
 
 @pytest.fixture

@@ -8,23 +8,14 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.ingress_process import IngressProcess
+from tests.integration.origin import Cluster
 from tests.integration.peers import AiosmtpdBackend, free_port, smtp_transaction
-from tests.integration.test_http_proxy import Cluster
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    nodes = Cluster()
-    with nodes.mta, nodes.event_tracker, nodes.tls:
-        yield nodes
 
 
 def config(cluster: Cluster, smtp: AiosmtpdBackend, ports: dict[str, int], *,
@@ -37,9 +28,7 @@ def config(cluster: Cluster, smtp: AiosmtpdBackend, ports: dict[str, int], *,
         f'[listeners.http]\nbind = ["127.0.0.1:{ports["http"]}"]\n'
         f'[listeners.smtp25]\nbind = ["127.0.0.1:{ports["smtp25"]}"]\n'
         f'[listeners.smtp587]\nbind = ["127.0.0.1:{ports["smtp587"]}"]\n'
-        f'[backends.mta-http]\nservers = ["127.0.0.1:{cluster.mta.port}"]\n'
-        f'[backends.event-tracker-http]\nservers = ["127.0.0.1:{cluster.event_tracker.port}"]\n'
-        f'[backends.tls-http]\nservers = ["127.0.0.1:{cluster.tls.port}"]\n'
+        f"{cluster.backends_toml()}"
         f'[backends.mta-smtp]\nservers = ["127.0.0.1:{smtp.port}"]\n'
         f'[backends.event-tracker-smtp]\nservers = ["127.0.0.1:{smtp.port}"]\n'
     )
@@ -172,8 +161,8 @@ def test_readiness_turns_503_on_sigterm_before_the_listeners_close(
                 time.sleep(0.05)
             assert answer == (503, b"draining\n")
             # Still draining: the traffic listener accepts and says it is not ready.
-            answer = one_request(ports["http"], get("/.kubernetes-readiness-probe"))
-            assert answer.startswith(b"HTTP/1.1 503"), answer
+            probe = one_request(ports["http"], get("/.kubernetes-readiness-probe"))
+            assert probe.startswith(b"HTTP/1.1 503"), probe
             with urllib.request.urlopen(f"{admin}/livez", timeout=5) as live:
                 assert live.status == 200
             assert process.wait(10) == 0
