@@ -26,7 +26,7 @@ from typing import Any, Literal, cast
 
 from ingress import presets
 from routing.backends import Balance, is_ip
-from routing.discovery import DnsName, is_dns_url, parse_dns_url
+from routing.discovery import DnsName, is_dns_name, is_dns_url, parse_dns_url
 from routing.table import BUILTIN_ANSWERS, LocalAnswer, Rule
 
 ENV_PREFIX = "MTA_INGRESS_"
@@ -261,18 +261,6 @@ def parse_address(text: str, *, allow_hostname: bool) -> Address:
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     return Address(host, int(port_text))
-
-
-# RFC 1123 host names only (no '_', unlike _HOSTNAME): a Service name that Kubernetes DNS answers.
-_DNS_NAME = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
-)
-
-
-def is_dns_name(text: str) -> bool:
-    """A host name that is not an IP address: ``kumod``, ``kumod.mail.svc.cluster.local.``."""
-    return bool(_DNS_NAME.fullmatch(text)) and not is_ip(text.rstrip("."))
 
 
 def parse_nameserver(text: str) -> Address:

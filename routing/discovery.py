@@ -42,6 +42,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from routing.backends import is_ip
+
 log = logging.getLogger("mta_ingress.discovery")
 
 Kind = Literal["a", "srv"]
@@ -74,16 +76,22 @@ def is_dns_url(text: str) -> bool:
     return text[:4].lower() == "dns+"
 
 
+def is_dns_name(text: str) -> bool:
+    """An RFC 1123 host name that is not an IP address: ``kumod``, ``pods.mail.test.`` (the
+    names Kubernetes DNS answers; no '_')."""
+    name = text.lower()
+    return (len(name.rstrip(".")) <= 253 and bool(_HOST.fullmatch(name))
+            and not is_ip(name.rstrip(".")))
+
+
 def _check_host(name: str, text: str) -> None:
-    if len(name.rstrip(".")) > 253 or not _HOST.fullmatch(name):
-        raise ValueError(f"{text!r}: {name!r} is not a host name (letters, digits and '-' in "
-                         "dot-separated labels)")
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
+    if is_dns_name(name):
         return
-    raise ValueError(f"{text!r}: {name!r} is an IP address; write it as a plain \"host:port\" "
-                     "server")
+    if is_ip(name.rstrip(".")):
+        raise ValueError(f"{text!r}: {name!r} is an IP address; write it as a plain "
+                         "\"host:port\" server")
+    raise ValueError(f"{text!r}: {name!r} is not a host name (letters, digits and '-' in "
+                     "dot-separated labels)")
 
 
 def parse_dns_url(text: str) -> DnsName:
