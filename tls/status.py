@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from ingress.config import TlsConfig
 from tls import acme
 from tls.store import CertificateError, candidate_files, load_certificate_file
@@ -45,7 +48,10 @@ def _time(moment: datetime.datetime) -> str:
 
 
 def _issuer_name(rfc4514: str) -> str:
-    for part in rfc4514.split(","):
-        if part.startswith("CN="):
-            return part[3:]
-    return rfc4514
+    """The issuer's common name, which is how operators know their CAs (the whole name else)."""
+    try:
+        names = x509.Name.from_rfc4514_string(rfc4514).get_attributes_for_oid(
+            NameOID.COMMON_NAME)
+    except ValueError:
+        return rfc4514
+    return str(names[0].value) if names else rfc4514
