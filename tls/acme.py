@@ -453,26 +453,25 @@ class AcmeManager:
                             str(error) or type(error).__name__, self.failures, delay)
             await asyncio.sleep(delay)
 
-    def due(self, now: datetime.datetime) -> tuple[bool, datetime.datetime | None]:
+    def held(self) -> Held | None:
+        """The managed certificate, if it is there and covers every configured name."""
         held = read_held(self.file)
         if held is None or not covers(held.names, self.settings.domains):
-            return True, None
-        when = renewal_time(held.not_before, held.not_after)
-        return now >= when, when
+            return None
+        return held
 
     async def step(self) -> float:
         """One look at the certificate; orders if due. Seconds until the next look."""
         now = datetime.datetime.now(datetime.UTC)
-        due, when = self.due(now)
-        if not due and when is not None:
-            held = read_held(self.file)
-            if held is not None:
-                suggested = await self._suggested_renewal(held)
-                when = renewal_time(held.not_before, held.not_after, suggested)
-                due = now >= when
-        if not due and when is not None:
-            self.failures = 0
-            return max(1.0, min(RECHECK_EVERY, (when - now).total_seconds()))
+        held = self.held()
+        if held is not None:
+            when = renewal_time(held.not_before, held.not_after)
+            if now < when:  # not due by the lifetime: the CA may still ask for it earlier
+                when = renewal_time(held.not_before, held.not_after,
+                                    await self._suggested_renewal(held))
+            if now < when:
+                self.failures = 0
+                return max(1.0, min(RECHECK_EVERY, (when - now).total_seconds()))
         for domain in self.settings.domains if self.settings.expected_addresses else ():
             addresses = await resolve_addresses(domain, self._nameservers, self._dns_timeout)
             if not preflight_ok(addresses, self.settings.expected_addresses):
@@ -491,8 +490,9 @@ class AcmeManager:
             return max(LEASE_SETTLE * 5, self.settings.retry_initial / 4)
         try:
             # Another replica may have finished an order while we waited for the lease.
-            due, when = self.due(datetime.datetime.now(datetime.UTC))
-            if not due and when is not None:
+            held = self.held()
+            if held is not None and datetime.datetime.now(datetime.UTC) < renewal_time(
+                    held.not_before, held.not_after):
                 return 1.0
             try:
                 await self._order()
