@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ingress import config
-from routing.table import READINESS, STATS_UNAVAILABLE, RouteTable, host_matches, normalize_host
+from routing.table import (
+    READINESS,
+    STATS_UNAVAILABLE,
+    RouteTable,
+    Rule,
+    host_matches,
+    normalize_host,
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +119,27 @@ def test_custom_answer() -> None:
     assert rule.answer is not None
     assert (rule.answer.status, rule.answer.content_type, rule.answer.body) == \
         (404, b"text/plain", b"no\n")
+
+
+_PREFIXES = st.sampled_from([b"/", b"/a", b"/ab", b"/api/v1/send.json", b"/b/", b""])
+_HOSTS = st.sampled_from([b"example.org", b"*.example.org", b"mail.test"])
+
+
+@st.composite
+def _rules(draw: st.DrawFn) -> list[Rule]:
+    rules = []
+    for index in range(draw(st.integers(0, 6))):
+        prefix = draw(st.none() | _PREFIXES)
+        host = draw(st.none() | _HOSTS) if draw(st.integers(0, 3)) == 0 else None
+        rules.append(Rule(path_prefix=prefix, host=host, backend=f"b{index}", answer=None))
+    return rules
+
+
+@given(rules=_rules(),
+       path=st.sampled_from([b"/", b"/a", b"/abc", b"/api/v1/send.jsonX", b"/b", b"/b/c", b"*"]),
+       host=st.none() | st.sampled_from([b"example.org", b"a.example.org:80", b"MAIL.test."]))
+def test_match_is_the_first_matching_rule(rules: list[Rule], path: bytes,
+                                          host: bytes | None) -> None:
+    """The prefix shortcut of RouteTable.match answers what trying every rule in order does."""
+    expected = next((rule for rule in rules if rule.matches(path, host)), None)
+    assert RouteTable(rules).match(path, host) is expected
