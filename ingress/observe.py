@@ -165,18 +165,19 @@ class AccessLog:
             self._flush_handle = None
         if not self._lines:
             return
-        chunk: list[bytes] = []
-        size = 0
-        for line in self._lines:
-            data = line.encode("utf-8", "backslashreplace") + b"\n"
-            if size + len(data) > PIPE_BUF and chunk:
-                self._write(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(data)
-            size += len(data)
-        if chunk:
-            self._write(b"".join(chunk))
+        self._lines.append("")  # the last line's newline
+        data = "\n".join(self._lines).encode("utf-8", "backslashreplace")
         self._lines.clear()
+        # Encoded and joined once, then cut at the last line end within each PIPE_BUF window
+        # (one line longer than PIPE_BUF goes alone): a few calls per write, none per line.
+        start, size = 0, len(data)
+        while start < size:
+            end = start + PIPE_BUF
+            if end < size:
+                cut = data.rfind(b"\n", start, end)
+                end = (cut if cut >= 0 else data.find(b"\n", end)) + 1
+            self._write(data[start:end])
+            start = end
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

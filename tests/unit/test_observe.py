@@ -8,8 +8,10 @@ import re
 import select
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ingress.observe import AccessLog, quote
+from ingress.observe import PIPE_BUF, AccessLog, quote
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -106,3 +108,26 @@ def test_http_request_line_quotes_the_request_as_json(target: bytes) -> None:
     request = f"GET {target.decode('latin-1')} HTTP/1.1"
     assert f" {json.dumps(request)} " in line
     assert line.rstrip("\n").endswith(' end="bad thing" worker=0')
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from("ab é\"=") , max_size=3000)
+                .filter(lambda line: "\n" not in line), max_size=40))
+def test_flush_cuts_writes_at_line_ends_within_pipe_buf(lines: list[str]) -> None:
+    """Every write holds whole lines and at most PIPE_BUF bytes, unless it is one longer line;
+    together the writes are every line, in order."""
+    log = AccessLog("logfmt", fd=-1)
+    writes: list[bytes] = []
+    log._write = writes.append  # type: ignore[method-assign]
+    for line in lines:
+        log._lines.append(line)
+    log.flush()
+    expected = [(line + "\n").encode("utf-8") for line in lines]
+    assert b"".join(writes) == b"".join(expected)
+    for write in writes:
+        assert write.endswith(b"\n")
+        assert len(write) <= PIPE_BUF or write.count(b"\n") == 1
+    # a write is never cut earlier than needed: the next line would not have fitted
+    taken = 0
+    for write in writes[:-1]:
+        taken += write.count(b"\n")
+        assert len(write) + len(expected[taken]) > PIPE_BUF
