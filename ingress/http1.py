@@ -72,7 +72,15 @@ What llhttp 9 (httptools 0.9.0) enforces by itself, found by feeding it each cas
     request line, head size, field count      no limits                    414 / 431
     body size                                 no limit                     413
 
-Cost of the common request: one ``find`` for the blank line; one ``translate``, three ``count``
+The fast path. A message that arrives whole in one read and needs none of the above (a
+request without a body, a response framed by Content-Length, only printable ASCII, no '_' in a
+name, no Transfer-Encoding or Expect, well inside the limits) is checked and split by two
+regular expressions instead (``fast_request``, ``fast_response``, section "The fast path"):
+they accept a subset of what the general path accepts and build the same head; anything else
+falls through to the general path, so every rejection above is still the general path's.
+tests/unit/test_http1_fast.py holds the two paths to that with hypothesis.
+
+Cost of the common request on the general path: one ``find`` for the blank line; one ``translate``, three ``count``
 and two ``find`` over the head; one ``split`` of the request line; one llhttp call with a Python
 callback per field line; for all names at once one ``join``, ``translate``, ``lower`` and
 ``split``; one dict lookup per field; one regular expression per request (Host). No regular
@@ -100,6 +108,8 @@ __all__ = [
     "ResponseHead",
     "ResponseParser",
     "chunk",
+    "fast_request",
+    "fast_response",
     "response_has_body",
     "serialize_request_head",
     "serialize_response_head",
@@ -401,11 +411,7 @@ def _check_fields(
             host_count += 1
             host = value
         elif kind == _CONNECTION:
-            #   Connection = #connection-option ; connection-option = token
-            for token in value.lower().split(b","):
-                token = token.strip(b" \t")
-                if token:
-                    connection.add(token)
+            _add_connection_tokens(connection, value)
         else:
             #   Expect = #expectation ; expectation = token [ "=" ( token / quoted-string ) ...
             # (RFC 9110 section 10.1.1) and only "100-continue" is defined.
@@ -456,6 +462,20 @@ def _check_fields(
         )
     tokens = frozenset(connection) if connection else _NO_TOKENS
     return length, chunked, tokens, host, host_count, expect_continue
+
+
+def _add_connection_tokens(tokens: set[bytes], value: bytes) -> None:
+    #   Connection = #connection-option ; connection-option = token
+    for token in value.lower().split(b","):
+        token = token.strip(b" \t")
+        if token:
+            tokens.add(token)
+
+
+def _keeps_alive(http11: bool, tokens: frozenset[bytes]) -> bool:
+    if http11:
+        return b"close" not in tokens
+    return b"keep-alive" in tokens and b"close" not in tokens
 
 
 def _check_transfer_coding(values: list[bytes], status: int) -> None:
@@ -624,10 +644,7 @@ def _request_head(
             raise HttpError(
                 400, "host-mismatch", f"Host {_show(host)} but request-target {_show(target)}"
             )
-    if http11:
-        keep_alive = b"close" not in tokens
-    else:
-        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    keep_alive = _keeps_alive(http11, tokens)
     return RequestHead(
         method=method,
         target=target,
@@ -701,10 +718,7 @@ def _response_head(
     content_length, chunked, tokens, _, _, _ = _check_fields(
         headers, http11, 502, limits, values_checked
     )
-    if http11:
-        keep_alive = b"close" not in tokens
-    else:
-        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    keep_alive = _keeps_alive(http11, tokens)
     if not chunked and content_length is None and response_has_body(request_method, code):
         # RFC 9112 section 6.3, 7.: the body runs until the server closes the connection
         keep_alive = False
@@ -788,6 +802,169 @@ def _split_fields(head: bytes, line_end: int, status: int) -> list[tuple[bytes, 
             raise HttpError(status, "bad-header-name", f"field line without ':': {_show(line)}")
         fields.append((name, value.strip(b" \t")))
     return fields
+
+
+# --------------------------------------------------------------------------------------------
+# The fast path: one common message in one read
+# --------------------------------------------------------------------------------------------
+#
+# Nearly every message on the proxy's path is small, arrives in one read and uses no feature
+# that needs the general machinery: a GET without a body from a click or an open, a response
+# with a Content-Length. For those, two regular expressions (C code) check the whole head and
+# split its fields, replacing the head buffer, the raw checks, the llhttp call with its Python
+# callback per field and most of _check_fields. They accept a strict subset of what the general
+# path accepts and build the very same head: anything they do not take (a body to frame, a
+# '_' or a byte outside printable ASCII, an absolute-form target, a Content-Length on a
+# request, Transfer-Encoding, Expect, a limit approached, a split or pipelined read, ...) goes to
+# the general path, which then accepts it or names what is wrong. tests/unit/
+# test_http1_fast.py holds the two paths to that with hypothesis.
+
+# A field line: a token name without '_' (so no name can be read as a framing field by a CGI
+# gateway), ':', OWS, a value of printable ASCII, SP and HTAB starting and ending with a visible
+# character, OWS, CRLF. Group 1 is the name, group 2 the value without its OWS, which is what
+# llhttp hands over (minus its trailing OWS, removed by _Fields). A match starts right after a
+# CRLF and holds no CR or LF before its own CRLF, so it is one whole line: when findall() finds
+# as many matches as there are CRLFs in the field block, every line of the block is a field.
+_FAST_FIELD_RE: Final = re.compile(
+    rb"(?<=\r\n)([!#$%&'*+\-.^`|~0-9A-Za-z]+):[ \t]*"
+    rb"((?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?)[ \t]*\r\n"
+)
+# origin-form target: '/' then VCHAR but '#'
+_FAST_REQUEST_LINE_RE: Final = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])\r\n"
+)
+# status 200 to 599 (1xx and 101 have rules of their own); the reason as _response_head allows,
+# without obs-text
+_FAST_STATUS_LINE_RE: Final = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t\x20-\x7e]*)\r\n")
+# The fast path only looks at heads this short, which also keeps them inside every limit but
+# max_headers (Limits cannot be set below these in the configuration: see _fast_limit).
+_FAST_HEAD_MAX: Final = 4096
+# What a field's lowercased name means to the fast path: _HOST and _CONNECTION are read,
+# _CONTENT_LENGTH only in a response, anything else listed sends the message to the general path.
+_FAST_REQUEST_FIELDS: Final = {b"host": _HOST, b"connection": _CONNECTION,
+                               b"content-length": -1, b"transfer-encoding": -1, b"expect": -1}
+_FAST_RESPONSE_FIELDS: Final = {b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH,
+                                b"transfer-encoding": -1}
+
+
+def _fast_limit(limits: Limits) -> int:
+    """The longest head the fast path may take under ``limits`` (0: none)."""
+    if limits.max_request_line < _FAST_HEAD_MAX or limits.max_header_bytes < _FAST_HEAD_MAX:
+        return 0
+    return _FAST_HEAD_MAX
+
+
+def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead | None:
+    """The head of ``data`` when ``data`` is exactly one request without a body that the general
+    parser would accept, built as it would build it; None for anything else (the general
+    parser then decides)."""
+    if len(data) > _fast_limit(limits) or not data.endswith(b"\r\n\r\n"):
+        return None
+    match = _FAST_REQUEST_LINE_RE.match(data)
+    if match is None:
+        return None
+    method, target, minor = match.group(1, 2, 3)
+    fields, end = match.end(), len(data) - 2
+    headers: list[tuple[bytes, bytes]] = _FAST_FIELD_RE.findall(data, fields, end)
+    if len(headers) != data.count(b"\r\n", fields, end) or len(headers) > limits.max_headers:
+        return None
+    host: bytes | None = None
+    host_count = 0
+    connection: set[bytes] | None = None
+    kinds = _FAST_REQUEST_FIELDS.get
+    for name, value in headers:
+        kind = kinds(name.lower())
+        if kind is None:
+            continue
+        if kind == _HOST:
+            host = value
+            host_count += 1
+        elif kind == _CONNECTION:
+            if connection is None:
+                connection = set()
+            _add_connection_tokens(connection, value)
+        else:
+            return None
+    http11 = minor == b"1"
+    if host_count > 1 or (host is None and http11) or (host and not _HOST_RE.fullmatch(host)):
+        return None
+    tokens = frozenset(connection) if connection else _NO_TOKENS
+    return RequestHead(
+        method=method,
+        target=target,
+        version=b"1.1" if http11 else b"1.0",
+        headers=headers,
+        content_length=None,
+        chunked=False,
+        keep_alive=_keeps_alive(http11, tokens),
+        expect_continue=False,
+        connection_tokens=tokens,
+        host=host,
+    )
+
+
+def fast_response(
+    data: bytes, request_method: bytes, limits: Limits = _DEFAULT_LIMITS
+) -> tuple[ResponseHead, bytes] | None:
+    """(head, body) when ``data`` is exactly one whole final response to a
+    ``request_method`` request, framed by its Content-Length or bodiless, that the general
+    parser would accept, built as it would build it; None for anything else."""
+    blank = data.find(b"\r\n\r\n", 0, _fast_limit(limits))
+    if blank < 0:
+        return None
+    match = _FAST_STATUS_LINE_RE.match(data)
+    if match is None:
+        return None
+    minor, status, reason = match.group(1, 2, 3)
+    fields, end = match.end(), blank + 2
+    headers: list[tuple[bytes, bytes]] = _FAST_FIELD_RE.findall(data, fields, end)
+    if len(headers) != data.count(b"\r\n", fields, end) or len(headers) > limits.max_headers:
+        return None
+    end += 2
+    content_length: bytes | None = None
+    connection: set[bytes] | None = None
+    kinds = _FAST_RESPONSE_FIELDS.get
+    for name, value in headers:
+        kind = kinds(name.lower())
+        if kind is None:
+            continue
+        if kind == _CONTENT_LENGTH:
+            if content_length is not None:
+                return None
+            content_length = value
+        elif kind == _CONNECTION:
+            if connection is None:
+                connection = set()
+            _add_connection_tokens(connection, value)
+        else:
+            return None
+    length: int | None = None
+    if content_length is not None:
+        if (not content_length or content_length.translate(None, _DIGITS)
+                or len(content_length) > _MAX_CONTENT_LENGTH_DIGITS):
+            return None
+        length = int(content_length)
+        if limits.max_body is not None and length > limits.max_body:
+            return None
+    code = int(status)
+    body = data[end:]
+    if response_has_body(request_method, code):
+        if length is None or len(body) != length:
+            return None
+    elif body:
+        return None
+    http11 = minor == b"1"
+    tokens = frozenset(connection) if connection else _NO_TOKENS
+    head = ResponseHead(
+        status=code,
+        reason=reason,
+        version=b"1.1" if http11 else b"1.0",
+        headers=headers,
+        content_length=length,
+        chunked=False,
+        keep_alive=_keeps_alive(http11, tokens),
+    )
+    return head, body
 
 
 # --------------------------------------------------------------------------------------------
@@ -1220,6 +1397,14 @@ class RequestParser(_Parser):
         self._llhttp = httptools.HttpRequestParser(self._fields)
 
     def feed(self, data: bytes) -> list[RequestEvent]:
+        if (self._state == _HEAD and not self._buf and not self._skipped
+                and self._error is None and type(data) is bytes):
+            head = fast_request(data, self._limits)
+            if head is not None:
+                self._keep_alive = head.keep_alive
+                if not head.keep_alive:
+                    self._state = _DONE
+                return [head, _END]
         events: list[_Event] = []
         self._feed(data, events)
         return cast("list[RequestEvent]", events)
@@ -1309,6 +1494,15 @@ class ResponseParser(_Parser):
         self._methods.append(method)
 
     def feed(self, data: bytes) -> list[ResponseEvent]:
+        if (self._methods and self._state == _HEAD and not self._buf and not self._informational
+                and self._error is None and type(data) is bytes):
+            fast = fast_response(data, self._methods[0], self._limits)
+            if fast is not None:
+                head, body = fast
+                self._keep_alive = head.keep_alive
+                self._state = _HEAD if head.keep_alive else _DONE
+                self._methods.popleft()
+                return [head, Data(body), _END] if body else [head, _END]
         events: list[_Event] = []
         if data and not self._methods and self._state == _HEAD and self._error is None:
             raise self._fail(
