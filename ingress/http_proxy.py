@@ -137,7 +137,7 @@ def forwarded_request_headers(head: RequestHead, client_ip: str, mode: str,
     """The request's fields as sent to the backend: hop-by-hop fields and those named in
     Connection removed, framing recomputed, the client's address appended to X-Forwarded-For
     as a new field after any existing ones (what HAProxy's ``option forwardfor`` does)."""
-    drop = HOP_BY_HOP | head.connection_tokens
+    drop = HOP_BY_HOP | head.connection_tokens if head.connection_tokens else HOP_BY_HOP
     if proto_port is not None:
         drop = drop | FORWARDED_PROTO_FIELDS
     if mode == "replace":
@@ -284,8 +284,30 @@ class HttpSession(asyncio.Protocol):
                 self._head_started = now
         else:
             self._head_started = None
+        if len(events) == 2 and not self._queue and self._exchange is None:
+            head = events[0]
+            if (type(head) is RequestHead and not head.chunked and not head.content_length
+                    and type(events[1]) is EndOfMessage):
+                self._one_request(head)
+                return
         self._enqueue(events)
         self._pump()
+
+    def _one_request(self, head: RequestHead) -> None:
+        """What _enqueue and _pump do for a whole request without a body (an empty chunked one
+        has its last chunk to send: not this) that finds nothing queued or in progress ahead of
+        it, the usual case, without the queue."""
+        if not head.keep_alive:
+            self._last_head_seen = self._input_done = True
+        if self.transport is not None and not (self._closing and not self._client_eof):
+            was_pumping, self._pumping = self._pumping, True
+            try:
+                self._begin(head)
+            finally:
+                self._pumping = was_pumping
+            if self._exchange is not None:
+                self._flush(self._exchange)
+        self._after_pump()
 
     def _enqueue(self, events: list[RequestHead | Data | EndOfMessage]) -> None:
         """Queue parsed events up to the end of the request after which the connection closes
@@ -591,7 +613,10 @@ class HttpSession(asyncio.Protocol):
         self._log_exchange(exchange, status=status, end="ok")
         self._exchange = None
         self._head_started = None
-        self._pump()
+        if self._queue:
+            self._pump()
+        else:
+            self._after_pump()
 
     def server_failed(self, exchange: _Exchange, reason: str, *, status: int = 502,
                       retryable: bool = False) -> None:
