@@ -46,6 +46,7 @@ from ingress import http_proxy, metrics
 from ingress.admin import AdminSession
 from ingress.config import Address, BackendConfig, Config, ListenerConfig
 from ingress.http1 import Limits
+from ingress.memory import tune_malloc
 from ingress.observe import AccessLog
 from ingress.tcp_relay import RelayContext, RelaySession, make_factory
 from ingress.tls_accept import ProxiedTlsListener
@@ -598,6 +599,7 @@ class Supervisor:
 
 
 def serve(config: Config) -> int:
+    tune_malloc()  # inherited by the workers forked below
     supervisor = Supervisor(config)
     try:
         return supervisor.run()
