@@ -80,11 +80,11 @@ they accept a subset of what the general path accepts and build the same head; a
 falls through to the general path, so every rejection above is still the general path's.
 tests/unit/test_http1_fast.py holds the two paths to that with hypothesis.
 
-Cost of the common request on the general path: one ``find`` for the blank line; one ``translate``, three ``count``
-and two ``find`` over the head; one ``split`` of the request line; one llhttp call with a Python
-callback per field line; for all names at once one ``join``, ``translate``, ``lower`` and
-``split``; one dict lookup per field; one regular expression per request (Host). No regular
-expression runs per field.
+Cost of a request on the general path: one ``find`` for the blank line; one ``translate``,
+three ``count`` and two ``find`` over the head; one ``split`` of the request line; one llhttp
+call with a Python callback per field line; for all names at once one ``join``, ``translate``,
+``lower`` and ``split``; one dict lookup per field; one regular expression per request (Host).
+No regular expression runs per field.
 """
 
 from __future__ import annotations
