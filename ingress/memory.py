@@ -15,7 +15,6 @@ Only glibc has ``mallopt``; elsewhere (musl, macOS) nothing is changed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger("mta_ingress")
@@ -32,10 +31,9 @@ TRIM_THRESHOLD = 4 * 1024 * 1024
 def tune_malloc() -> bool:
     """Apply the thresholds to this process (and to children forked afterwards); True if the
     C library took them."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # the symbols already loaded, libc's among them (find_library would run ldconfig)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
