@@ -11,12 +11,13 @@ Labels are configured names only (listener, backend, route, certificate name) or
 sets (status class, reason, outcome): never paths, client addresses or discovered server
 addresses, so the number of series stays bounded whatever the traffic.
 
-The per-request calls (``connection_opened``, ...) keep the labelled children they have used in
-dictionaries: a ``labels()`` lookup costs more than the increment itself. The busiest one,
-``http_request``, only adds to plain integers; ``flush()`` (every second from the worker's sweep,
-before a scrape answered by this worker, and at shutdown) moves the sums into the shared values:
-each of those takes a lock and writes a memory-mapped file, which per request cost about 5% of
-a keep-alive request's time.
+The calls made per connection, request or session (``connection_opened``,
+``connection_closed``, ``http_request``, ``tcp_session``) only add to plain numbers; ``flush()``
+(every second from the worker's sweep, before a scrape answered by this worker, and at shutdown)
+moves the sums into the shared values: each of those takes a lock and writes a memory-mapped
+file, which per request cost about 5% of a keep-alive request's time and per SMTP session 10 us.
+The rarer calls write at once, keeping the labelled children they have used in a dictionary: a
+``labels()`` lookup costs more than the increment itself.
 """
 
 from __future__ import annotations
@@ -78,6 +79,17 @@ def exposition() -> tuple[bytes, str]:
 
         registry = REGISTRY
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _add_duration(pending: dict[str, list[float]], listener: str,
+                  buckets: tuple[float, ...], seconds: float) -> None:
+    """Count one duration into ``pending[listener]``: [sum, count per bucket..., +Inf]."""
+    durations = pending.get(listener)
+    if durations is None:
+        durations = pending[listener] = [0.0] * (len(buckets) + 2)
+    durations[0] += seconds
+    # Prometheus buckets are upper bounds: the first bound >= the value.
+    durations[1 + bisect.bisect_left(buckets, seconds)] += 1
 
 
 def status_class(status: int) -> str:
@@ -149,10 +161,15 @@ class Metrics:
             ["backend", "outcome"])
         self._children: dict[tuple[Any, ...], Any] = {}
         self._http_children: dict[tuple[str, str, str, int], Any] = {}
-        # Not yet flushed: requests per label set; per listener the duration sum and the count
-        # per bucket (the last one +Inf).
+        # Not yet flushed (see flush): requests per label set; per listener the duration sum
+        # and the count per bucket (the last one +Inf); connections opened, and closed with
+        # their bytes, per listener; TCP sessions per label set and their durations.
         self._pending_requests: dict[tuple[str, str, str, int], int] = {}
         self._pending_durations: dict[str, list[float]] = {}
+        self._pending_opened: dict[str, int] = {}
+        self._pending_closed: dict[str, list[int]] = {}
+        self._pending_sessions: dict[tuple[str, str, str], int] = {}
+        self._pending_session_durations: dict[str, list[float]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -163,31 +180,31 @@ class Metrics:
 
     # --- per connection and per request: cached children ---------------------------------------
 
+    # Each of these adds to plain Python numbers; flush() moves them into the shared values.
+    # A value written per event cost 2.7 to 4 us (a lock and an mmap write each), 10 us per
+    # SMTP session; the gauge of active connections and the counters lag by one sweep at most.
+
     def connection_opened(self, listener: str) -> None:
-        self._child(self.connections, listener).inc()
-        self._child(self.connections_active, listener).inc()
+        pending = self._pending_opened
+        pending[listener] = pending.get(listener, 0) + 1
 
     def connection_closed(self, listener: str, received: int, sent: int) -> None:
-        self._child(self.connections_active, listener).dec()
-        if received:
-            self._child(self.received_bytes, listener).inc(received)
-        if sent:
-            self._child(self.sent_bytes, listener).inc(sent)
+        totals = self._pending_closed.get(listener)
+        if totals is None:
+            totals = self._pending_closed[listener] = [0, 0, 0]
+        totals[0] += 1
+        totals[1] += received
+        totals[2] += sent
 
     def http_request(self, listener: str, route: str, backend: str, status: int,
                      seconds: float) -> None:
         key = (listener, route, backend, status)
         pending = self._pending_requests
         pending[key] = pending.get(key, 0) + 1
-        durations = self._pending_durations.get(listener)
-        if durations is None:
-            durations = self._pending_durations[listener] = [0.0] * (len(HTTP_BUCKETS) + 2)
-        durations[0] += seconds
-        # Prometheus buckets are upper bounds: the first bound >= the value.
-        durations[1 + bisect.bisect_left(HTTP_BUCKETS, seconds)] += 1
+        _add_duration(self._pending_durations, listener, HTTP_BUCKETS, seconds)
 
     def flush(self) -> None:
-        """Move the pending per-request sums into the shared values."""
+        """Move the pending sums into the shared values."""
         for key, count in self._pending_requests.items():
             child = self._http_children.get(key)
             if child is None:
@@ -196,11 +213,29 @@ class Metrics:
                     listener, route, backend, status_class(status))
             child.inc(count)
         self._pending_requests.clear()
-        for listener, durations in self._pending_durations.items():
+        self._flush_durations(self.http_duration, self._pending_durations)
+        for listener, opened in self._pending_opened.items():
+            self._child(self.connections, listener).inc(opened)
+            self._child(self.connections_active, listener).inc(opened)
+        self._pending_opened.clear()
+        for listener, (closed, received, sent) in self._pending_closed.items():
+            self._child(self.connections_active, listener).dec(closed)
+            if received:
+                self._child(self.received_bytes, listener).inc(received)
+            if sent:
+                self._child(self.sent_bytes, listener).inc(sent)
+        self._pending_closed.clear()
+        for labels, count in self._pending_sessions.items():
+            self._child(self.tcp_sessions, *labels).inc(count)
+        self._pending_sessions.clear()
+        self._flush_durations(self.tcp_duration, self._pending_session_durations)
+
+    def _flush_durations(self, metric: Any, pending: dict[str, list[float]]) -> None:
+        for listener, durations in pending.items():
             if not any(durations[1:]):
                 continue
-            histogram = self._child(self.http_duration, listener)
-            # observe() per request would be the cost this batching avoids; the histogram's
+            histogram = self._child(metric, listener)
+            # observe() per event would be the cost this batching avoids; the histogram's
             # own sum and buckets are what observe() adds to.
             histogram._sum.inc(durations[0])
             for bucket, observed in zip(histogram._buckets, durations[1:], strict=True):
@@ -214,8 +249,10 @@ class Metrics:
             self._child(self.proxy_header_errors, listener, reason).inc()
 
     def tcp_session(self, listener: str, backend: str, end: str, seconds: float) -> None:
-        self._child(self.tcp_sessions, listener, backend, end).inc()
-        self._child(self.tcp_duration, listener).observe(seconds)
+        key = (listener, backend, end)
+        pending = self._pending_sessions
+        pending[key] = pending.get(key, 0) + 1
+        _add_duration(self._pending_session_durations, listener, TCP_BUCKETS, seconds)
         if "proxy-header" in end:
             self._child(self.proxy_header_errors, listener, end).inc()
 
