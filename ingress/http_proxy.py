@@ -7,7 +7,8 @@ strict request parser (``ingress.http1``), whose events (request head, body data
 message) are queued in order; ``_pump`` takes them off the queue one exchange at a time, so that
 pipelined requests are answered in order and a request head waits while the previous exchange
 is still running.  The queue is bounded: past ``PIPELINE_LIMIT`` events, reading from the client
-pauses.
+pauses.  The usual read, one whole request without a body with nothing queued or in progress
+ahead of it, goes straight to its exchange (``_one_request``) without passing through the queue.
 
 Each request head is matched against the listener's route table.  A local answer (readiness,
 blocked statistics pages) is written at once.  A backend request becomes an :class:`_Exchange`:
