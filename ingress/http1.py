@@ -836,8 +836,9 @@ _FAST_REQUEST_LINE_RE: Final = re.compile(
 # status 200 to 599 (1xx and 101 have rules of their own); the reason as _response_head allows,
 # without obs-text
 _FAST_STATUS_LINE_RE: Final = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t\x20-\x7e]*)\r\n")
-# The fast path only looks at heads this short, which also keeps them inside every limit but
-# max_headers (Limits cannot be set below these in the configuration: see _fast_limit).
+# The fast path only looks at heads this short, well inside the default request-line and head
+# limits, which the configuration does not change; under smaller Limits (tests make them) it
+# takes nothing, see _fast_limit. max_headers and max_body are checked.
 _FAST_HEAD_MAX: Final = 4096
 # What a field's lowercased name means to the fast path: _HOST and _CONNECTION are read,
 # _CONTENT_LENGTH only in a response, anything else listed sends the message to the general path.
