@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+# Each proxy's transports pause the other side above this: twice asyncio's default, so bulk
+# transfers (DATA, large bodies) make fewer pause/resume round trips.
+WRITE_HIGH_WATER = 256 * 1024
+
 
 def pause_reading(transport: asyncio.Transport | None) -> None:
     if transport is not None and not transport.is_closing():

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from ingress import proxy_protocol
-from ingress.flow import pause_reading, resume_reading
+from ingress.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
 from ingress.http1 import (
     LAST_CHUNK,
     Data,
@@ -70,7 +70,6 @@ PIPELINE_LIMIT = 64
 # Responses are bounded in their heads only: a listener's ``max_body`` is about what clients
 # may send, and a backend's answer of any size is streamed.
 RESPONSE_LIMITS = Limits()
-WRITE_HIGH_WATER = 256 * 1024
 
 # RFC 9110 section 7.6.1: fields that concern one connection, never forwarded; plus the framing
 # fields, which the proxy recomputes from what it parsed.

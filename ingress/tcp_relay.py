@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from ingress import proxy_protocol
-from ingress.flow import pause_reading, resume_reading
+from ingress.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
 from ingress.metrics import Metrics
 from ingress.metrics import metrics as metrics_of_this_process
 from ingress.observe import AccessLog, address_text
@@ -57,8 +57,6 @@ SMTP_UNAVAILABLE = b"421 4.3.2 Service not available, try again later\r\n"
 # Client bytes kept while the backend connection is being opened; an SMTP client sends nothing
 # before the banner, so this only matters for pipelining clients and other TCP protocols.
 PENDING_LIMIT = 256 * 1024
-# Twice asyncio's default: fewer pause/resume round trips on bulk DATA transfers.
-WRITE_HIGH_WATER = 256 * 1024
 
 AWAIT_PROXY, CONNECTING, RELAY, CLOSED = range(4)
 
