@@ -299,15 +299,7 @@ class HttpSession(asyncio.Protocol):
         it, the usual case, without the queue."""
         if not head.keep_alive:
             self._last_head_seen = self._input_done = True
-        if self.transport is not None and not (self._closing and not self._client_eof):
-            was_pumping, self._pumping = self._pumping, True
-            try:
-                self._begin(head)
-            finally:
-                self._pumping = was_pumping
-            if self._exchange is not None:
-                self._flush(self._exchange)
-        self._after_pump()
+        self._pump(head)
 
     def _enqueue(self, events: list[RequestHead | Data | EndOfMessage]) -> None:
         """Queue parsed events up to the end of the request after which the connection closes
@@ -359,15 +351,32 @@ class HttpSession(asyncio.Protocol):
 
     # --- the request queue ---------------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def _pump(self, head: RequestHead | None = None) -> None:
+        """Start ``head`` (a request that was not queued, see _one_request), then work through
+        the queue; one flush of what went to the backend at the end."""
         was_pumping, self._pumping = self._pumping, True
         try:
-            self._pump_queue()
+            if head is None or self._start(head):
+                self._pump_queue()
         finally:
             self._pumping = was_pumping
         if self._exchange is not None:
             self._flush(self._exchange)
         self._after_pump()
+
+    def _start(self, head: RequestHead) -> bool:
+        """Begin the exchange of ``head``, the next request in order; False when it is not to
+        be answered, and neither is anything queued after it."""
+        if self.transport is None:
+            return False
+        if self._closing and not self._client_eof:
+            # The last response said Connection: close: a request pipelined after it is not
+            # answered (the client retries it on a new connection). A client that only shut
+            # down its sending side still gets every answer.
+            self._queue.clear()
+            return False
+        self._begin(head)
+        return True
 
     def _pump_queue(self) -> None:
         queue = self._queue
@@ -376,14 +385,9 @@ class HttpSession(asyncio.Protocol):
             if isinstance(event, RequestHead):
                 if self._exchange is not None:
                     break  # pipelined: answered after the current exchange, in order
-                if self._closing and not self._client_eof:
-                    # The last response said Connection: close: a request pipelined after it
-                    # is not answered (the client retries it on a new connection). A client
-                    # that only shut down its sending side still gets every answer.
-                    queue.clear()
-                    break
                 queue.popleft()
-                self._begin(event)
+                if not self._start(event):
+                    break
                 continue
             queue.popleft()
             if self._discarding_body:
