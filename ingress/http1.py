@@ -855,6 +855,16 @@ def _fast_limit(limits: Limits) -> int:
     return _FAST_HEAD_MAX
 
 
+def _fast_fields(data: bytes, start: int, end: int, limits: Limits
+                 ) -> list[tuple[bytes, bytes]] | None:
+    """The field lines of ``data[start:end]`` (each ending with CRLF), or None when one of them
+    is not a fast-path field line or there are more than ``max_headers``."""
+    headers: list[tuple[bytes, bytes]] = _FAST_FIELD_RE.findall(data, start, end)
+    if len(headers) != data.count(b"\r\n", start, end) or len(headers) > limits.max_headers:
+        return None
+    return headers
+
+
 def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead | None:
     """The head of ``data`` when ``data`` is exactly one request without a body that the general
     parser would accept, built as it would build it; None for anything else (the general
@@ -865,9 +875,8 @@ def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead |
     if match is None:
         return None
     method, target, minor = match.group(1, 2, 3)
-    fields, end = match.end(), len(data) - 2
-    headers: list[tuple[bytes, bytes]] = _FAST_FIELD_RE.findall(data, fields, end)
-    if len(headers) != data.count(b"\r\n", fields, end) or len(headers) > limits.max_headers:
+    headers = _fast_fields(data, match.end(), len(data) - 2, limits)
+    if headers is None:
         return None
     host: bytes | None = None
     host_count = 0
@@ -917,11 +926,9 @@ def fast_response(
     if match is None:
         return None
     minor, status, reason = match.group(1, 2, 3)
-    fields, end = match.end(), blank + 2
-    headers: list[tuple[bytes, bytes]] = _FAST_FIELD_RE.findall(data, fields, end)
-    if len(headers) != data.count(b"\r\n", fields, end) or len(headers) > limits.max_headers:
+    headers = _fast_fields(data, match.end(), blank + 2, limits)
+    if headers is None:
         return None
-    end += 2
     content_length: bytes | None = None
     connection: set[bytes] | None = None
     kinds = _FAST_RESPONSE_FIELDS.get
@@ -948,7 +955,7 @@ def fast_response(
         if limits.max_body is not None and length > limits.max_body:
             return None
     code = int(status)
-    body = data[end:]
+    body = data[blank + 4:]
     if response_has_body(request_method, code):
         if length is None or len(body) != length:
             return None
