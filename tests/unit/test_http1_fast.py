@@ -157,6 +157,20 @@ def run_responses(
     return ResponseRun(parser, _run(parser.feed, pieces(data)))
 
 
+def assert_single_feed_agrees(one: RequestRun | ResponseRun, whole: RequestRun | ResponseRun,
+                              general: RequestRun | ResponseRun, why: str) -> None:
+    """A single feed is the general path on the same read (the same events or the same error),
+    agrees with the general path split (the same events, or an error too: its reason may
+    differ, a split read is checked early, in another order), and leaves its parser in the
+    same state."""
+    assert one.outcome.same_as(whole.outcome), why
+    assert one.outcome.same_as(general.outcome) or (
+        one.outcome.error is not None and general.outcome.error is not None
+    ), why
+    if general.outcome.error is None:
+        assert one.parser.in_head == general.parser.in_head, why
+
+
 @dataclass
 class Taken:
     """Which path took a message; recorded for ``--hypothesis-show-statistics``."""
@@ -461,17 +475,9 @@ def check_request(data: bytes, limits: Limits, follow: bytes) -> Taken:
         assert general.outcome.events == [fast, END], why
         assert whole.outcome.events == [fast, END], why
         assert one.outcome.events == [fast, END], why
-    # a single feed is the general path on the same read: the same events or the same error
-    assert one.outcome.same_as(whole.outcome), why
-    # and the general path split: the same events, or an error too (its reason may differ: a
-    # split read is checked early, in another order)
-    assert one.outcome.same_as(general.outcome) or (
-        one.outcome.error is not None and general.outcome.error is not None
-    ), why
+    assert_single_feed_agrees(one, whole, general, why)
 
-    # the parsers are left in the same state: what comes next reads the same
-    if general.outcome.error is None:
-        assert one.parser.in_head == general.parser.in_head, why
+    # what comes next reads the same
     after_general = _run(general.parser.feed, [follow])
     after_one = _run(one.parser.feed, [follow])
     if general.outcome.error is None:
@@ -623,15 +629,10 @@ def check_response(
             assert all(isinstance(e, Data) for e in middle), why
             assert b"".join(e.data for e in middle if isinstance(e, Data)) == body, why
         assert one.outcome.events == ([head, Data(body), END] if body else [head, END]), why
-    assert one.outcome.same_as(whole.outcome), why
-    assert one.outcome.same_as(general.outcome) or (
-        one.outcome.error is not None and general.outcome.error is not None
-    ), why
+    assert_single_feed_agrees(one, whole, general, why)
 
     # the same state afterwards: after keep-alive the next response is read, after close it is
     # discarded
-    if general.outcome.error is None:
-        assert one.parser.in_head == general.parser.in_head, why
     next_method, next_data = follow
     general.parser.expect(next_method)
     one.parser.expect(next_method)
