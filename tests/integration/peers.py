@@ -39,6 +39,7 @@ __all__ = [
     "ProxyHeader",
     "ReceivedMessage",
     "SmtpReplyError",
+    "ephemeral_port_floor",
     "free_port",
     "haproxy_tcp_config",
     "ipv6_loopback_available",
@@ -89,16 +90,49 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free on ``host`` a moment ago (the kernel's choice for port 0)."""
+# Ports handed out below the kernel's ephemeral range: a port the kernel chose for port 0 (the
+# old way) sits in that range, where the kernel could hand it again, to the next port-0 bind or
+# as the source port of any outgoing connection, before the test's server binds it. CI lost a
+# run to that ("Address already in use").  Below 20000, where the demo's and the load test's
+# blocks start.
+_PORT_FLOOR, _PORT_CEILING = 10100, 20000
+_handed_out: set[tuple[str, int]] = set()
+
+
+def ephemeral_port_floor() -> int:
+    """The lowest port the kernel picks for port 0 or an outgoing connection (Linux's
+    ip_local_port_range; its default where that file cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-        # Off explicitly: with it, the kernel could hand out a port still in TIME_WAIT, which a
-        # peer binding without SO_REUSEADDR (Postfix, HAProxy do set it, others may not) would
-        # then fail to bind.
+        # Off explicitly: with it, a port still in TIME_WAIT would pass, and a peer binding
+        # without SO_REUSEADDR would then fail to bind it.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, never handed out before in this process, and outside the
+    range the kernel draws from, so nothing but the caller takes it in the meantime."""
+    ceiling = min(_PORT_CEILING, ephemeral_port_floor())
+    span = ceiling - _PORT_FLOOR
+    # Start where the pid says, so that two test runs on one machine rarely walk the same ports.
+    start = (os.getpid() * 7919) % span
+    for step in range(span):
+        port = _PORT_FLOOR + (start + step) % span
+        if (host, port) not in _handed_out and _bindable(host, port):
+            _handed_out.add((host, port))
+            return port
+    raise RuntimeError(f"no free port on {host} between {_PORT_FLOOR} and {ceiling}")
 
 
 def ipv6_loopback_available() -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from ingress import demo
-from tests.integration.peers import require_binary
+from tests.integration.peers import ephemeral_port_floor, require_binary
 
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 20.0
@@ -54,8 +54,11 @@ def block_is_free(base: int) -> bool:
 
 def free_base_port() -> int:
     """A base port whose every demo port is free on 127.0.0.1 now; random, so that parallel
-    runs rarely pick the same block."""
-    candidates = random.Random().sample(range(20000, 58000, 100), 100)
+    runs rarely pick the same block; below the kernel's ephemeral range, so that no outgoing
+    connection takes one of its ports before the demo binds it."""
+    highest_base = ephemeral_port_floor() - max(demo.OFFSETS.values()) - 1
+    candidates = random.Random().sample(range(20000, highest_base, 100),
+                                        min(100, len(range(20000, highest_base, 100))))
     for base in candidates:
         if block_is_free(base):
             return base
