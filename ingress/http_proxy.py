@@ -37,9 +37,10 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from ingress import proxy_protocol
+from ingress.config import ListenerConfig, Timeouts
 from ingress.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
 from ingress.http1 import (
     LAST_CHUNK,
@@ -62,9 +63,6 @@ from routing.backends import NO_SERVER, Backend, Endpoint, NoServerReachedError,
 from routing.pool import ConnectionPool
 from routing.table import READINESS, LocalAnswer, RouteTable
 from tls.acme import CHALLENGE_PREFIX, ChallengeDirectory
-
-if TYPE_CHECKING:
-    from ingress.config import ListenerConfig, Timeouts
 
 PIPELINE_LIMIT = 64
 # Responses are bounded in their heads only: a listener's ``max_body`` is about what clients
@@ -257,8 +255,10 @@ class HttpSession(asyncio.Protocol):
         if self._awaiting_proxy:
             try:
                 parsed = self._inbound.feed(data)
-            except proxy_protocol.ProxyProtocolError as error:
-                self._log_rejection(0, "bad-proxy-header", f"{error.reason}: {error}")
+            except proxy_protocol.ProxyProtocolError as bad_header:
+                # Not named "error" like the HttpError below: mypyc gives a name one type per
+                # function, and the second except clause would fail its check.
+                self._log_rejection(0, "bad-proxy-header", f"{bad_header.reason}: {bad_header}")
                 self._abort_client()
                 return
             if parsed is None:

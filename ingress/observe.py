@@ -27,10 +27,12 @@ log = logging.getLogger("mta_ingress")
 
 def configure_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(
+    formatter = logging.Formatter(
         "%(asctime)s.%(msecs)03dZ level=%(levelname)s pid=%(process)d %(message)s",
-        "%Y-%m-%dT%H:%M:%S"))
-    logging.Formatter.converter = time.gmtime
+        "%Y-%m-%dT%H:%M:%S")
+    # UTC, as the Z says; on this formatter only, not on every logging.Formatter of the process.
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     root = logging.getLogger("mta_ingress")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -39,17 +39,15 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from ingress import proxy_protocol
+from ingress.config import ListenerConfig, Timeouts
 from ingress.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
 from ingress.metrics import Metrics
 from ingress.metrics import metrics as metrics_of_this_process
 from ingress.observe import AccessLog, address_text
 from routing.backends import Backend, Endpoint, NoServerReachedError, connect_first
-
-if TYPE_CHECKING:
-    from ingress.config import ListenerConfig, Timeouts
 
 log = logging.getLogger("mta_ingress.tcp")
 
