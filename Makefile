@@ -8,16 +8,52 @@ BENCH_ARGS ?=
 PYTEST_ARGS ?=
 DEMO_ARGS ?=  # e.g. DEMO_ARGS="--base-port 30000" where the demo's ports are taken
 LOADTEST_ARGS ?=  # e.g. LOADTEST_ARGS="--duration 120 --users 80 --fault rolling" (docs/loadtesting.md)
+# The request path's modules compiled with mypyc, in place (setup.py, docs/benchmarks.md):
+# 1 compiles before the tests and the benchmark, and fails without a C compiler and the Python
+# headers; 0 removes the compiled modules and tests pure Python; auto compiles when both exist.
+COMPILE ?= auto
+PACKAGE_SOURCES := $(wildcard ingress/*.py routing/*.py tls/*.py)
+COMPILED_STAMP := build/.compiled-in-place
+# What tests/conftest.py requires to be loaded: no guess when COMPILE says which.
+EXPECT_BUILD := $(if $(filter 1,$(COMPILE)),compiled,$(if $(filter 0,$(COMPILE)),python,))
 
-.PHONY: install test lint typecheck unit integration demo bench loadtest clean
+.PHONY: install compile pure build-for-tests test lint typecheck unit integration demo bench \
+	loadtest clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) || { echo "cannot create a virtualenv: apt-get install python3-venv"; exit 1; }
-	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet --upgrade pip 'setuptools>=77'
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	@touch $@
 
 install: $(VENV)/.installed
+
+# Python imports an in-place extension before the .py beside it: the stamp's dependencies
+# rebuild them whenever a source changes (and tests/conftest.py refuses stale ones).
+$(COMPILED_STAMP): $(VENV)/.installed $(PACKAGE_SOURCES) pyproject.toml setup.py
+	MTA_INGRESS_COMPILE=1 $(VENV)/bin/python setup.py --quiet build_ext --inplace
+	@# setuptools leaves a module's extension alone when its C did not change (the code is in
+	@# the shared ingress/_compiled__mypyc): dated now, each is as new as the source it is of.
+	@touch ingress/*.so routing/*.so
+	@mkdir -p $(dir $@) && touch $@
+
+compile: $(COMPILED_STAMP)
+
+pure:
+	rm -f ingress/*.so routing/*.so tls/*.so $(COMPILED_STAMP)
+
+build-for-tests: install
+ifeq ($(COMPILE),1)
+	@$(MAKE) --no-print-directory compile
+else ifeq ($(COMPILE),0)
+	@$(MAKE) --no-print-directory pure
+else
+	@if command -v cc >/dev/null 2>&1 && $(VENV)/bin/python -c 'import os, sysconfig, sys; \
+	    sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; \
+	then $(MAKE) --no-print-directory compile; \
+	else echo "no C compiler or Python headers: testing pure Python (COMPILE=1 requires them)"; \
+	    $(MAKE) --no-print-directory pure; fi
+endif
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -26,14 +62,14 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: lint typecheck
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: lint typecheck build-for-tests
+	MTA_INGRESS_EXPECT_BUILD=$(EXPECT_BUILD) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
-unit: install
-	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+unit: build-for-tests
+	MTA_INGRESS_EXPECT_BUILD=$(EXPECT_BUILD) $(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-integration: install
-	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+integration: build-for-tests
+	MTA_INGRESS_EXPECT_BUILD=$(EXPECT_BUILD) $(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/mta-ingress demo $(DEMO_ARGS)
@@ -44,11 +80,12 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/pip install --quiet -e .
 	@touch $@
 
-bench: $(BENCH_VENV)/.installed
+# The benchmark measures what the image ships: the compiled build.
+bench: $(BENCH_VENV)/.installed compile
 	$(BENCH_VENV)/bin/python loadtest/bench.py $(BENCH_ARGS)
 
 loadtest: install
 	$(VENV)/bin/python -m loadtest.run $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info ingress/*.so routing/*.so tls/*.so .pytest_cache .mypy_cache .ruff_cache .hypothesis

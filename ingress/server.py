@@ -44,6 +44,7 @@ from dns.exception import DNSException
 
 from ingress import http_proxy, metrics
 from ingress.admin import AdminSession
+from ingress.build import build_name
 from ingress.config import Address, BackendConfig, Config, ListenerConfig
 from ingress.http1 import Limits
 from ingress.memory import tune_malloc
@@ -501,7 +502,8 @@ class Supervisor:
             return 1
         listeners = [f"{listener.name}={','.join(map(str, listener.bind))}"
                      for listener in self.config.enabled_listeners]
-        log.info("msg=\"ready\" workers=%d listeners=%s", self.count, " ".join(listeners))
+        log.info("msg=\"ready\" workers=%d build=%s listeners=%s", self.count, build_name(),
+                 " ".join(listeners))
         return self._watch()
 
     def _await_ready(self, read_fd: int) -> bool:

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import select
+import socket
+import threading
 
 import pytest
 from hypothesis import given
@@ -115,12 +117,28 @@ def test_http_request_line_quotes_the_request_as_json(target: bytes) -> None:
 def test_flush_cuts_writes_at_line_ends_within_pipe_buf(lines: list[str]) -> None:
     """Every write holds whole lines and at most PIPE_BUF bytes, unless it is one longer line;
     together the writes are every line, in order."""
-    log = AccessLog("logfmt", fd=-1)
+    # A SOCK_SEQPACKET pair keeps each write() a record of its own, as it was written; a
+    # thread reads them while flush writes, so no buffer fills.
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     writes: list[bytes] = []
-    log._write = writes.append  # type: ignore[method-assign]
-    for line in lines:
-        log._lines.append(line)
-    log.flush()
+
+    def receive() -> None:
+        while record := receiver.recv(1 << 20):
+            writes.append(record)
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    try:
+        log = AccessLog("logfmt", fd=sender.fileno())
+        for line in lines:
+            log._lines.append(line)
+        log.flush()
+    finally:
+        sender.shutdown(socket.SHUT_WR)
+        reader.join(timeout=10)
+        sender.close()
+        receiver.close()
+    assert not reader.is_alive()
     expected = [(line + "\n").encode("utf-8") for line in lines]
     assert b"".join(writes) == b"".join(expected)
     for write in writes:
