@@ -80,7 +80,8 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/pip install --quiet -e .
 	@touch $@
 
-# The benchmark measures what the image ships: the compiled build.
+# The benchmark measures what the image ships: the compiled build (made by .venv's Python;
+# the extensions serve any CPython 3.11, BENCH_PYTHON's included).
 bench: $(BENCH_VENV)/.installed compile
 	$(BENCH_VENV)/bin/python loadtest/bench.py $(BENCH_ARGS)
 
