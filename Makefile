@@ -30,10 +30,12 @@ install: $(VENV)/.installed
 
 # Python imports an in-place extension before the .py beside it: the stamp's dependencies
 # rebuild them whenever a source changes (and tests/conftest.py refuses stale ones).
+# All removed first, so that one of a module no longer in the list cannot stay; then dated
+# now: setuptools copies a module's unchanged extension (a stub: the code is in the shared
+# ingress/_compiled__mypyc) with its old date, which would look stale beside an edited source.
 $(COMPILED_STAMP): $(VENV)/.installed $(PACKAGE_SOURCES) pyproject.toml setup.py
+	rm -f ingress/*.so routing/*.so tls/*.so
 	MTA_INGRESS_COMPILE=1 $(VENV)/bin/python setup.py --quiet build_ext --inplace
-	@# setuptools leaves a module's extension alone when its C did not change (the code is in
-	@# the shared ingress/_compiled__mypyc): dated now, each is as new as the source it is of.
 	@touch ingress/*.so routing/*.so
 	@mkdir -p $(dir $@) && touch $@
 
