@@ -465,6 +465,25 @@ NEXT_REQUESTS = st.sampled_from(
 )
 
 
+def assert_what_follows_agrees(one: RequestRun | ResponseRun,
+                               general: RequestRun | ResponseRun, next_data: bytes, why: str,
+                               follow: object) -> Outcome:
+    """After the message, ``next_data`` and then the end of input read the same on the parser
+    that took the single read as on the general path's (a dead parser raises its error again);
+    returns the single-read parser's outcome for ``next_data``."""
+    after_general = _run(general.parser.feed, [next_data])
+    after_one = _run(one.parser.feed, [next_data])
+    if general.outcome.error is None:
+        assert after_one.same_as(after_general), (why, follow, after_general, after_one)
+    else:
+        assert after_one == one.outcome, (why, follow, after_one)
+    eof_general = _eof(general.parser.feed_eof)
+    eof_one = _eof(one.parser.feed_eof)
+    if general.outcome.error is None:
+        assert eof_one.same_as(eof_general), (why, follow, eof_general, eof_one)
+    return after_one
+
+
 def check_request(data: bytes, limits: Limits, follow: bytes) -> Taken:
     """The fast path against the general path, for one read of ``data`` and what follows."""
     fast = fast_request(data, limits)
@@ -484,16 +503,7 @@ def check_request(data: bytes, limits: Limits, follow: bytes) -> Taken:
     assert_single_feed_agrees(one, whole, general, why)
 
     # what comes next reads the same
-    after_general = _run(general.parser.feed, [follow])
-    after_one = _run(one.parser.feed, [follow])
-    if general.outcome.error is None:
-        assert after_one.same_as(after_general), (why, follow, after_general, after_one)
-    else:  # a dead parser raises its error again
-        assert after_one == one.outcome, (why, follow, after_one)
-    eof_general = _eof(general.parser.feed_eof)
-    eof_one = _eof(one.parser.feed_eof)
-    if general.outcome.error is None:
-        assert eof_one.same_as(eof_general), (why, follow, eof_general, eof_one)
+    assert_what_follows_agrees(one, general, follow, why, follow)
     return Taken(fast is not None, general.outcome.error is not None)
 
 
@@ -642,18 +652,9 @@ def check_response(
     next_method, next_data = follow
     general.parser.expect(next_method)
     one.parser.expect(next_method)
-    after_general = _run(general.parser.feed, [next_data])
-    after_one = _run(one.parser.feed, [next_data])
-    if general.outcome.error is None:
-        assert after_one.same_as(after_general), (why, follow, after_general, after_one)
-    else:
-        assert after_one == one.outcome, (why, follow, after_one)
+    after_one = assert_what_follows_agrees(one, general, next_data, why, follow)
     if fast is not None and not fast[0].keep_alive:
         assert after_one.events == [], (why, follow, after_one)
-    eof_general = _eof(general.parser.feed_eof)
-    eof_one = _eof(one.parser.feed_eof)
-    if general.outcome.error is None:
-        assert eof_one.same_as(eof_general), (why, follow, eof_general, eof_one)
     return Taken(fast is not None, general.outcome.error is not None)
 
 
