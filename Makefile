@@ -14,6 +14,7 @@ LOADTEST_ARGS ?=  # e.g. LOADTEST_ARGS="--duration 120 --users 80 --fault rollin
 COMPILE ?= auto
 PACKAGE_SOURCES := $(wildcard ingress/*.py routing/*.py tls/*.py)
 COMPILED_STAMP := build/.compiled-in-place
+IN_PLACE_EXTENSIONS = ingress/*.so routing/*.so tls/*.so
 # What tests/conftest.py requires to be loaded: no guess when COMPILE says which.
 EXPECT_BUILD := $(if $(filter 1,$(COMPILE)),compiled,$(if $(filter 0,$(COMPILE)),python,))
 
@@ -28,21 +29,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Python imports an in-place extension before the .py beside it: the stamp's dependencies
-# rebuild them whenever a source changes (and tests/conftest.py refuses stale ones).
-# All removed first, so that one of a module no longer in the list cannot stay; then dated
-# now: setuptools copies a module's unchanged extension (a stub: the code is in the shared
-# ingress/_compiled__mypyc) with its old date, which would look stale beside an edited source.
+# Python imports an in-place extension before the .py beside it, so they are rebuilt whenever a
+# source changes (tests/conftest.py refuses stale ones): all removed first, so that one of a
+# module taken off the list cannot stay, then dated now, since setuptools copies an unchanged
+# module stub (the code is in the shared ingress/_compiled__mypyc) with its old date.
 $(COMPILED_STAMP): $(VENV)/.installed $(PACKAGE_SOURCES) pyproject.toml setup.py
-	rm -f ingress/*.so routing/*.so tls/*.so
+	rm -f $(IN_PLACE_EXTENSIONS)
 	MTA_INGRESS_COMPILE=1 $(VENV)/bin/python setup.py --quiet build_ext --inplace
-	@touch ingress/*.so routing/*.so
+	@find ingress routing tls -maxdepth 1 -name "*.so" -exec touch {} +
 	@mkdir -p $(dir $@) && touch $@
 
 compile: $(COMPILED_STAMP)
 
 pure:
-	rm -f ingress/*.so routing/*.so tls/*.so $(COMPILED_STAMP)
+	rm -f $(IN_PLACE_EXTENSIONS) $(COMPILED_STAMP)
 
 build-for-tests: install
 ifeq ($(COMPILE),1)
@@ -91,4 +91,4 @@ loadtest: install
 	$(VENV)/bin/python -m loadtest.run $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info ingress/*.so routing/*.so tls/*.so .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info $(IN_PLACE_EXTENSIONS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.machinery
 import sys
-import tomllib
 from pathlib import Path
 
 PACKAGES = ("ingress", "routing", "tls")
@@ -29,14 +28,6 @@ def build_name() -> str:
     ``python``; meaningful once the server (which imports them) is loaded."""
     request_path = ("ingress.http_proxy", "ingress.http1", "ingress.tcp_relay")
     return "compiled" if all(is_compiled(name) for name in request_path) else "python"
-
-
-def compiled_module_paths(pyproject: Path) -> list[str]:
-    """The source files setup.py compiles, relative to the project root."""
-    with pyproject.open("rb") as file:
-        settings = tomllib.load(file)
-    modules: list[str] = settings["tool"]["mta-ingress"]["compiled_modules"]
-    return modules
 
 
 def stale_extensions(root: Path) -> list[Path]:

@@ -56,9 +56,8 @@ def free_base_port() -> int:
     """A base port whose every demo port is free on 127.0.0.1 now; random, so that parallel
     runs rarely pick the same block; below the kernel's ephemeral range, so that no outgoing
     connection takes one of its ports before the demo binds it."""
-    highest_base = ephemeral_port_floor() - max(demo.OFFSETS.values()) - 1
-    candidates = random.Random().sample(range(20000, highest_base, 100),
-                                        min(100, len(range(20000, highest_base, 100))))
+    bases = range(20000, ephemeral_port_floor() - max(demo.OFFSETS.values()) - 1, 100)
+    candidates = random.Random().sample(bases, min(100, len(bases)))
     for base in candidates:
         if block_is_free(base):
             return base
