@@ -251,7 +251,10 @@ class Limits:
     max_body: int | None = None
 
 
-@dataclass(slots=True)
+# The heads are built once per message: their __init__ is written out (init=False) so that the
+# compiled build makes it a native constructor; the one dataclass generates at run time is
+# interpreted Python, about 0.5 us a call. Equality and repr still come from dataclass.
+@dataclass(slots=True, init=False)
 class RequestHead:
     """A validated request head. ``headers`` keep their order and case; values have no OWS."""
 
@@ -265,6 +268,21 @@ class RequestHead:
     expect_continue: bool
     connection_tokens: frozenset[bytes]
     host: bytes | None
+
+    def __init__(self, method: bytes, target: bytes, version: bytes,
+                 headers: list[tuple[bytes, bytes]], content_length: int | None, chunked: bool,
+                 keep_alive: bool, expect_continue: bool, connection_tokens: frozenset[bytes],
+                 host: bytes | None) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.connection_tokens = connection_tokens
+        self.host = host
 
     @property
     def path(self) -> bytes:
@@ -285,7 +303,7 @@ class RequestHead:
         return target.partition(b"?")[0]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ResponseHead:
     """A validated response head.
 
@@ -306,12 +324,26 @@ class ResponseHead:
     chunked: bool
     keep_alive: bool
 
+    def __init__(self, status: int, reason: bytes, version: bytes,
+                 headers: list[tuple[bytes, bytes]], content_length: int | None, chunked: bool,
+                 keep_alive: bool) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Data:
     """Body bytes, de-chunked. A body may arrive as any number of these."""
 
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 @dataclass(frozen=True, slots=True)
