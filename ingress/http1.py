@@ -78,7 +78,10 @@ name, no Transfer-Encoding or Expect, well inside the limits) is checked and spl
 regular expressions instead (``fast_request``, ``fast_response``, section "The fast path"):
 they accept a subset of what the general path accepts and build the same head; anything else
 falls through to the general path, so every rejection above is still the general path's.
-tests/unit/test_http1_fast.py holds the two paths to that with hypothesis.
+tests/unit/test_http1_fast.py holds the two paths to that with hypothesis. A response head
+the fast path takes also keeps its bytes (``ResponseHead.raw``) when a proxy could forward them
+unchanged: HTTP/1.1 and no hop-by-hop field but one Content-Length; the same test checks that a
+client reads those bytes as it reads the proxy's re-serialisation of the head.
 
 Cost of a request on the general path: one ``find`` for the blank line; one ``translate``,
 three ``count`` and two ``find`` over the head; one ``split`` of the request line; one llhttp
@@ -92,12 +95,13 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, cast
 
 import httptools
 
 __all__ = [
+    "HOP_BY_HOP",
     "LAST_CHUNK",
     "Data",
     "EndOfMessage",
@@ -147,6 +151,13 @@ _HEXDIG: Final = b"0123456789ABCDEFabcdef"
 # both to HTTP_CONTENT_LENGTH, so "Content_Length" would frame the body for them but not for us.
 _GUARDED_NAMES: Final = frozenset((b"content-length", b"transfer-encoding", b"host", b"connection"))
 
+# RFC 9110 section 7.6.1: fields that concern one connection, never forwarded by a proxy; plus
+# the framing fields, which the proxy recomputes from what it parsed.
+HOP_BY_HOP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
+    b"transfer-encoding", b"content-length", b"proxy-authenticate", b"proxy-authorization",
+})
+
 # Fields the rules look at, by lowercased name: one dict lookup per field instead of a chain of
 # comparisons.
 _CONTENT_LENGTH: Final = 0
@@ -154,6 +165,7 @@ _TRANSFER_ENCODING: Final = 1
 _HOST: Final = 2
 _CONNECTION: Final = 3
 _EXPECT: Final = 4
+_OTHER_HOP_BY_HOP: Final = 5  # a hop-by-hop field that is none of the above (fast path)
 _SPECIAL_FIELDS: Final = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
@@ -323,10 +335,15 @@ class ResponseHead:
     content_length: int | None
     chunked: bool
     keep_alive: bool
+    # The head's bytes as received, blank line included, when a proxy may forward them as they
+    # are: set by the fast path for an HTTP/1.1 head whose only hop-by-hop field is a single
+    # Content-Length (so there is nothing to remove and the framing stays as declared). Empty
+    # otherwise. Not part of the head's value: both paths build equal heads.
+    raw: bytes = field(default=b"", compare=False, repr=False)
 
     def __init__(self, status: int, reason: bytes, version: bytes,
                  headers: list[tuple[bytes, bytes]], content_length: int | None, chunked: bool,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, raw: bytes = b"") -> None:
         self.status = status
         self.reason = reason
         self.version = version
@@ -334,6 +351,7 @@ class ResponseHead:
         self.content_length = content_length
         self.chunked = chunked
         self.keep_alive = keep_alive
+        self.raw = raw
 
 
 @dataclass(slots=True, init=False)
@@ -876,8 +894,12 @@ _FAST_HEAD_MAX: Final = 4096
 # _CONTENT_LENGTH only in a response, anything else listed sends the message to the general path.
 _FAST_REQUEST_FIELDS: Final = {b"host": _HOST, b"connection": _CONNECTION,
                                b"content-length": -1, b"transfer-encoding": -1, b"expect": -1}
-_FAST_RESPONSE_FIELDS: Final = {b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH,
-                                b"transfer-encoding": -1}
+_FAST_RESPONSE_FIELDS: Final = {
+    b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH, b"transfer-encoding": -1,
+    # the other hop-by-hop fields: allowed, but the head is then not forwarded as it came
+    **{name: _OTHER_HOP_BY_HOP for name in HOP_BY_HOP
+       if name not in (b"connection", b"content-length", b"transfer-encoding")},
+}
 
 
 def _fast_limit(limits: Limits) -> int:
@@ -963,6 +985,7 @@ def fast_response(
         return None
     content_length: bytes | None = None
     connection: set[bytes] | None = None
+    hop_by_hop = False
     kinds = _FAST_RESPONSE_FIELDS.get
     for name, value in headers:
         kind = kinds(name.lower())
@@ -976,6 +999,8 @@ def fast_response(
             if connection is None:
                 connection = set()
             _add_connection_tokens(connection, value)
+        elif kind == _OTHER_HOP_BY_HOP:
+            hop_by_hop = True
         else:
             return None
     length: int | None = None
@@ -1003,6 +1028,7 @@ def fast_response(
         content_length=length,
         chunked=False,
         keep_alive=_keeps_alive(http11, tokens),
+        raw=data[:blank + 4] if http11 and connection is None and not hop_by_hop else b"",
     )
     return head, body
 

@@ -19,8 +19,14 @@ removed, framing recomputed, ``X-Forwarded-For`` appended), then streams the bod
 when it came chunked; chunk extensions and trailers are gone).
 
 The backend's bytes go through the response parser; its head is re-serialised for the client
-the same way, its body streamed.  A response that ends cleanly returns the backend connection
-to the pool (only then: never a connection with unread response bytes).  A response that breaks
+the same way, its body streamed. The exception is the usual response: whole in one read, framed
+by its Content-Length, HTTP/1.1, with no hop-by-hop field but that Content-Length, going to a
+keep-alive HTTP/1.1 client. Re-serialising it would give the client the same message (the same
+fields in another order and spacing), so the head the fast path checked goes on as it came
+(``ResponseHead.raw``), which saves about 1.5 us of the ~12 us a request costs in Python.
+
+A response that ends cleanly returns the backend connection to the pool (only then: never a
+connection with unread response bytes).  A response that breaks
 off after bytes were sent to the client closes the client connection: a truncated response is
 never presented as complete.  A backend silent for ``timeouts.server`` gets the client a ``504``
 (if nothing was sent yet).  A pooled connection that turns out closed before any byte of the
@@ -43,6 +49,7 @@ from ingress import proxy_protocol
 from ingress.config import ListenerConfig, Timeouts
 from ingress.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
 from ingress.http1 import (
+    HOP_BY_HOP,
     LAST_CHUNK,
     Data,
     EndOfMessage,
@@ -69,12 +76,6 @@ PIPELINE_LIMIT = 64
 # may send, and a backend's answer of any size is streamed.
 RESPONSE_LIMITS = Limits()
 
-# RFC 9110 section 7.6.1: fields that concern one connection, never forwarded; plus the framing
-# fields, which the proxy recomputes from what it parsed.
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
-    b"transfer-encoding", b"content-length", b"proxy-authenticate", b"proxy-authorization",
-})
 FORWARDED_FIELDS = frozenset({b"x-forwarded-for", b"forwarded"})
 FORWARDED_PROTO_FIELDS = frozenset({b"x-forwarded-proto", b"x-forwarded-port"})
 
@@ -564,7 +565,8 @@ class HttpSession(asyncio.Protocol):
                     continue
                 exchange.response_head = event
                 exchange.response_started = True
-                out.append(self._client_response_head(exchange, event))
+                out.append(event.raw if event.raw and self._forwards_as_is(exchange)
+                           else self._client_response_head(exchange, event))
             else:
                 if exchange.chunked_response:
                     out.append(LAST_CHUNK)
@@ -577,6 +579,13 @@ class HttpSession(asyncio.Protocol):
             data = b"".join(out) if len(out) > 1 else out[0]
             self._sent += len(data)
             transport.write(data)
+
+    def _forwards_as_is(self, exchange: _Exchange) -> bool:
+        """Whether a response head that needs no change of its own (``ResponseHead.raw``) is
+        also what _client_response_head would send on this connection: nothing to add for an
+        HTTP/1.0 client or a connection about to close."""
+        return (exchange.request_done and not self._closing and not self._ctx.state.draining
+                and exchange.head.version == b"1.1")
 
     def _client_response_head(self, exchange: _Exchange, response: ResponseHead) -> bytes:
         headers = _end_to_end(response.headers)

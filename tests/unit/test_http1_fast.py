@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from ingress import http1
 from ingress.build import is_compiled
 from ingress.http1 import (
+    HOP_BY_HOP,
     Data,
     EndOfMessage,
     HttpError,
@@ -46,6 +47,7 @@ from ingress.http1 import (
     ResponseParser,
     fast_request,
     fast_response,
+    serialize_response_head,
 )
 from tests.unit.test_http1_differential import (
     HOSTS,
@@ -533,8 +535,12 @@ HOSTILE_REASONS = st.one_of(
 RESPONSE_MUTATIONS = [
     "version", "status", "reason", "no-sp", "sp", "field", "field", "field", "length-more",
     "length-less", "length-literal", "length-none", "length-repeated", "chunked", "connection",
-    "line-end", "body-none", "body-extra", "second", "continue", "pad",
+    "line-end", "body-none", "body-extra", "second", "continue", "pad", "hop-by-hop",
 ]  # fmt: skip
+# hop-by-hop fields a response may carry besides its framing and Connection: a head with one is
+# still taken by the fast path, but is not one to forward as it came (ResponseHead.raw)
+OTHER_HOP_BY_HOP = sorted(
+    HOP_BY_HOP - {b"connection", b"content-length", b"transfer-encoding"})
 
 
 @st.composite
@@ -594,6 +600,9 @@ def hostile_responses(draw: st.DrawFn) -> tuple[bytes, bytes]:
             message.prefix = b"HTTP/1.1 100 Continue\r\n\r\n"
         elif mutation == "pad":
             pad = True
+        elif mutation == "hop-by-hop":
+            name_ = _random_case(draw, draw(st.sampled_from(OTHER_HOP_BY_HOP)))
+            _insert(draw, lines, name_ + b":" + _ows(draw) + draw(PLAIN_VALUES))
     if length_line:
         _insert(draw, lines, length_line)
     if not (method != b"HEAD" and status not in (b"204", b"304")) and draw(st.booleans()):
@@ -645,6 +654,7 @@ def check_response(
             assert all(isinstance(e, Data) for e in middle), why
             assert b"".join(e.data for e in middle if isinstance(e, Data)) == body, why
         assert one.outcome.events == ([head, Data(body), END] if body else [head, END]), why
+        assert_raw_head_is_forwardable(method, data, head, body, why)
     assert_single_feed_agrees(one, whole, general, why)
 
     # the same state afterwards: after keep-alive the next response is read, after close it is
@@ -656,6 +666,42 @@ def check_response(
     if fast is not None and not fast[0].keep_alive:
         assert after_one.events == [], (why, follow, after_one)
     return Taken(fast is not None, general.outcome.error is not None)
+
+
+def proxy_serialisation(head: ResponseHead) -> bytes:
+    """The head as the proxy re-serialises it for a keep-alive HTTP/1.1 client
+    (HttpSession._client_response_head): hop-by-hop fields dropped, the framing appended."""
+    fields = [(n, v) for n, v in head.headers if n.lower() not in HOP_BY_HOP]
+    if head.content_length is not None:
+        fields.append((b"Content-Length", b"%d" % head.content_length))
+    return serialize_response_head(head.status, head.reason, fields)
+
+
+def _reading(method: bytes, head_bytes: bytes) -> tuple[object, ...]:
+    """What a client reads from a response head: status, reason, framing, whether the
+    connection stays, and its fields as a multiset (the framing one by its value)."""
+    parser = ResponseParser()
+    parser.expect(method)
+    events = parser.feed(head_bytes)
+    read = events[0]
+    assert isinstance(read, ResponseHead), events
+    fields = sorted((n.lower(), v) for n, v in read.headers if n.lower() != b"content-length")
+    return (read.status, read.reason, read.content_length, read.chunked, read.keep_alive, fields)
+
+
+def assert_raw_head_is_forwardable(method: bytes, data: bytes, head: ResponseHead, body: bytes,
+                                   why: str) -> None:
+    """``raw`` is set exactly for an HTTP/1.1 head without hop-by-hop fields but its
+    Content-Length, is the head's bytes as received, and reads as the proxy's
+    re-serialisation of the head does."""
+    names = [n.lower() for n, _ in head.headers]
+    plain = head.version == b"1.1" and all(
+        n not in HOP_BY_HOP or n == b"content-length" for n in names)
+    assert bool(head.raw) == plain, why
+    if head.raw:
+        assert data == head.raw + body, why
+        assert head.raw.endswith(b"\r\n\r\n"), why
+        assert _reading(method, head.raw) == _reading(method, proxy_serialisation(head)), why
 
 
 @SETTINGS
@@ -810,7 +856,13 @@ FAST_RESPONSES = {
     ),
     "304": (b"GET", b'HTTP/1.1 304 Not Modified\r\nETag: "abc"\r\n\r\n'),
     "http10": (b"GET", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    "keep-alive-field": (
+        b"GET", b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok"),
+    "spaced": (b"GET", b"HTTP/1.1 200 OK\r\nX-A:\t1 \r\ncontent-length:  002\r\n\r\nok"),
 }
+# whether each of them is forwarded with its head as it came (ResponseHead.raw)
+FORWARDED_AS_IS = {"200": True, "204": True, "head": True, "404-close": False, "304": True,
+                   "http10": False, "keep-alive-field": False, "spaced": True}
 
 
 @pytest.mark.parametrize("data", list(FAST_REQUESTS.values()), ids=list(FAST_REQUESTS))
@@ -854,13 +906,13 @@ def test_what_the_fast_path_builds() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("method", "data"), list(FAST_RESPONSES.values()), ids=list(FAST_RESPONSES)
-)
-def test_common_responses_take_the_fast_path(method: bytes, data: bytes) -> None:
+@pytest.mark.parametrize("name", list(FAST_RESPONSES))
+def test_common_responses_take_the_fast_path(name: str) -> None:
+    method, data = FAST_RESPONSES[name]
     taken = fast_response(data, method)
     assert taken is not None
     head, body = taken
+    assert head.raw == (data[:len(data) - len(body)] if FORWARDED_AS_IS[name] else b"")
     parser = ResponseParser()
     parser.expect(method)
     assert parser.feed(data) == ([head, Data(body), END] if body else [head, END])
