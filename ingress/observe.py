@@ -62,7 +62,8 @@ class _Clock:
 
     def __init__(self, second_format: str, suffix: str = "") -> None:
         self._format = second_format
-        self._suffix = suffix
+        # ".000" to ".999" with the suffix: a lookup per line instead of a number format
+        self._millis = tuple(f".{ms:03d}{suffix}" for ms in range(1000))
         self._second = -1
         self._prefix = ""
 
@@ -72,7 +73,7 @@ class _Clock:
         if second != self._second:
             self._second = second
             self._prefix = time.strftime(self._format, time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}{self._suffix}"
+        return self._prefix + self._millis[min(int((now - second) * 1000), 999)]
 
 
 class AccessLog:
