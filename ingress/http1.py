@@ -1240,7 +1240,10 @@ class _Parser(ABC):
         self._skipped = 0  # empty lines before the current head (requests only)
         self._remaining = 0  # body bytes still to come (_LENGTH)
         self._received = 0  # body bytes so far (_UNTIL_CLOSE)
-        self._chunked = _Chunked(limits, self._STATUS)  # replaced for each chunked body
+        # A new one for each chunked body. Like llhttp's parser (made on the general path's
+        # first use), made only when needed: a session's parser is made per connection, and
+        # most connections only ever see the fast path.
+        self._chunked: _Chunked | None = None
         self._line_seen = False  # the buffered head's start line is known to be complete
         self._keep_alive = True
         self._error: HttpError | None = None
@@ -1298,8 +1301,10 @@ class _Parser(ABC):
                 if not self._remaining:
                     self._end_message(events)
             elif state == _CHUNKED:
-                pos = self._chunked.feed(data, pos, events)
-                if self._chunked.finished:
+                chunked = self._chunked
+                assert chunked is not None  # made with the _CHUNKED state
+                pos = chunked.feed(data, pos, events)
+                if chunked.finished:
                     self._end_message(events)
             elif state == _UNTIL_CLOSE:
                 self._received += size - pos
@@ -1460,7 +1465,7 @@ class RequestParser(_Parser):
 
     def __init__(self, limits: Limits = _DEFAULT_LIMITS) -> None:
         super().__init__(limits)
-        self._llhttp = httptools.HttpRequestParser(self._fields)
+        self._llhttp: httptools.HttpRequestParser | None = None
 
     def feed(self, data: bytes) -> list[RequestEvent]:
         if (self._state == _HEAD and not self._buf and not self._skipped
@@ -1519,7 +1524,10 @@ class RequestParser(_Parser):
             raise HttpError(400, "bad-request-line", f"request line {_show(head[:line_end])}")
         method, target, version = parts
         http_version = _check_request_line(method, target, version, limits)
-        headers, reusable, failure = self._parse_fields(self._llhttp, head)
+        llhttp = self._llhttp
+        if llhttp is None:
+            llhttp = self._llhttp = httptools.HttpRequestParser(self._fields)
+        headers, reusable, failure = self._parse_fields(llhttp, head)
         if failure is not None:
             headers = _split_fields(head, line_end, 400)
             _request_head(method, target, http_version, headers, limits, True)
@@ -1531,7 +1539,7 @@ class RequestParser(_Parser):
         request = _request_head(method, target, http_version, headers, limits, True)
         if not reusable or request.content_length or request.chunked:
             # llhttp was fed the head only; if it expects a body it holds state we discard.
-            self._llhttp = httptools.HttpRequestParser(self._fields)
+            self._llhttp = None
         self._keep_alive = request.keep_alive
         events.append(request)
         # RFC 9112 section 6.3: a request with neither field has no body (7. is for responses).
@@ -1551,7 +1559,7 @@ class ResponseParser(_Parser):
 
     def __init__(self, limits: Limits = _DEFAULT_LIMITS) -> None:
         super().__init__(limits)
-        self._llhttp = httptools.HttpResponseParser(self._fields)
+        self._llhttp: httptools.HttpResponseParser | None = None
         self._methods: deque[bytes] = deque()
         self._informational = False  # a 1xx arrived; the final response is still to come
 
@@ -1612,7 +1620,10 @@ class ResponseParser(_Parser):
         http_version = _http_version(version, 502)
         code = _status_code(status)
         method = self._methods[0]
-        headers, reusable, failure = self._parse_fields(self._llhttp, head)
+        llhttp = self._llhttp
+        if llhttp is None:
+            llhttp = self._llhttp = httptools.HttpResponseParser(self._fields)
+        headers, reusable, failure = self._parse_fields(llhttp, head)
         if failure is not None:
             headers = _split_fields(head, line_end, 502)
             _response_head(http_version, code, reason, headers, method, limits, True)
@@ -1622,7 +1633,7 @@ class ResponseParser(_Parser):
         response = _response_head(http_version, code, reason, headers, method, limits, True)
         if not reusable or response.content_length or response.chunked or code < 200:
             # (for HEAD, 204 and 304 llhttp may still expect the body the head declares)
-            self._llhttp = httptools.HttpResponseParser(self._fields)
+            self._llhttp = None
         events.append(response)
         if code < 200:
             self._informational = True

@@ -104,6 +104,9 @@ class HttpContext:
     access_log: AccessLog
     sessions: set[HttpSession]
     state: WorkerState
+    # The worker's loop, taken once: asyncio.get_running_loop() makes a getpid() system call
+    # on every call (its fork check), and sessions are made per connection.
+    loop: asyncio.AbstractEventLoop
     limits: Limits = field(default_factory=Limits)
     worker: int = 0
     # Pending ACME HTTP-01 answers, when the ingress obtains certificates itself.
@@ -204,7 +207,7 @@ class HttpSession(asyncio.Protocol):
         ``https-proxied`` listener reads it before the TLS handshake, see ingress.tls_accept)."""
         self._ctx = ctx
         self._proxied_client = proxied_client
-        self._loop = asyncio.get_running_loop()
+        self._loop = ctx.loop
         self.transport: asyncio.Transport | None = None
         self._parser = RequestParser(ctx.limits)
         self._queue: deque[RequestHead | Data | EndOfMessage] = deque()
@@ -212,7 +215,8 @@ class HttpSession(asyncio.Protocol):
         self._discarding_body = False
         self._awaiting_proxy = ctx.listener.accept_proxy and proxied_client is None
         self._tls: tuple[str, str] | None = None  # TLS version and SNI, for the access log
-        self._inbound = proxy_protocol.HeaderReader()
+        # made only for a listener that reads a PROXY header; dropped once it is read
+        self._inbound = proxy_protocol.HeaderReader() if self._awaiting_proxy else None
         self._closing = False
         # A request after which the connection closes has been parsed / read whole: bytes
         # after it are not read (they would be a request that must not be answered).
@@ -253,9 +257,10 @@ class HttpSession(asyncio.Protocol):
         now = self._loop.time()
         self._last_activity = now
         self._received += len(data)
-        if self._awaiting_proxy:
+        inbound = self._inbound
+        if inbound is not None:
             try:
-                parsed = self._inbound.feed(data)
+                parsed = inbound.feed(data)
             except proxy_protocol.ProxyProtocolError as bad_header:
                 # Not named "error" like the HttpError below: mypyc gives a name one type per
                 # function, and the second except clause would fail its check.
@@ -269,6 +274,7 @@ class HttpSession(asyncio.Protocol):
                 self.client_address = header.client_address
                 self._client_text = address_text(self.client_address)
             self._awaiting_proxy = False
+            self._inbound = None
             if not data:
                 return
         if self._input_done:

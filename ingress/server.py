@@ -303,7 +303,8 @@ class Worker:
         return http_proxy.HttpContext(
             listener=listener, routes=routes, backends=backends, pool=self.pool,
             timeouts=self.config.timeouts, access_log=self.access_log,
-            sessions=self.http_sessions, state=self.state, worker=self.index,
+            sessions=self.http_sessions, state=self.state, loop=asyncio.get_running_loop(),
+            worker=self.index,
             limits=Limits(max_body=listener.max_body), acme_challenges=self.acme_challenges)
 
     def _proxied_tls_listener(
@@ -335,6 +336,7 @@ class Worker:
             timeouts=self.config.timeouts,
             access_log=self.access_log,
             sessions=self.sessions,
+            loop=asyncio.get_running_loop(),
             worker=self.index,
         )
         return make_factory(ctx)

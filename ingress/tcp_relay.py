@@ -69,6 +69,9 @@ class RelayContext:
     timeouts: Timeouts
     access_log: AccessLog
     sessions: set[RelaySession]
+    # The worker's loop, taken once: asyncio.get_running_loop() makes a getpid() system call
+    # on every call (its fork check), and sessions are made per connection.
+    loop: asyncio.AbstractEventLoop
     worker: int = 0
     metrics: Metrics = field(default_factory=metrics_of_this_process)
 
@@ -92,7 +95,7 @@ class RelaySession(asyncio.Protocol):
 
     def __init__(self, ctx: RelayContext) -> None:
         self._ctx = ctx
-        self._loop = asyncio.get_running_loop()
+        self._loop = ctx.loop
         self._state = AWAIT_PROXY
         self.transport: asyncio.Transport | None = None
         self._backend_transport: asyncio.Transport | None = None
