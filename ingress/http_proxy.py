@@ -20,10 +20,11 @@ when it came chunked; chunk extensions and trailers are gone).
 
 The backend's bytes go through the response parser; its head is re-serialised for the client
 the same way, its body streamed. The exception is the usual response: whole in one read, framed
-by its Content-Length, HTTP/1.1, with no hop-by-hop field but that Content-Length, going to a
-keep-alive HTTP/1.1 client. Re-serialising it would give the client the same message (the same
-fields in another order and spacing), so the head the fast path checked goes on as it came
-(``ResponseHead.raw``), which saves about 1.5 us of the ~12 us a request costs in Python.
+by its Content-Length, HTTP/1.1, with no hop-by-hop field but that Content-Length.
+Re-serialising it would give the client the same message (the same fields in another order and
+spacing), so the head the fast path checked goes on as it came (``ResponseHead.raw``), with a
+``Connection`` field added when this client needs one; that saves about 1.5 us of the ~12 us a
+request costs in Python.
 
 A response that ends cleanly returns the backend connection to the pool (only then: never a
 connection with unread response bytes).  A response that breaks
@@ -571,8 +572,7 @@ class HttpSession(asyncio.Protocol):
                     continue
                 exchange.response_head = event
                 exchange.response_started = True
-                out.append(event.raw if event.raw and self._forwards_as_is(exchange)
-                           else self._client_response_head(exchange, event))
+                out.append(self._client_response_head(exchange, event))
             else:
                 if exchange.chunked_response:
                     out.append(LAST_CHUNK)
@@ -586,35 +586,33 @@ class HttpSession(asyncio.Protocol):
             self._sent += len(data)
             transport.write(data)
 
-    def _forwards_as_is(self, exchange: _Exchange) -> bool:
-        """Whether a response head that needs no change of its own (``ResponseHead.raw``) is
-        also what _client_response_head would send on this connection: nothing to add for an
-        HTTP/1.0 client or a connection about to close."""
-        return (exchange.request_done and not self._closing and not self._ctx.state.draining
-                and exchange.head.version == b"1.1")
-
     def _client_response_head(self, exchange: _Exchange, response: ResponseHead) -> bytes:
-        headers = _end_to_end(response.headers)
         request = exchange.head
         no_body = request.method == b"HEAD" or response.status in (204, 304)
-        if response.content_length is not None:
-            headers.append((b"Content-Length", str(response.content_length).encode()))
-        elif not no_body:
-            if request.version == b"1.1":
-                exchange.chunked_response = True
-                headers.append((b"Transfer-Encoding", b"chunked"))
-            else:
-                self._closing = True  # HTTP/1.0 client: the end of the body is the close
+        delimited = response.content_length is not None or no_body
+        if not delimited and request.version != b"1.1":
+            self._closing = True  # HTTP/1.0 client: the end of the body is the close
         if not exchange.request_done:
             # Answered before the request body was all read: the rest of it cannot be told
             # apart from a next request, so this connection ends here.
             self._closing = True
         if self._ctx.state.draining:
             self._closing = True
-        if self._closing:
-            headers.append((b"Connection", b"close"))
-        elif request.version == b"1.0":
-            headers.append((b"Connection", b"keep-alive"))
+        connection = (b"close" if self._closing
+                      else b"keep-alive" if request.version == b"1.0" else b"")
+        raw = response.raw
+        if raw:
+            # Nothing of the backend's head to change (its framing is a Content-Length or none,
+            # see ResponseHead.raw): it goes on as it came, with this connection's own field.
+            return raw if not connection else raw[:-2] + b"Connection: " + connection + b"\r\n\r\n"
+        headers = _end_to_end(response.headers)
+        if response.content_length is not None:
+            headers.append((b"Content-Length", str(response.content_length).encode()))
+        elif not no_body and request.version == b"1.1":
+            exchange.chunked_response = True
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        if connection:
+            headers.append((b"Connection", connection))
         return serialize_response_head(response.status, response.reason, headers)
 
     def _finish_exchange(self, exchange: _Exchange) -> None:

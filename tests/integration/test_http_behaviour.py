@@ -464,6 +464,12 @@ def test_a_response_head_with_nothing_to_change_is_forwarded_as_it_came(
                 sock.sendall(b"GET %s HTTP/1.1\r\nHost: t.example.org\r\n\r\n" % path)
                 assert reader._take(len(plain)) == plain
             assert not reader.closed_by_peer(0.3)
+            # the last request: the head as it came, and the connection's own field after it
+            sock.sendall(b"GET /c HTTP/1.1\r\nHost: t.example.org\r\nConnection: close\r\n\r\n")
+            head, body = plain.split(b"\r\n\r\n")
+            closing = head + b"\r\nConnection: close\r\n\r\n" + body
+            assert reader._take(len(closing)) == closing
+            assert reader.closed_by_peer()
 
 
 @pytest.mark.parametrize("backend_response", [
