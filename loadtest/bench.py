@@ -55,6 +55,11 @@ TLS_SCENARIOS = ("https-handshake-ecdsa", "https-handshake-rsa", "https-keepaliv
 # Measured with wrk (closed loop: each connection sends its next request when the last ends).
 WRK_SCENARIOS = ("http-keepalive", "http-close", "http-1mib", *TLS_SCENARIOS)
 HTTP_SCENARIOS = (*WRK_SCENARIOS, "http-latency")
+# Where --floor measures the reference relay (loadtest/floor.py) too. Not http-close: the relay
+# opens a backend connection per client connection (mta-ingress pools them), so it would
+# measure more work than the proxy it is a floor for.
+FLOOR_SCENARIOS = ("http-keepalive",)
+COMPARED = ("haproxy", "mta-ingress")
 # A click-tracking-like path: no route but the default one matches it, on both proxies.
 HTTP_PATH = "/click/abc?x=1"
 HTTP_LARGE_PATH = "/1m/click/abc?x=1"  # the origin answers /1m... with 1 MiB
@@ -396,6 +401,18 @@ def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
         tls_bind=f" ssl crt {certs} alpn http/1.1" if certs else ""))
     # -db: stay in the foreground, one process, no master: what is measured is what serves.
     return ProxySetup("haproxy", port, path, [*_pin(cpus), HAPROXY, "-db", "-f", str(path)])
+
+
+def floor_setup(port: int, backend_port: int, cpus: set[int] | None,
+                burn_us: float) -> ProxySetup:
+    """loadtest/floor.py: the reference relay, ``burn_us`` of busy CPU added per request."""
+    script = Path(__file__).with_name("floor.py")
+    python = BENCH_VENV / "bin" / "python"
+    name = "floor" if not burn_us else f"floor+{burn_us:g}us"
+    return ProxySetup(name, port, script,
+                      [*_pin(cpus), str(python if python.exists() else sys.executable),
+                       str(script), "--port", str(port), "--backend-port", str(backend_port),
+                       "--burn-us", f"{burn_us:g}"])
 
 
 ADMIN_PORT_OFFSET = 100
@@ -797,7 +814,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
     per_proxy: dict[str, dict[str, Any]] = {}
-    for proxy in ("haproxy", "mta-ingress"):
+    # haproxy and mta-ingress, then the references of --floor, if measured
+    for proxy in dict.fromkeys([*COMPARED, *(m.proxy for m in measurements)]):
         mine = [m for m in measurements if m.proxy == proxy]
         per_proxy[proxy] = {
             "value": _median([m.value for m in mine]),
@@ -842,6 +860,7 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
             per_proxy[proxy]["established"] = min((m.detail["established"] for m in mine),
                                                   default=0)
     haproxy, ingress = per_proxy["haproxy"], per_proxy["mta-ingress"]
+    compared = [haproxy, ingress]  # what the targets are about; references are not
     # Rounds alternate, so round i of each proxy ran under the same conditions, drift of
     # the machine included: the spread of these paired ratios shows how firm the ratio is.
     pairs = [(h, i) for h in measurements for i in measurements
@@ -852,10 +871,13 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
         "ratio_per_cpu": _ratio(ingress["per_cpu"], haproxy["per_cpu"]),
         "round_ratios": [_ratio(i.value, h.value) for h, i in pairs],
         "round_ratios_per_cpu": [_ratio(i.per_cpu, h.per_cpu) for h, i in pairs],
+        "references": {name: {"ratio": _ratio(part["value"], haproxy["value"]),
+                              "ratio_per_cpu": _ratio(part["per_cpu"], haproxy["per_cpu"])}
+                       for name, part in per_proxy.items() if name not in COMPARED},
     }
     target = TARGETS.get(run.scenario)
     if target is not None:
-        saturated = all(_proxy_busy(p) >= SATURATED for p in per_proxy.values())
+        saturated = all(_proxy_busy(p) >= SATURATED for p in compared)
         if run.layout.proxy is None:
             # Unpinned, the proxies share the CPUs with the load: CPU shares say little about
             # capacity, so throughput decides, and the verdict is only indicative.
@@ -864,10 +886,10 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
             decisive = "throughput" if saturated else "per-cpu"
         figure = summary["ratio"] if decisive != "per-cpu" else summary["ratio_per_cpu"]
         verdict = _pass(figure, target)
-        if not all(_clean(p) for p in per_proxy.values()):
+        if not all(_clean(p) for p in compared):
             # A fast proxy that loses sessions has not met anything.
             verdict = "FAIL (errors, see the rounds)"
-        elif any(p["disturbed_rounds"] for p in per_proxy.values()):
+        elif any(p["disturbed_rounds"] for p in compared):
             verdict += " (unreliable: DISTURBED rounds, re-run on a quiet machine)"
         summary["target"] = {
             "min_ratio": target,
@@ -999,6 +1021,13 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
     lines.append(f"  ratio ingress/haproxy: {_num(summary['ratio'], 2)}x {unit}"
                  f"{_rounds(summary['round_ratios'])}; {_num(summary['ratio_per_cpu'], 2)}x "
                  f"{per_cpu_unit}{_rounds(summary['round_ratios_per_cpu'])}")
+    references = summary.get("references", {})
+    for name, reference in references.items():
+        lines.append(f"  reference {name}/haproxy: {_num(reference['ratio'], 2)}x {unit}; "
+                     f"{_num(reference['ratio_per_cpu'], 2)}x {per_cpu_unit}")
+    if references:
+        lines.append("  (references: loadtest/floor.py, uvloop and httptools without "
+                     "mta-ingress's work; +N us: that much busy CPU added per request)")
     lines.append(f"  limited by: haproxy: {_bottleneck(h, run.layout)}; "
                  f"mta-ingress: {_bottleneck(i, run.layout)}")
     target = summary.get("target")
@@ -1190,6 +1219,10 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
         "mta-ingress": ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
                                      run.workers, options.access_log, http, certs),
     }
+    if run.scenario in FLOOR_SCENARIOS and run.workers == 1:
+        for burn_us in options.floor:
+            floor = floor_setup(ports.take(), backend.port, run.layout.proxy, burn_us)
+            setups[floor.name] = floor
     if run.scenario == "http-latency" and options.http_rate is None:
         try:
             options.http_rate = haproxy_peak_rate(run, options, setups["haproxy"], backend,
@@ -1290,6 +1323,16 @@ def profile_ingress(run: Run, options: argparse.Namespace, setup: ProxySetup, ba
             "sessions_per_s": measurement.value, "summary": lines}
 
 
+def _burns(text: str) -> list[float]:
+    try:
+        burns = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if any(burn < 0 for burn in burns) or len(set(burns)) != len(burns):
+        raise argparse.ArgumentTypeError(f"distinct values >= 0 wanted: {text!r}")
+    return burns
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Side-by-side benchmark of mta-ingress and HAProxy on loopback.",
@@ -1330,6 +1373,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=("off", "python", "native"), default="off",
                         help="sessions: one extra, uncounted mta-ingress run sampled by py-spy "
                              "(python: --nonblocking; native: C frames and system calls too)")
+    parser.add_argument("--floor", type=_burns, default=[], metavar="US[,US...]",
+                        help="http-keepalive (one worker): also measure the "
+                             "reference relay loadtest/floor.py, once per value, with that many "
+                             "microseconds of busy CPU added per request (0: none)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin any process to a CPU")
     parser.add_argument("--base-port", type=int, default=24000,
                         help="first loopback port to use (below the ephemeral range)")

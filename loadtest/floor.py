@@ -1,0 +1,148 @@
+"""The reference floor of the HTTP benchmarks: the least a Python HTTP proxy on this stack can do.
+
+``bench.py --floor`` measures this relay beside HAProxy and mta-ingress in the ``http-keepalive``
+scenario. It is what mta-ingress would cost with none of its features: uvloop transports,
+httptools (llhttp) parsing every request and response, each request re-serialised with
+``X-Forwarded-For`` appended, one backend connection per client connection opened with it (no
+pool, no routing, no validation beyond llhttp's, no access log, no metrics, no timeouts). Not in
+``http-close``: a backend connection per client connection is more work per connection than
+mta-ingress's pool, not a floor.
+
+Its ratio to HAProxy says how much of mta-ingress's gap is the stack and how much is the work
+mta-ingress does per request; ``--burn-us`` adds that much busy CPU time to each request, to
+measure what each microsecond of Python per request costs in requests per second.
+
+It is a measuring instrument, not a proxy: it trusts its backend, answers nothing itself and
+drops a client whose backend cannot be reached. Loopback only, like everything in loadtest/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+from collections.abc import Sequence
+from typing import cast
+
+import httptools
+import uvloop
+
+
+class _Upstream(asyncio.Protocol):
+    """The client's own backend connection: responses are parsed, then relayed as they came."""
+
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+        self.client.send_to_client(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.close()
+
+
+class _Client(asyncio.Protocol):
+    def __init__(self, backend: tuple[str, int], burn_seconds: float) -> None:
+        self.backend = backend
+        self.burn_seconds = burn_seconds
+        self.transport: asyncio.Transport | None = None
+        self.upstream: _Upstream | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.waiting: list[bytes] | None = []  # requests made before the backend connected
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b"-"
+        self.url = b""
+        self.fields: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = self.transport.get_extra_info("peername")
+        self.peer = peer[0].encode() if peer else b"-"
+        loop = asyncio.get_running_loop()
+        self.connecting = loop.create_task(self._connect(loop))
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            _, upstream = await loop.create_connection(lambda: _Upstream(self), *self.backend)
+        except OSError:
+            self.close()
+            return
+        self.upstream = upstream
+        waiting, self.waiting = self.waiting or [], None
+        if upstream.transport is not None:
+            for request in waiting:
+                upstream.transport.write(request)
+
+    # httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += (name, b": ", value, b"\r\n")
+
+    def on_message_complete(self) -> None:
+        request = b"".join([self.parser.get_method(), b" ", self.url, b" HTTP/1.1\r\n",
+                            *self.fields, b"X-Forwarded-For: ", self.peer, b"\r\n\r\n"])
+        self.fields = []
+        if self.burn_seconds:
+            end = time.perf_counter() + self.burn_seconds
+            while time.perf_counter() < end:
+                pass
+        if self.waiting is not None:
+            self.waiting.append(request)
+        elif self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.close()
+
+    def send_to_client(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+
+
+async def serve(port: int, backend: tuple[str, int], burn_us: float) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # SIGUSR1 too: bench.py stops every proxy but mta-ingress with HAProxy's soft-stop signal
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        loop.add_signal_handler(signum, stop.set)
+    server = await loop.create_server(lambda: _Client(backend, burn_us / 1e6), "127.0.0.1",
+                                      port, backlog=4096)
+    async with server:
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True, help="listen on 127.0.0.1:PORT")
+    parser.add_argument("--backend-port", type=int, required=True,
+                        help="the origin on 127.0.0.1:PORT")
+    parser.add_argument("--burn-us", type=float, default=0.0,
+                        help="busy CPU time added to every request, in microseconds")
+    options = parser.parse_args(argv)
+    uvloop.run(serve(options.port, ("127.0.0.1", options.backend_port), options.burn_us))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""loadtest/floor.py, the benchmark's reference relay: a figure measured through it only means
+something if it really proxies. On loopback: requests reach the origin re-serialised with
+X-Forwarded-For appended, responses come back whole, keep-alive and pipelined requests included,
+and the process stops cleanly on the signal bench.py sends it."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.peers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class RecordingOrigin:
+    """Answers every request head with RESPONSE and records the heads, on one loopback port."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.heads: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        buffer = b""
+        with conn:
+            while data := conn.recv(65536):
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    self.heads.append(head)
+                    conn.sendall(RESPONSE)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def origin() -> Iterator[RecordingOrigin]:
+    server = RecordingOrigin()
+    yield server
+    server.close()
+
+
+def _start_floor(port: int, backend_port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "loadtest" / "floor.py"), "--port", str(port),
+         "--backend-port", str(backend_port)], cwd=ROOT, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("floor.py did not listen within 10 s")
+
+
+def _read_responses(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while data.count(RESPONSE) < count:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_the_floor_relays_with_x_forwarded_for_and_stops_on_sigusr1(
+        origin: RecordingOrigin) -> None:
+    port = free_port()
+    floor = _start_floor(port, origin.port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert _read_responses(sock, 1) == RESPONSE
+            # two pipelined: answered in order on the same connection
+            sock.sendall(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert _read_responses(sock, 2) == RESPONSE * 2
+        assert origin.heads == [
+            b"GET %s HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 127.0.0.1" % path
+            for path in (b"/a?x=1", b"/b", b"/c")]
+    finally:
+        floor.send_signal(signal.SIGUSR1)
+        _, stderr = floor.communicate(timeout=10)
+    assert floor.returncode == 0, stderr
+    assert b"Traceback" not in stderr
