@@ -200,6 +200,32 @@ class EchoOrigin:
         return True
 
 
+class RawOrigin(EchoOrigin):
+    """Loopback HTTP origin for bodiless requests: records every request head byte for byte
+    (EchoOrigin's h11 lowercases names) and answers each with ``response``. The listener, its
+    threads and their stop are EchoOrigin's."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+        self.heads: list[bytes] = []
+        super().__init__(name="raw")
+
+    def _serve(self, conn: socket.socket, peer: tuple[str, int], connection_id: int) -> None:
+        buffer = b""
+        conn.settimeout(30)
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    buffer += data
+                    while b"\r\n\r\n" in buffer:
+                        head, _, buffer = buffer.partition(b"\r\n\r\n")
+                        with self._lock:
+                            self.heads.append(head + b"\r\n\r\n")
+                        conn.sendall(self.response)
+            except OSError:
+                return
+
+
 class Cluster:
     """Three origins standing in for the MTA, Event Tracker and TLS services."""
 

@@ -9,56 +9,23 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.origin import RawOrigin
 from tests.integration.peers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-class RecordingOrigin:
-    """Answers every request head with RESPONSE and records the heads, on one loopback port."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.heads: list[bytes] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        buffer = b""
-        with conn:
-            while data := conn.recv(65536):
-                buffer += data
-                while b"\r\n\r\n" in buffer:
-                    head, _, buffer = buffer.partition(b"\r\n\r\n")
-                    self.heads.append(head)
-                    conn.sendall(RESPONSE)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 @pytest.fixture
-def origin() -> Iterator[RecordingOrigin]:
-    server = RecordingOrigin()
-    yield server
-    server.close()
+def origin() -> Iterator[RawOrigin]:
+    with RawOrigin(RESPONSE) as server:
+        yield server
 
 
 def _start_floor(port: int, backend_port: int) -> subprocess.Popen[bytes]:
@@ -87,7 +54,7 @@ def _read_responses(sock: socket.socket, count: int) -> bytes:
 
 
 def test_the_floor_relays_with_x_forwarded_for_and_stops_on_sigusr1(
-        origin: RecordingOrigin) -> None:
+        origin: RawOrigin) -> None:
     port = free_port()
     floor = _start_floor(port, origin.port)
     try:
@@ -98,7 +65,7 @@ def test_the_floor_relays_with_x_forwarded_for_and_stops_on_sigusr1(
             sock.sendall(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\n")
             assert _read_responses(sock, 2) == RESPONSE * 2
         assert origin.heads == [
-            b"GET %s HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 127.0.0.1" % path
+            b"GET %s HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n" % path
             for path in (b"/a?x=1", b"/b", b"/c")]
     finally:
         floor.send_signal(signal.SIGUSR1)

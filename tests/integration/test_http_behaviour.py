@@ -20,7 +20,7 @@ import pytest
 
 from ingress.http1 import Limits
 from tests.integration.ingress_process import IngressProcess
-from tests.integration.origin import Cluster, EchoOrigin
+from tests.integration.origin import Cluster, EchoOrigin, RawOrigin
 from tests.integration.peers import free_port
 
 pytestmark = pytest.mark.timeout(30)
@@ -145,6 +145,28 @@ def connect(port: int) -> tuple[socket.socket, ResponseReader]:
     return sock, ResponseReader(sock)
 
 
+def get_on_one_connection(port: int, paths: list[bytes]) -> list[Response]:
+    """A GET for each path, one after the other on one keep-alive connection."""
+    sock, reader = connect(port)
+    responses = []
+    with sock:
+        for path in paths:
+            sock.sendall(b"GET %s HTTP/1.1\r\nHost: t.example.org\r\n\r\n" % path)
+            responses.append(reader.read())
+    return responses
+
+
+def http10_keep_alive_get(port: int, path: bytes) -> tuple[Response, bool]:
+    """An HTTP/1.0 GET asking for keep-alive: the response, and whether the connection was
+    still open 0.3 s after it."""
+    sock, reader = connect(port)
+    with sock:
+        sock.sendall(b"GET %s HTTP/1.0\r\nHost: t.example.org\r\nConnection: keep-alive\r\n\r\n"
+                     % path)
+        response = reader.read()
+        return response, not reader.closed_by_peer(0.3)
+
+
 def exchange(port: int, data: bytes, method: str = "GET", *, closes: bool | None = None
              ) -> Response:
     """One request on a fresh connection; with ``closes``, also checks that the server then
@@ -156,38 +178,6 @@ def exchange(port: int, data: bytes, method: str = "GET", *, closes: bool | None
         if closes is not None:
             assert reader.closed_by_peer(TIMEOUT if closes else 0.3) == closes
         return response
-
-
-# --------------------------------------------------------------------------------------------
-# A raw origin: records request heads byte for byte (EchoOrigin's h11 lowercases names) and
-# answers each with fixed bytes
-# --------------------------------------------------------------------------------------------
-
-
-class RawOrigin(EchoOrigin):
-    """Loopback HTTP origin for bodiless requests: every request head received is recorded as
-    bytes, and answered with ``response``. The listener, its threads and their stop are
-    EchoOrigin's."""
-
-    def __init__(self, response: bytes) -> None:
-        self.response = response
-        self.heads: list[bytes] = []
-        super().__init__(name="raw")
-
-    def _serve(self, conn: socket.socket, peer: tuple[str, int], connection_id: int) -> None:
-        buffer = b""
-        conn.settimeout(30)
-        with conn:
-            try:
-                while data := conn.recv(65536):
-                    buffer += data
-                    while b"\r\n\r\n" in buffer:
-                        head, _, buffer = buffer.partition(b"\r\n\r\n")
-                        with self._lock:
-                            self.heads.append(head + b"\r\n\r\n")
-                        conn.sendall(self.response)
-            except OSError:
-                return
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,26 +473,18 @@ def test_a_response_head_with_something_to_change_is_rebuilt(
     # came (ResponseReader asserts the HTTP/1.1 status line)
     with RawOrigin(backend_response) as origin:
         port = start_ingress(raw_backend(origin, cluster))
-        sock, reader = connect(port)
-        with sock:
-            for path in (b"/a", b"/b"):
-                sock.sendall(b"GET %s HTTP/1.1\r\nHost: t.example.org\r\n\r\n" % path)
-                response = reader.read()
-                assert (response.status, response.body) == (200, b"ok")
-                assert response.names() == [b"content-length"]
+        for response in get_on_one_connection(port, [b"/a", b"/b"]):
+            assert (response.status, response.body) == (200, b"ok")
+            assert response.names() == [b"content-length"]
 
 
 def test_a_plain_response_to_an_http10_client_says_keep_alive(
         start_ingress: Callable[..., int], cluster: Cluster) -> None:
     with RawOrigin(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as origin:
-        port = start_ingress(raw_backend(origin, cluster))
-        sock, reader = connect(port)
-        with sock:
-            sock.sendall(b"GET /a HTTP/1.0\r\nHost: t.example.org\r\n"
-                         b"Connection: keep-alive\r\n\r\n")
-            response = reader.read()
-            assert (response.status, response.body) == (200, b"ok")
-            assert response.values("connection") == [b"keep-alive"]
+        response, kept = http10_keep_alive_get(start_ingress(raw_backend(origin, cluster)), b"/a")
+    assert (response.status, response.body) == (200, b"ok")
+    assert kept
+    assert response.values("connection") == [b"keep-alive"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,14 +508,10 @@ def test_http10_keep_alive_client_keeps_its_connection(port: int, cluster: Clust
 
 
 def test_http10_keep_alive_client_gets_keep_alive_on_local_answers(port: int) -> None:
-    sock, reader = connect(port)
-    with sock:
-        sock.sendall(b"GET /.kubernetes-readiness-probe HTTP/1.0\r\nHost: t.example.org\r\n"
-                     b"Connection: keep-alive\r\n\r\n")
-        response = reader.read()
-        assert (response.status, response.body) == (200, b"ready\n")
-        assert not reader.closed_by_peer(0.3)  # the connection is kept...
-        assert response.values("connection") == [b"keep-alive"]  # ...so say so
+    response, kept = http10_keep_alive_get(port, b"/.kubernetes-readiness-probe")
+    assert (response.status, response.body) == (200, b"ready\n")
+    assert kept  # the connection is kept...
+    assert response.values("connection") == [b"keep-alive"]  # ...so say so
 
 
 def test_http10_client_without_keep_alive_is_closed_after_the_response(port: int) -> None:
@@ -550,13 +528,9 @@ def test_backend_connection_close_does_not_close_the_client_connection(
     closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
     with RawOrigin(closing) as origin:
         port = start_ingress(raw_backend(origin, cluster))
-        sock, reader = connect(port)
-        with sock:
-            for path in (b"/a", b"/b"):
-                sock.sendall(b"GET %s HTTP/1.1\r\nHost: t.example.org\r\n\r\n" % path)
-                response = reader.read()
-                assert (response.status, response.body) == (200, b"ok")
-                assert response.values("connection") == []  # the backend's close is its own
+        for response in get_on_one_connection(port, [b"/a", b"/b"]):
+            assert (response.status, response.body) == (200, b"ok")
+            assert response.values("connection") == []  # the backend's close is its own
         assert [head.split(b" ")[1] for head in origin.heads] == [b"/a", b"/b"]
 
 
