@@ -27,11 +27,11 @@ spacing), so the head the fast path checked goes on as it came (``ResponseHead.r
 request costs in Python.
 
 A response that ends cleanly returns the backend connection to the pool (only then: never a
-connection with unread response bytes).  A response that breaks
-off after bytes were sent to the client closes the client connection: a truncated response is
-never presented as complete.  A backend silent for ``timeouts.server`` gets the client a ``504``
-(if nothing was sent yet).  A pooled connection that turns out closed before any byte of the
-response arrived is retried once on a fresh connection, for requests without a body.
+connection with unread response bytes). A response that breaks off after bytes were sent to the
+client closes the client connection: a truncated response is never presented as complete. A
+backend silent for ``timeouts.server`` gets the client a ``504`` (if nothing was sent yet). A
+pooled connection that turns out closed before any byte of the response arrived is retried once
+on a fresh connection, for requests without a body.
 
 Flow control is the TCP relay's: a transport whose write buffer is full pauses reading from the
 other side.  Timeouts (request head, keep-alive idle, server silence) are checked by the

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import math
 import os
 import platform
 import resource
@@ -1328,8 +1329,9 @@ def _burns(text: str) -> list[float]:
         burns = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
-    if any(burn < 0 for burn in burns) or len(set(burns)) != len(burns):
-        raise argparse.ArgumentTypeError(f"distinct values >= 0 wanted: {text!r}")
+    if (not all(math.isfinite(burn) and burn >= 0 for burn in burns)
+            or len(set(burns)) != len(burns)):
+        raise argparse.ArgumentTypeError(f"distinct finite values >= 0 wanted: {text!r}")
     return burns
 
 

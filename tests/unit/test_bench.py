@@ -52,7 +52,7 @@ def test_floor_burns(text: str, burns: list[float]) -> None:
     assert bench._burns(text) == burns
 
 
-@pytest.mark.parametrize("text", ["x", "-1", "8,8"])
+@pytest.mark.parametrize("text", ["x", "-1", "8,8", "inf", "nan"])
 def test_floor_burns_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         bench._burns(text)
