@@ -230,13 +230,14 @@ class Backend:
 
 HAPROXY_CONFIG = """\
 # Like the GreenArrow KRA chart's HAProxy for SMTP: mode tcp, send-proxy (v1), timeouts
-# connect 5s / client 1m / server 1m, one thread, maxconn 20000, no logging; no splice.
+# connect 5s / client 1m / server 1m, one thread, maxconn 20000, logging as --haproxy-log says;
+# no splice.
 global
     nbthread 1
-    maxconn {maxconn}{maxconn_note}
+    maxconn {maxconn}{maxconn_note}{log_global}
 
 defaults
-    mode tcp
+    mode tcp{log_defaults}
     timeout connect 5s
     timeout client 1m
     timeout server 1m
@@ -277,13 +278,14 @@ grace = "2s"
 HAPROXY_HTTP_CONFIG = """\
 # Like the GreenArrow KRA chart's HAProxy for HTTP: mode http, option forwardfor, keep-alive on
 # both sides with aggressive server connection reuse, timeouts connect 5s / client 1m / server 1m,
-# one thread, no logging; its routing: readiness answered locally, the send API to the MTA,
-# everything else (clicks, opens) to the event tracker.  Every backend is the bench's origin.
+# one thread, logging as --haproxy-log says; its routing: readiness answered locally, the send
+# API to the MTA, everything else (clicks, opens) to the event tracker.  Every backend is the
+# bench's origin.
 global
     nbthread 1
-    maxconn {maxconn}{maxconn_note}{tls_global}
+    maxconn {maxconn}{maxconn_note}{log_global}{tls_global}
 defaults
-    mode http
+    mode http{log_defaults}
     option forwardfor
     option http-keep-alive
     http-reuse aggressive
@@ -392,16 +394,25 @@ def certificate_dir(workdir: Path, scenario: str) -> Path:
 
 
 def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
-                  http: bool = False, certs: Path | None = None) -> ProxySetup:
+                  http: bool = False, certs: Path | None = None,
+                  log: str = "off") -> ProxySetup:
+    """``log``: "off", or "file": one line per request (``option httplog``) or session
+    (``tcplog``) on stdout, which goes to a file in the results directory, as the contract's
+    HAProxy logs ("Logs go to stdout, one line per HTTP request or TCP session")."""
     path = workdir / "haproxy.cfg"
     maxconn, note = haproxy_maxconn()
+    logs = log == "file"
     path.write_text((HAPROXY_HTTP_CONFIG if http else HAPROXY_CONFIG).format(
         port=port, backend_port=backend_port, maxconn=maxconn, readiness=HAPROXY_READINESS,
         maxconn_note=f"  # {note}" if note else "",
+        log_global="\n    log stdout format raw local0" if logs else "",
+        log_defaults=(f"\n    log global\n    option {'httplog' if http else 'tcplog'}"
+                      if logs else ""),
         tls_global=HAPROXY_TLS_GLOBAL if certs else "\n",
         tls_bind=f" ssl crt {certs} alpn http/1.1" if certs else ""))
     # -db: stay in the foreground, one process, no master: what is measured is what serves.
-    return ProxySetup("haproxy", port, path, [*_pin(cpus), HAPROXY, "-db", "-f", str(path)])
+    return ProxySetup("haproxy", port, path, [*_pin(cpus), HAPROXY, "-db", "-f", str(path)],
+                      str(workdir / "haproxy-access-{tag}.log") if logs else None)
 
 
 def floor_setup(port: int, backend_port: int, cpus: set[int] | None,
@@ -1216,7 +1227,7 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
                       ports.take(), run.layout.load, workdir)
     setups = {
         "haproxy": haproxy_setup(workdir, ports.take(), backend.port, run.layout.proxy, http,
-                                 certs),
+                                 certs, options.haproxy_log),
         "mta-ingress": ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
                                      run.workers, options.access_log, http, certs),
     }
@@ -1239,12 +1250,14 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
         "configs": {name: str(s.config_path) for name, s in setups.items()},
         "ingress_access_log": (setups["mta-ingress"].access_log or "/dev/null").format(
             tag="rN"),
+        "haproxy_log": (setups["haproxy"].access_log or "off").format(tag="rN"),
     }
     print(f"\n== {run.key}: {describe_scenario(run, options)}")
     print(f"   backend:     {info['backend']}")
     for name in setups:
         print(f"   {name + ':':<12} {info['commands'][name]}")
     print(f"   ingress access log: {info['ingress_access_log']}")
+    print(f"   haproxy log: {info['haproxy_log']}")
     measurements: list[Measurement] = []
     try:
         for round_number in range(1, options.rounds + 1):
@@ -1375,6 +1388,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=("off", "python", "native"), default="off",
                         help="sessions: one extra, uncounted mta-ingress run sampled by py-spy "
                              "(python: --nonblocking; native: C frames and system calls too)")
+    parser.add_argument("--haproxy-log", choices=("off", "file"), default="off",
+                        help="HAProxy's log: off, or one line per request or session to a file "
+                             "in the results directory, as the contract's HAProxy logs to stdout")
     parser.add_argument("--floor", type=_burns, default=[], metavar="US[,US...]",
                         help="http-keepalive (one worker): also measure the "
                              "reference relay loadtest/floor.py, once per value, with that many "
@@ -1494,7 +1510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("\n" + "=" * 100)
     print(f"SUMMARY ({options.rounds} rounds per proxy, medians; CPU 100% = one core; "
-          f"mta-ingress access log: {'file' if options.access_log == 'file' else '/dev/null'})")
+          f"mta-ingress access log: {'file' if options.access_log == 'file' else '/dev/null'}; "
+          f"HAProxy log: {'file' if options.haproxy_log == 'file' else 'off'})")
     for key, data in report["runs"].items():
         for line in data.get("summary_text", [f"{key}: incomplete"]):
             print(line)

@@ -1,0 +1,30 @@
+"""The HAProxy configurations bench.py writes are ones HAProxy accepts (``haproxy -c``), with
+and without the contract's per-request log (--haproxy-log), for TCP, HTTP and HTTPS."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from loadtest import bench
+from tests.integration.peers import require_binary
+
+
+@pytest.mark.parametrize("log", ["off", "file"])
+@pytest.mark.parametrize("kind", ["tcp", "http", "https"])
+def test_haproxy_accepts_the_bench_configuration(tmp_path: Path, kind: str, log: str) -> None:
+    haproxy = require_binary("haproxy")
+    certs = bench.certificate_dir(tmp_path, "https-handshake-ecdsa") if kind == "https" else None
+    setup = bench.haproxy_setup(tmp_path, 30000, 30001, None, http=kind != "tcp", certs=certs,
+                                log=log)
+    result = subprocess.run([haproxy, "-c", "-f", str(setup.config_path)], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = setup.config_path.read_text()
+    logging = "log stdout format raw local0" in text
+    assert logging == (log == "file")
+    assert (setup.access_log is not None) == (log == "file")
+    if logging:
+        assert f"option {'tcplog' if kind == 'tcp' else 'httplog'}" in text
