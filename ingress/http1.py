@@ -78,6 +78,8 @@ name, no Transfer-Encoding or Expect, well inside the limits) is checked and spl
 regular expressions instead (``fast_request``, ``fast_response``, section "The fast path"):
 they accept a subset of what the general path accepts and build the same head; anything else
 falls through to the general path, so every rejection above is still the general path's.
+``take_whole`` is that path alone, for a caller that handles a whole message itself without
+events (the proxy does, on every read): it takes what ``feed`` would take there, or nothing.
 tests/unit/test_http1_fast.py holds the two paths to that with hypothesis. A response head
 the fast path takes also keeps its bytes (``ResponseHead.raw``) when a proxy could forward them
 unchanged: HTTP/1.1 and no hop-by-hop field but one Content-Length; the same test checks that a
@@ -1467,7 +1469,10 @@ class RequestParser(_Parser):
         super().__init__(limits)
         self._llhttp: httptools.HttpRequestParser | None = None
 
-    def feed(self, data: bytes) -> list[RequestEvent]:
+    def take_whole(self, data: bytes) -> RequestHead | None:
+        """The fast path of ``feed`` alone: the head of the bodiless request ``data`` is
+        exactly, with the parser past it as ``feed`` leaves it; None, having read nothing, for
+        anything else (``feed(data, try_whole=False)`` then)."""
         if (self._state == _HEAD and not self._buf and not self._skipped
                 and self._error is None and type(data) is bytes):
             head = fast_request(data, self._limits)
@@ -1475,6 +1480,13 @@ class RequestParser(_Parser):
                 self._keep_alive = head.keep_alive
                 if not head.keep_alive:
                     self._state = _DONE
+                return head
+        return None
+
+    def feed(self, data: bytes, *, try_whole: bool = True) -> list[RequestEvent]:
+        if try_whole:
+            head = self.take_whole(data)
+            if head is not None:
                 return [head, _END]
         events: list[_Event] = []
         self._feed(data, events)
@@ -1567,15 +1579,26 @@ class ResponseParser(_Parser):
         """Register a request sent on this connection (pipelined requests in order)."""
         self._methods.append(method)
 
-    def feed(self, data: bytes) -> list[ResponseEvent]:
+    def take_whole(self, data: bytes) -> tuple[ResponseHead, bytes] | None:
+        """The fast path of ``feed`` alone: (head, body) of the whole response ``data`` is
+        exactly, with the parser past it as ``feed`` leaves it; None, having read nothing, for
+        anything else (``feed(data, try_whole=False)`` then)."""
         if (self._methods and self._state == _HEAD and not self._buf and not self._informational
                 and self._error is None and type(data) is bytes):
-            fast = fast_response(data, self._methods[0], self._limits)
-            if fast is not None:
-                head, body = fast
-                self._keep_alive = head.keep_alive
-                self._state = _HEAD if head.keep_alive else _DONE
+            whole = fast_response(data, self._methods[0], self._limits)
+            if whole is not None:
+                keep_alive = whole[0].keep_alive
+                self._keep_alive = keep_alive
+                self._state = _HEAD if keep_alive else _DONE
                 self._methods.popleft()
+                return whole
+        return None
+
+    def feed(self, data: bytes, *, try_whole: bool = True) -> list[ResponseEvent]:
+        if try_whole:
+            whole = self.take_whole(data)
+            if whole is not None:
+                head, body = whole
                 return [head, Data(body), _END] if body else [head, _END]
         events: list[_Event] = []
         if data and not self._methods and self._state == _HEAD and self._error is None:

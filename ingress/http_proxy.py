@@ -8,7 +8,9 @@ message) are queued in order; ``_pump`` takes them off the queue one exchange at
 pipelined requests are answered in order and a request head waits while the previous exchange
 is still running.  The queue is bounded: past ``PIPELINE_LIMIT`` events, reading from the client
 pauses.  The usual read, one whole request without a body with nothing queued or in progress
-ahead of it, goes straight to its exchange (``_one_request``) without passing through the queue.
+ahead of it, goes straight to its exchange (``_one_request``) without passing through the queue
+or being turned into events (``RequestParser.take_whole``); so does the usual read of a backend,
+one whole response framed by its length (``whole_response``).
 
 Each request head is matched against the listener's route table.  A local answer (readiness,
 blocked statistics pages) is written at once.  A backend request becomes an :class:`_Exchange`:
@@ -280,10 +282,18 @@ class HttpSession(asyncio.Protocol):
                 return
         if self._input_done:
             return
-        if self._head_started is None and self._exchange is None and not self._queue:
-            self._head_started = now
+        idle = self._exchange is None and not self._queue
+        if idle:
+            # The usual read: one whole bodiless request, straight to its exchange.
+            whole = self._parser.take_whole(data)
+            if whole is not None:
+                self._head_started = None
+                self._one_request(whole)
+                return
+            if self._head_started is None:
+                self._head_started = now
         try:
-            events = self._parser.feed(data)
+            events = self._parser.feed(data, try_whole=not idle)
         except HttpError as error:
             self._reject(error)
             return
@@ -586,6 +596,24 @@ class HttpSession(asyncio.Protocol):
             self._sent += len(data)
             transport.write(data)
 
+    def whole_response(self, exchange: _Exchange, head: ResponseHead, body: bytes) -> None:
+        """What response_events does with a head, its body and the end, the usual read of a
+        backend (ResponseParser.take_whole: a final response framed by its Content-Length or
+        bodiless), without the events."""
+        exchange.last_server_activity = self._loop.time()
+        transport = self.transport
+        if transport is None:
+            return
+        exchange.response_head = head
+        exchange.response_started = True
+        exchange.response_bytes += len(body)
+        data = self._client_response_head(exchange, head)  # never chunked: the length is known
+        if body:
+            data += body
+        self._sent += len(data)
+        transport.write(data)
+        self._finish_exchange(exchange)
+
     def _client_response_head(self, exchange: _Exchange, response: ResponseHead) -> bytes:
         request = exchange.head
         no_body = request.method == b"HEAD" or response.status in (204, 304)
@@ -814,8 +842,12 @@ class _ServerConnection(asyncio.Protocol):
             self.close()
             return
         self._received_any = True
+        whole = parser.take_whole(data)
+        if whole is not None:
+            session.whole_response(exchange, whole[0], whole[1])
+            return
         try:
-            events = parser.feed(data)
+            events = parser.feed(data, try_whole=False)
         except HttpError as error:
             session.server_failed(exchange, f"bad-response: {error.reason}")
             return

@@ -1050,3 +1050,53 @@ def test_mutated_fast_responses(name: str, limits: Limits, data: st.DataObject) 
     message = data.draw(mutated(original))
     follow = (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     check_response(method, message, limits, follow).record()
+
+
+# --------------------------------------------------------------------------------------------
+# take_whole: the fast path of feed, alone (what the proxy calls first on every read)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(FAST_REQUESTS))
+def test_take_whole_request_is_what_feed_takes(name: str) -> None:
+    data = FAST_REQUESTS[name]
+    fed, taken = RequestParser(), RequestParser()
+    head = taken.take_whole(data)
+    assert head is not None
+    assert fed.feed(data) == [head, END]
+    follow = FAST_REQUESTS["wrk"]
+    assert taken.feed(follow) == fed.feed(follow)  # the same state after it
+
+
+@pytest.mark.parametrize("name", list(GENERAL_REQUESTS))
+def test_take_whole_request_reads_nothing_it_does_not_take(name: str) -> None:
+    data = GENERAL_REQUESTS[name]
+    fed, taken = RequestParser(), RequestParser()
+    assert taken.take_whole(data) is None
+    assert taken.feed(data, try_whole=False) == fed.feed(data)
+
+
+@pytest.mark.parametrize("name", list(FAST_RESPONSES))
+def test_take_whole_response_is_what_feed_takes(name: str) -> None:
+    method, data = FAST_RESPONSES[name]
+    fed, taken = ResponseParser(), ResponseParser()
+    fed.expect(method)
+    taken.expect(method)
+    whole = taken.take_whole(data)
+    assert whole is not None
+    head, body = whole
+    assert fed.feed(data) == ([head, Data(body), END] if body else [head, END])
+    follow_method, follow = FAST_RESPONSES["200"]
+    fed.expect(follow_method)
+    taken.expect(follow_method)
+    assert taken.feed(follow) == fed.feed(follow)  # [] for both after a closing response
+
+
+@pytest.mark.parametrize(("method", "data"), list(GENERAL_RESPONSES.values()),
+                         ids=list(GENERAL_RESPONSES))
+def test_take_whole_response_reads_nothing_it_does_not_take(method: bytes, data: bytes) -> None:
+    fed, taken = ResponseParser(), ResponseParser()
+    fed.expect(method)
+    taken.expect(method)
+    assert taken.take_whole(data) is None
+    assert taken.feed(data, try_whole=False) == fed.feed(data)
