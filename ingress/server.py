@@ -114,7 +114,8 @@ def certificate_store(config: Config) -> CertificateStore | None:
     names = config.tls.self_signed_names or (f"{config.release}-ingress", "localhost")
     fallback = selfsigned.generate(names)
     store = CertificateStore(Path(config.tls.cert_dir), default_file=config.tls.default_cert,
-                             self_signed=lambda: fallback)
+                             self_signed=lambda: fallback,
+                             handshake_timeout=config.tls.handshake_timeout)
     store.reload()
     return store
 

@@ -23,6 +23,19 @@ connection; OpenSSL calls it for every ClientHello, with or without SNI. Session
 encrypted with the front context's key (OpenSSL takes ticket keys from the context a
 connection started with), so every worker can resume every other worker's sessions.
 
+Switching a connection to another context costs OpenSSL about 10 us of CPU per handshake (it
+copies the context's certificate configuration), so the front context also holds the default
+certificates itself: a handshake that ends up with the default (no SNI, an unknown name, or a
+name of the default file) keeps the front context. Two cases still switch:
+
+* A connection copies the front's certificates when it is made, before its ClientHello, so one
+  made before the default changed holds the old default. For one handshake timeout after the
+  front's copy changes, every handshake switches; a connection older than that has finished
+  its handshake or been dropped by then.
+* A context cannot drop a key type: once the default no longer has a key type the front holds,
+  the front's copy would serve a certificate that left the directory, so from then on every
+  handshake switches.
+
 When a name has both an ECDSA and an RSA certificate, both go into its context; the server
 prefers ECDSA when the client offers it (the front context has OpenSSL's server-preference
 option and an ECDSA-first cipher and signature order).
@@ -254,9 +267,13 @@ def _load_pem(context: ssl.SSLContext, pem: bytes) -> None:
 def context_for(certificates: Iterable[Certificate]) -> ssl.SSLContext:
     """A context serving ``certificates`` (at most one per key type: ECDSA first)."""
     context = base_context()
-    for certificate in sorted(certificates, key=lambda c: c.key_type != "ecdsa"):
+    for certificate in _loading_order(certificates):
         _load_pem(context, certificate.pem)
     return context
+
+
+def _loading_order(certificates: Iterable[Certificate]) -> list[Certificate]:
+    return sorted(certificates, key=lambda c: c.key_type != "ecdsa")
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +281,8 @@ class _Index:
     by_name: dict[str, ssl.SSLContext]
     default: ssl.SSLContext
     default_file: str  # "(self-signed)" when the directory has none
+    # what ``default`` was made of, in the order it was loaded: (key type, PEM) each
+    default_pems: tuple[tuple[str, bytes], ...]
 
 
 @dataclass
@@ -276,8 +295,11 @@ class ReloadReport:
 
 class CertificateStore:
     def __init__(self, directory: Path, *, default_file: str | None,
-                 self_signed: Callable[[], bytes], clock: Callable[[], float] = time.time
-                 ) -> None:
+                 self_signed: Callable[[], bytes], clock: Callable[[], float] = time.time,
+                 handshake_timeout: float = 10.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """``handshake_timeout``: the listeners' TLS handshake timeout (see the module's
+        docstring on the front context)."""
         self.directory = directory
         self._default_file = default_file
         self._self_signed = self_signed
@@ -288,6 +310,15 @@ class CertificateStore:
         self._index: _Index | None = None
         self.front = base_context()
         self.front.sni_callback = self._choose
+        # The index context whose certificates the front context holds (see the module's
+        # docstring), or None: every handshake switches. And the key types loaded into the
+        # front so far, which a context never drops.
+        self._front_serves: ssl.SSLContext | None = None
+        self._front_key_types: frozenset[str] = frozenset()
+        self._front_pems: tuple[tuple[str, bytes], ...] = ()
+        self._front_trusted_from = 0.0  # a monotonic time
+        self._handshake_timeout = handshake_timeout
+        self._monotonic = monotonic
 
     # --- serving ------------------------------------------------------------------------------
 
@@ -297,7 +328,9 @@ class CertificateStore:
 
     def _choose(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                 _context: ssl.SSLContext) -> None:
-        connection.context = self.context_for_name(server_name)
+        context = self.context_for_name(server_name)
+        if context is not self._front_serves or self._monotonic() < self._front_trusted_from:
+            connection.context = context
         # read back by the access log; ssl.SSLObject allows new attributes
         connection.requested_server_name = server_name  # type: ignore[union-attr]
 
@@ -350,6 +383,7 @@ class CertificateStore:
         report.changed = bool(report.loaded or report.removed) or self._index is None
         if report.changed:
             self._index = self._build_index()
+            self._mirror_default(self._index)
         for message in report.failed:
             log.warning("msg=\"certificate not loaded\" reason=%r", message)
         if report.loaded or report.removed:
@@ -387,8 +421,10 @@ class CertificateStore:
             log.warning("msg=\"no certificate in the directory: serving a self-signed one\" "
                         "dir=%s", self.directory)
             context = base_context()
-            _load_pem(context, self._self_signed())
-            return _Index(by_name, context, "(self-signed)")
+            pem = self._self_signed()
+            _load_pem(context, pem)
+            return _Index(by_name, context, "(self-signed)",
+                          ((parse_certificate_file("(self-signed)", pem, None).key_type, pem),))
         default_name = self._default_file if self._default_file in self._certificates \
             else sorted(self._certificates)[0]
         default = self._certificates[default_name]
@@ -397,7 +433,34 @@ class CertificateStore:
         chosen = _one_per_key_type([default, *(c for c in self._certificates.values()
                                                if c.names == default.names)])
         key = tuple(c.file for c in chosen)
-        return _Index(by_name, contexts.get(key) or context_for(chosen), default_name)
+        return _Index(by_name, contexts.get(key) or context_for(chosen), default_name,
+                      tuple((c.key_type, c.pem) for c in _loading_order(chosen)))
+
+    def _mirror_default(self, index: _Index) -> None:
+        """Load the default's certificates into the front context, when that leaves nothing
+        else in it; otherwise stop relying on the front's copy for good."""
+        if index.default_pems == self._front_pems and self._front_serves is not None:
+            self._front_serves = index.default  # the same certificates, a new index
+            return
+        self._front_serves = None
+        self._front_pems = ()
+        key_types = frozenset(key_type for key_type, _ in index.default_pems)
+        if not self._front_key_types <= key_types:
+            # (a key type of an earlier default is gone, and the front still holds it)
+            return
+        self._front_key_types = self._front_key_types | key_types
+        try:
+            for _, pem in index.default_pems:
+                _load_pem(self.front, pem)
+        except CertificateError as error:
+            # Checked before it got here, so this is not expected; the front's copy is then
+            # not trusted, and switching keeps serving what the index says.
+            log.warning("msg=\"default certificate not loaded into the front context\" "
+                        "reason=%r", str(error))
+            return
+        self._front_pems = index.default_pems
+        self._front_serves = index.default
+        self._front_trusted_from = self._monotonic() + self._handshake_timeout
 
     def warn_expiring(self) -> None:
         now = self._clock()

@@ -184,10 +184,16 @@ class Clock:
 def make_store(tmp_path: Path) -> Callable[..., CertificateStore]:
     def make(directory: Path | None = None, *, default_file: str | None = None,
              self_signed: Callable[[], bytes] | None = None,
-             clock: Callable[[], float] | None = None) -> CertificateStore:
-        extra = {"clock": clock} if clock is not None else {}
+             clock: Callable[[], float] | None = None,
+             monotonic: Callable[[], float] | None = None) -> CertificateStore:
+        extra: dict[str, Callable[[], float]] = {}
+        if clock is not None:
+            extra["clock"] = clock
+        if monotonic is not None:
+            extra["monotonic"] = monotonic
         return CertificateStore(directory or tmp_path, default_file=default_file,
-                                self_signed=self_signed or SelfSigned(), **extra)
+                                self_signed=self_signed or SelfSigned(), handshake_timeout=10.0,
+                                **extra)
     return make
 
 
@@ -606,6 +612,117 @@ def test_ecdsa_and_rsa_for_the_same_name(tmp_path: Path, ca: trustme.CA,
     both.maximum_version = ssl.TLSVersion.TLSv1_2
     both.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256")
     assert served(store, both, "dual.example.org") == leaf_der(ecdsa)
+
+
+# --- CertificateStore: the front context's own copy of the default -------------------------
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def start(store: CertificateStore, client: ssl.SSLContext, server_name: str | None
+          ) -> tuple[ssl.SSLObject, ssl.SSLObject, list[ssl.MemoryBIO]]:
+    """A connection made through the front context, its handshake not begun (a listener
+    makes the server object when it accepts, before the ClientHello arrives)."""
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    client_side = client.wrap_bio(bios[0], bios[1], server_hostname=server_name)
+    server_side = store.front.wrap_bio(bios[2], bios[3], server_side=True)
+    return client_side, server_side, bios
+
+
+def finish(client_side: ssl.SSLObject, server_side: ssl.SSLObject,
+           bios: list[ssl.MemoryBIO]) -> bytes:
+    """Complete the handshake; the DER certificate the client got."""
+    client_in, client_out, server_in, server_out = bios
+    done = {client_side: False, server_side: False}
+    for _ in range(10):
+        for side in (client_side, server_side):
+            if not done[side]:
+                try:
+                    side.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        server_in.write(client_out.read())
+        client_in.write(server_out.read())
+        if all(done.values()):
+            der = client_side.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+    raise AssertionError("the handshake did not complete")
+
+
+def test_the_front_context_serves_the_default_itself_once_trusted(
+        tmp_path: Path, ca: trustme.CA, make_store: Callable[..., CertificateStore]) -> None:
+    a, b = ca.issue_cert("a.example.org"), ca.issue_cert("b.example.org")
+    (tmp_path / "a.pem").write_bytes(one_file(a))
+    (tmp_path / "b.pem").write_bytes(one_file(b))
+    monotonic = Monotonic()
+    store = make_store(monotonic=monotonic)
+    store.reload()
+    loose = client_for(ca, check_hostname=False)
+    # within a handshake timeout of loading it, the front's copy is not relied on
+    _, server_side = handshake(store.front, loose, "a.example.org")
+    assert server_side.context is not store.front
+    monotonic.now += 10.0
+    for server_name, expected in (("a.example.org", a), (None, a), ("unknown.example", a),
+                                  ("b.example.org", b)):
+        client_side, server_side = handshake(store.front, loose, server_name)
+        assert client_side.getpeercert(binary_form=True) == leaf_der(expected)
+        # the default keeps the front context; another name switches to its own
+        assert (server_side.context is store.front) == (expected is a)
+
+
+def test_a_connection_made_before_the_default_changed_gets_the_new_one(
+        tmp_path: Path, ca: trustme.CA, make_store: Callable[..., CertificateStore]) -> None:
+    old, new = ca.issue_cert("a.example.org"), ca.issue_cert("a.example.org")
+    write_atomic(tmp_path / "a.pem", one_file(old))
+    monotonic = Monotonic()
+    store = make_store(monotonic=monotonic)
+    store.reload()
+    monotonic.now += 10.0
+    loose = client_for(ca, check_hostname=False)
+    early = start(store, loose, None)  # holds the front's copy of the old certificate
+    write_atomic(tmp_path / "a.pem", one_file(new))
+    assert store.poll() is not None
+    assert finish(*early) == leaf_der(new)
+    monotonic.now += 9.9
+    assert finish(*start(store, loose, None)) == leaf_der(new)
+    monotonic.now += 0.1
+    client_side, server_side = handshake(store.front, loose, None)
+    assert client_side.getpeercert(binary_form=True) == leaf_der(new)
+    assert server_side.context is store.front  # trusted again, holding the new one
+
+
+@pytest.mark.parametrize("before", ["dual", "self-signed"])
+def test_a_key_type_the_default_lost_is_never_served_from_the_front(
+        tmp_path: Path, ca: trustme.CA, make_store: Callable[..., CertificateStore],
+        before: str) -> None:
+    rsa_cert = ca.issue_cert("a.example.org", key_type=trustme.KeyType.RSA)
+    if before == "dual":
+        ecdsa = ca.issue_cert("a.example.org", key_type=trustme.KeyType.ECDSA)
+        (tmp_path / "a-ecdsa.pem").write_bytes(one_file(ecdsa))
+        (tmp_path / "a-rsa.pem").write_bytes(one_file(rsa_cert))
+    monotonic = Monotonic()
+    store = make_store(monotonic=monotonic)  # self-signed: an ECDSA certificate
+    store.reload()
+    monotonic.now += 10.0
+    if before == "dual":
+        (tmp_path / "a-ecdsa.pem").unlink()
+    else:
+        (tmp_path / "a-rsa.pem").write_bytes(one_file(rsa_cert))
+    assert store.poll() is not None
+    # the front still holds an ECDSA certificate, which this client would prefer
+    loose = client_for(ca, check_hostname=False)
+    for _ in range(2):
+        client_side, server_side = handshake(store.front, loose, None)
+        assert client_side.getpeercert(binary_form=True) == leaf_der(rsa_cert)
+        assert server_side.context is not store.front
+        monotonic.now += 100.0
 
 
 # --- CertificateStore: expiry warnings --------------------------------------------------------
