@@ -117,6 +117,7 @@ def certificate_store(config: Config) -> CertificateStore | None:
                              self_signed=lambda: fallback,
                              handshake_timeout=config.tls.handshake_timeout)
     store.reload()
+    store.trust_front_copy()  # no listener exists yet
     return store
 
 

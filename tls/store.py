@@ -326,6 +326,14 @@ class CertificateStore:
         index = self._current()
         return sni.select(index.by_name, server_name, index.default)
 
+    def trust_front_copy(self) -> None:
+        """Rely on the front context's copy of the default at once rather than one handshake
+        timeout from now: only right after the first load, before any listener has made a
+        connection from the front context (the supervisor's load, before it forks), when no
+        connection can hold an older copy."""
+        if self._front_serves is not None:
+            self._front_trusted_from = self._monotonic()
+
     def _choose(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                 _context: ssl.SSLContext) -> None:
         context = self.context_for_name(server_name)

@@ -665,10 +665,13 @@ def test_the_front_context_serves_the_default_itself_once_trusted(
     store = make_store(monotonic=monotonic)
     store.reload()
     loose = client_for(ca, check_hostname=False)
-    # within a handshake timeout of loading it, the front's copy is not relied on
+    # within a handshake timeout of loading it, the front's copy is not relied on...
     _, server_side = handshake(store.front, loose, "a.example.org")
     assert server_side.context is not store.front
-    monotonic.now += 10.0
+    monotonic.now += 9.9
+    _, server_side = handshake(store.front, loose, "a.example.org")
+    assert server_side.context is not store.front
+    monotonic.now += 0.1
     for server_name, expected in (("a.example.org", a), (None, a), ("unknown.example", a),
                                   ("b.example.org", b)):
         client_side, server_side = handshake(store.front, loose, server_name)
@@ -696,6 +699,18 @@ def test_a_connection_made_before_the_default_changed_gets_the_new_one(
     client_side, server_side = handshake(store.front, loose, None)
     assert client_side.getpeercert(binary_form=True) == leaf_der(new)
     assert server_side.context is store.front  # trusted again, holding the new one
+
+
+def test_the_front_copy_of_a_first_load_made_before_serving_is_trusted_at_once(
+        tmp_path: Path, ca: trustme.CA, make_store: Callable[..., CertificateStore]) -> None:
+    a = ca.issue_cert("a.example.org")
+    (tmp_path / "a.pem").write_bytes(one_file(a))
+    store = make_store(monotonic=Monotonic())
+    store.reload()
+    store.trust_front_copy()
+    client_side, server_side = handshake(store.front, client_for(ca), "a.example.org")
+    assert client_side.getpeercert(binary_form=True) == leaf_der(a)
+    assert server_side.context is store.front
 
 
 @pytest.mark.parametrize("before", ["dual", "self-signed"])
