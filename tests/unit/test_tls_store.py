@@ -109,10 +109,25 @@ def write_atomic(path: Path, data: bytes) -> None:
 def handshake(server_context: ssl.SSLContext, client_context: ssl.SSLContext,
               server_name: str | None) -> tuple[ssl.SSLObject, ssl.SSLObject]:
     """Client and server objects after a completed in-memory handshake."""
-    client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_context.wrap_bio(client_in, client_out, server_hostname=server_name)
-    server = server_context.wrap_bio(server_in, server_out, server_side=True)
+    return complete(*connect(server_context, client_context, server_name))
+
+
+Connection = tuple[ssl.SSLObject, ssl.SSLObject, tuple[ssl.MemoryBIO, ...]]
+
+
+def connect(server_context: ssl.SSLContext, client_context: ssl.SSLContext,
+            server_name: str | None) -> Connection:
+    """Client and server objects, the handshake not begun (a listener makes its object when it
+    accepts, before the ClientHello arrives), and their BIOs."""
+    bios = tuple(ssl.MemoryBIO() for _ in range(4))
+    client = client_context.wrap_bio(bios[0], bios[1], server_hostname=server_name)
+    server = server_context.wrap_bio(bios[2], bios[3], server_side=True)
+    return client, server, bios
+
+
+def complete(client: ssl.SSLObject, server: ssl.SSLObject, bios: tuple[ssl.MemoryBIO, ...]
+             ) -> tuple[ssl.SSLObject, ssl.SSLObject]:
+    client_in, client_out, server_in, server_out = bios
     done = {client: False, server: False}
     for _ in range(10):
         for side in (client, server):
@@ -624,36 +639,10 @@ class Monotonic:
         return self.now
 
 
-def start(store: CertificateStore, client: ssl.SSLContext, server_name: str | None
-          ) -> tuple[ssl.SSLObject, ssl.SSLObject, list[ssl.MemoryBIO]]:
-    """A connection made through the front context, its handshake not begun (a listener
-    makes the server object when it accepts, before the ClientHello arrives)."""
-    bios = [ssl.MemoryBIO() for _ in range(4)]
-    client_side = client.wrap_bio(bios[0], bios[1], server_hostname=server_name)
-    server_side = store.front.wrap_bio(bios[2], bios[3], server_side=True)
-    return client_side, server_side, bios
-
-
-def finish(client_side: ssl.SSLObject, server_side: ssl.SSLObject,
-           bios: list[ssl.MemoryBIO]) -> bytes:
-    """Complete the handshake; the DER certificate the client got."""
-    client_in, client_out, server_in, server_out = bios
-    done = {client_side: False, server_side: False}
-    for _ in range(10):
-        for side in (client_side, server_side):
-            if not done[side]:
-                try:
-                    side.do_handshake()
-                    done[side] = True
-                except ssl.SSLWantReadError:
-                    pass
-        server_in.write(client_out.read())
-        client_in.write(server_out.read())
-        if all(done.values()):
-            der = client_side.getpeercert(binary_form=True)
-            assert der is not None
-            return der
-    raise AssertionError("the handshake did not complete")
+def peer_der(connection: tuple[ssl.SSLObject, ssl.SSLObject]) -> bytes:
+    der = connection[0].getpeercert(binary_form=True)
+    assert der is not None
+    return der
 
 
 def test_the_front_context_serves_the_default_itself_once_trusted(
@@ -689,12 +678,12 @@ def test_a_connection_made_before_the_default_changed_gets_the_new_one(
     store.reload()
     monotonic.now += 10.0
     loose = client_for(ca, check_hostname=False)
-    early = start(store, loose, None)  # holds the front's copy of the old certificate
+    early = connect(store.front, loose, None)  # holds the front's copy of the old one
     write_atomic(tmp_path / "a.pem", one_file(new))
     assert store.poll() is not None
-    assert finish(*early) == leaf_der(new)
+    assert peer_der(complete(*early)) == leaf_der(new)
     monotonic.now += 9.9
-    assert finish(*start(store, loose, None)) == leaf_der(new)
+    assert peer_der(handshake(store.front, loose, None)) == leaf_der(new)
     monotonic.now += 0.1
     client_side, server_side = handshake(store.front, loose, None)
     assert client_side.getpeercert(binary_form=True) == leaf_der(new)
