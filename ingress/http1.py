@@ -921,6 +921,45 @@ def _fast_fields(data: bytes, start: int, end: int, limits: Limits
     return headers
 
 
+# The last Host value _valid_host accepted: the requests of a keep-alive connection, and most
+# connections of a cluster, carry the same one, and comparing it costs a fraction of the
+# regular expression.
+_last_valid_host = b""
+
+
+def _valid_host(host: bytes) -> bool:
+    global _last_valid_host
+    if host == _last_valid_host:
+        return True
+    if _HOST_RE.fullmatch(host) is None:
+        return False
+    _last_valid_host = host
+    return True
+
+
+# The last status line _fast_status_line matched, and its parts: a backend starts most of its
+# responses with the same one ("HTTP/1.1 200 OK").
+_last_status_line = b""
+_last_status_parts = (b"", b"", b"")
+
+
+def _fast_status_line(data: bytes) -> tuple[int, bytes, bytes, bytes] | None:
+    """(end, minor version, status, reason) of the status line ``data`` starts with, when the
+    fast path takes it."""
+    global _last_status_line, _last_status_parts
+    if _last_status_line and data.startswith(_last_status_line):
+        minor, status, reason = _last_status_parts
+        return len(_last_status_line), minor, status, reason
+    match = _FAST_STATUS_LINE_RE.match(data)
+    if match is None:
+        return None
+    minor, status, reason = match.group(1, 2, 3)
+    end = match.end()
+    _last_status_line = data[:end]
+    _last_status_parts = (minor, status, reason)
+    return end, minor, status, reason
+
+
 def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead | None:
     """The head of ``data`` when ``data`` is exactly one request without a body that the general
     parser would accept, built as it would build it; None for anything else (the general
@@ -952,7 +991,7 @@ def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead |
         else:
             return None
     http11 = minor == b"1"
-    if host_count > 1 or (host is None and http11) or (host and not _HOST_RE.fullmatch(host)):
+    if host_count > 1 or (host is None and http11) or (host and not _valid_host(host)):
         return None
     tokens = frozenset(connection) if connection else _NO_TOKENS
     return RequestHead(
@@ -978,11 +1017,11 @@ def fast_response(
     blank = data.find(b"\r\n\r\n", 0, _fast_limit(limits))
     if blank < 0:
         return None
-    match = _FAST_STATUS_LINE_RE.match(data)
-    if match is None:
+    line = _fast_status_line(data)
+    if line is None:
         return None
-    minor, status, reason = match.group(1, 2, 3)
-    headers = _fast_fields(data, match.end(), blank + 2, limits)
+    line_end, minor, status, reason = line
+    headers = _fast_fields(data, line_end, blank + 2, limits)
     if headers is None:
         return None
     content_length: bytes | None = None
@@ -1007,8 +1046,8 @@ def fast_response(
             return None
     length: int | None = None
     if content_length is not None:
-        if (not content_length or content_length.translate(None, _DIGITS)
-                or len(content_length) > _MAX_CONTENT_LENGTH_DIGITS):
+        # bytes.isdigit: ASCII digits only, False when empty; no copy, unlike translate
+        if not content_length.isdigit() or len(content_length) > _MAX_CONTENT_LENGTH_DIGITS:
             return None
         length = int(content_length)
         if limits.max_body is not None and length > limits.max_body:

@@ -1100,3 +1100,37 @@ def test_take_whole_response_reads_nothing_it_does_not_take(method: bytes, data:
     taken.expect(method)
     assert taken.take_whole(data) is None
     assert taken.feed(data, try_whole=False) == fed.feed(data)
+
+
+# --------------------------------------------------------------------------------------------
+# The fast path remembers the last Host it accepted and the last status line it matched
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_remembered_host_does_not_admit_another() -> None:
+    good = b"GET / HTTP/1.1\r\nHost: a.example.org\r\n\r\n"
+    for _ in range(2):
+        head = fast_request(good)
+        assert head is not None
+        assert head.host == b"a.example.org"
+    for bad_host in (b"a.example.org x", b"a.example.org:", b"a.example.org/", b"u@a.example.org"):
+        assert fast_request(b"GET / HTTP/1.1\r\nHost: " + bad_host + b"\r\n\r\n") is None
+    assert fast_request(good) is not None
+
+
+@pytest.mark.parametrize("other", [
+    b"HTTP/1.1 200 OKAY\r\n", b"HTTP/1.0 200 OK\r\n", b"HTTP/1.1 201 OK\r\n", b"HTTP/1.1 200 \r\n",
+])
+def test_a_remembered_status_line_does_not_stand_for_another(other: bytes) -> None:
+    usual = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    for _ in range(2):
+        taken = fast_response(usual, b"GET")
+        assert taken is not None
+        assert (taken[0].status, taken[0].reason, taken[0].version) == (200, b"OK", b"1.1")
+    data = other + b"Content-Length: 2\r\n\r\nok"
+    taken = fast_response(data, b"GET")
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    general = parser.feed(bytes(data), try_whole=False)
+    assert taken is not None
+    assert [taken[0], Data(taken[1]), END] == general
