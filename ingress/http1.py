@@ -1274,7 +1274,7 @@ class _Parser(ABC):
     _STATUS = 400  # the status of errors; responses use 502
     _SKIPS_EMPTY_LINES = False  # requests only: RFC 9112 section 2.2
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits = _DEFAULT_LIMITS) -> None:
         self._limits = limits
         self._state = _HEAD
         self._buf = bytearray()  # bytes of the incomplete head, never body bytes
@@ -1289,6 +1289,9 @@ class _Parser(ABC):
         self._keep_alive = True
         self._error: HttpError | None = None
         self._fields = _Fields()
+        # llhttp's parser of the field lines, made on first use (_parse_fields) and dropped
+        # when it holds state of a message it did not see the end of
+        self._llhttp: httptools.HttpRequestParser | httptools.HttpResponseParser | None = None
 
     @property
     def in_head(self) -> bool:
@@ -1464,9 +1467,12 @@ class _Parser(ABC):
             self._end_message(events)
 
     def _parse_fields(
-        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, head: bytes
+        self, head: bytes
     ) -> tuple[list[tuple[bytes, bytes]], bool, httptools.HttpParserError | None]:
         """Tokenize the field lines with llhttp: (fields, reusable parser, llhttp's error)."""
+        parser = self._llhttp
+        if parser is None:
+            parser = self._llhttp = self._new_llhttp()
         fields = self._fields
         fields.headers = []
         fields.complete = False
@@ -1488,6 +1494,10 @@ class _Parser(ABC):
     def _on_head(self, head: bytes, events: list[_Event]) -> None:
         """Turn one complete head into its events (request or response specific)."""
 
+    @abstractmethod
+    def _new_llhttp(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
+        """llhttp's parser for this side, reporting to ``self._fields``."""
+
     def _message_done(self) -> None:
         """A hook only the response parser needs (it tracks which request it answers)."""
         return
@@ -1504,9 +1514,8 @@ class RequestParser(_Parser):
     _STATUS = 400
     _SKIPS_EMPTY_LINES = True
 
-    def __init__(self, limits: Limits = _DEFAULT_LIMITS) -> None:
-        super().__init__(limits)
-        self._llhttp: httptools.HttpRequestParser | None = None
+    def _new_llhttp(self) -> httptools.HttpRequestParser:
+        return httptools.HttpRequestParser(self._fields)
 
     def take_whole(self, data: bytes) -> RequestHead | None:
         """The fast path of ``feed`` alone: the head of the bodiless request ``data`` is
@@ -1575,10 +1584,7 @@ class RequestParser(_Parser):
             raise HttpError(400, "bad-request-line", f"request line {_show(head[:line_end])}")
         method, target, version = parts
         http_version = _check_request_line(method, target, version, limits)
-        llhttp = self._llhttp
-        if llhttp is None:
-            llhttp = self._llhttp = httptools.HttpRequestParser(self._fields)
-        headers, reusable, failure = self._parse_fields(llhttp, head)
+        headers, reusable, failure = self._parse_fields(head)
         if failure is not None:
             headers = _split_fields(head, line_end, 400)
             _request_head(method, target, http_version, headers, limits, True)
@@ -1610,9 +1616,11 @@ class ResponseParser(_Parser):
 
     def __init__(self, limits: Limits = _DEFAULT_LIMITS) -> None:
         super().__init__(limits)
-        self._llhttp: httptools.HttpResponseParser | None = None
         self._methods: deque[bytes] = deque()
         self._informational = False  # a 1xx arrived; the final response is still to come
+
+    def _new_llhttp(self) -> httptools.HttpResponseParser:
+        return httptools.HttpResponseParser(self._fields)
 
     def expect(self, method: bytes) -> None:
         """Register a request sent on this connection (pipelined requests in order)."""
@@ -1682,10 +1690,7 @@ class ResponseParser(_Parser):
         http_version = _http_version(version, 502)
         code = _status_code(status)
         method = self._methods[0]
-        llhttp = self._llhttp
-        if llhttp is None:
-            llhttp = self._llhttp = httptools.HttpResponseParser(self._fields)
-        headers, reusable, failure = self._parse_fields(llhttp, head)
+        headers, reusable, failure = self._parse_fields(head)
         if failure is not None:
             headers = _split_fields(head, line_end, 502)
             _response_head(http_version, code, reason, headers, method, limits, True)
