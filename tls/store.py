@@ -447,8 +447,9 @@ class CertificateStore:
     def _mirror_default(self, index: _Index) -> None:
         """Load the default's certificates into the front context, when that leaves nothing
         else in it; otherwise stop relying on the front's copy for good."""
-        if index.default_pems == self._front_pems and self._front_serves is not None:
-            self._front_serves = index.default  # the same certificates, a new index
+        if index.default_pems == self._front_pems:
+            # the same certificates, a new index (_front_pems is empty unless they serve)
+            self._front_serves = index.default
             return
         self._front_serves = None
         self._front_pems = ()
