@@ -418,13 +418,12 @@ def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
 def floor_setup(port: int, backend_port: int, cpus: set[int] | None,
                 burn_us: float) -> ProxySetup:
     """loadtest/floor.py: the reference relay, ``burn_us`` of busy CPU added per request."""
+    # on this process's interpreter, as the backend and the load generator
     script = Path(__file__).with_name("floor.py")
-    python = BENCH_VENV / "bin" / "python"
     name = "floor" if not burn_us else f"floor+{burn_us:g}us"
     return ProxySetup(name, port, script,
-                      [*_pin(cpus), str(python if python.exists() else sys.executable),
-                       str(script), "--port", str(port), "--backend-port", str(backend_port),
-                       "--burn-us", f"{burn_us:g}"])
+                      [*_pin(cpus), sys.executable, str(script), "--port", str(port),
+                       "--backend-port", str(backend_port), "--burn-us", f"{burn_us:g}"])
 
 
 ADMIN_PORT_OFFSET = 100
