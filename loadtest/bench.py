@@ -56,10 +56,11 @@ TLS_SCENARIOS = ("https-handshake-ecdsa", "https-handshake-rsa", "https-keepaliv
 # Measured with wrk (closed loop: each connection sends its next request when the last ends).
 WRK_SCENARIOS = ("http-keepalive", "http-close", "http-1mib", *TLS_SCENARIOS)
 HTTP_SCENARIOS = (*WRK_SCENARIOS, "http-latency")
-# Where --floor measures the reference relay (loadtest/floor.py) too. Not http-close: the relay
-# opens a backend connection per client connection (mta-ingress pools them), so it would
-# measure more work than the proxy it is a floor for.
-FLOOR_SCENARIOS = ("http-keepalive",)
+# Where --floor measures the reference relay (loadtest/floor.py) too, over TLS in
+# https-keepalive. Not http-close nor the handshakes: the relay opens a backend connection per
+# client connection (mta-ingress pools them), so it would measure more work than the proxy it is
+# a floor for.
+FLOOR_SCENARIOS = ("http-keepalive", "https-keepalive")
 COMPARED = ("haproxy", "mta-ingress")
 # A click-tracking-like path: no route but the default one matches it, on both proxies.
 HTTP_PATH = "/click/abc?x=1"
@@ -416,14 +417,17 @@ def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
 
 
 def floor_setup(port: int, backend_port: int, cpus: set[int] | None,
-                burn_us: float) -> ProxySetup:
-    """loadtest/floor.py: the reference relay, ``burn_us`` of busy CPU added per request."""
+                burn_us: float, certs: Path | None = None) -> ProxySetup:
+    """loadtest/floor.py: the reference relay, ``burn_us`` of busy CPU added per request; with
+    ``certs`` (certificate_dir's), over TLS with the certificate the proxies serve."""
     # on this process's interpreter, as the backend and the load generator
     script = Path(__file__).with_name("floor.py")
     name = "floor" if not burn_us else f"floor+{burn_us:g}us"
+    tls = ["--tls-cert", str(certs / "bench.pem")] if certs else []
     return ProxySetup(name, port, script,
                       [*_pin(cpus), sys.executable, str(script), "--port", str(port),
-                       "--backend-port", str(backend_port), "--burn-us", f"{burn_us:g}"])
+                       "--backend-port", str(backend_port), "--burn-us", f"{burn_us:g}",
+                       *tls])
 
 
 ADMIN_PORT_OFFSET = 100
@@ -1232,7 +1236,7 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     }
     if run.scenario in FLOOR_SCENARIOS and run.workers == 1:
         for burn_us in options.floor:
-            floor = floor_setup(ports.take(), backend.port, run.layout.proxy, burn_us)
+            floor = floor_setup(ports.take(), backend.port, run.layout.proxy, burn_us, certs)
             setups[floor.name] = floor
     if run.scenario == "http-latency" and options.http_rate is None:
         try:
@@ -1391,9 +1395,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="HAProxy's log: off, or one line per request or session to a file "
                              "in the results directory, as the contract's HAProxy logs to stdout")
     parser.add_argument("--floor", type=_burns, default=[], metavar="US[,US...]",
-                        help="http-keepalive (one worker): also measure the "
-                             "reference relay loadtest/floor.py, once per value, with that many "
-                             "microseconds of busy CPU added per request (0: none)")
+                        help="http-keepalive and https-keepalive (one worker): also measure "
+                             "the reference relay loadtest/floor.py, once per value, with that "
+                             "many microseconds of busy CPU added per request (0: none)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin any process to a CPU")
     parser.add_argument("--base-port", type=int, default=24000,
                         help="first loopback port to use (below the ephemeral range)")

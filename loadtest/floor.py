@@ -1,12 +1,14 @@
 """The reference floor of the HTTP benchmarks: the least a Python HTTP proxy on this stack can do.
 
 ``bench.py --floor`` measures this relay beside HAProxy and mta-ingress in the ``http-keepalive``
-scenario. It is what mta-ingress would cost with none of its features: uvloop transports,
-httptools (llhttp) parsing every request and response, each request re-serialised with
-``X-Forwarded-For`` appended, one backend connection per client connection opened with it (no
-pool, no routing, no validation beyond llhttp's, no access log, no metrics, no timeouts). Not in
-``http-close``: a backend connection per client connection is more work per connection than
-mta-ingress's pool, not a floor.
+scenario, and in ``https-keepalive`` with ``--tls-cert``: TLS terminated by uvloop's transport
+with the ingress's own listener settings (``tls.store.base_context``) and the same certificate
+file HAProxy and mta-ingress serve. It is what mta-ingress would cost with none of its
+features: uvloop transports, httptools (llhttp) parsing every request and response, each request
+re-serialised with ``X-Forwarded-For`` appended, one backend connection per client connection
+opened with it (no pool, no routing, no validation beyond llhttp's, no access log, no metrics,
+no timeouts). Not in ``http-close``: a backend connection per client connection is more work per
+connection than mta-ingress's pool, not a floor.
 
 Its ratio to HAProxy says how much of mta-ingress's gap is the stack and how much is the work
 mta-ingress does per request; ``--burn-us`` adds that much busy CPU time to each request, to
@@ -21,8 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
 import httptools
@@ -120,14 +125,27 @@ class _Client(asyncio.Protocol):
             self.upstream.transport.close()
 
 
-async def serve(port: int, backend: tuple[str, int], burn_us: float) -> None:
+def tls_context(cert: Path) -> ssl.SSLContext:
+    """The https listener's settings (protocol versions, ciphers, groups, ALPN) and one
+    certificate file, key included, as HAProxy's ``crt`` and the ingress's store read it."""
+    # loadtest/ runs from the checkout, beside the project's packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tls.store import base_context
+
+    context = base_context()
+    context.load_cert_chain(cert)
+    return context
+
+
+async def serve(port: int, backend: tuple[str, int], burn_us: float,
+                context: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # SIGUSR1 too: bench.py stops every proxy but mta-ingress with HAProxy's soft-stop signal
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.add_signal_handler(signum, stop.set)
     server = await loop.create_server(lambda: _Client(backend, burn_us / 1e6), "127.0.0.1",
-                                      port, backlog=4096)
+                                      port, backlog=4096, ssl=context)
     async with server:
         await stop.wait()
 
@@ -139,8 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the origin on 127.0.0.1:PORT")
     parser.add_argument("--burn-us", type=float, default=0.0,
                         help="busy CPU time added to every request, in microseconds")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM",
+                        help="serve HTTPS with this certificate, chain and key")
     options = parser.parse_args(argv)
-    uvloop.run(serve(options.port, ("127.0.0.1", options.backend_port), options.burn_us))
+    context = tls_context(options.tls_cert) if options.tls_cert else None
+    uvloop.run(serve(options.port, ("127.0.0.1", options.backend_port), options.burn_us,
+                     context))
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from tests.integration.origin import RawOrigin
 from tests.integration.peers import free_port
+from tls import selfsigned
 
 ROOT = Path(__file__).resolve().parents[2]
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -28,10 +30,10 @@ def origin() -> Iterator[RawOrigin]:
         yield server
 
 
-def _start_floor(port: int, backend_port: int) -> subprocess.Popen[bytes]:
+def _start_floor(port: int, backend_port: int, *options: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "loadtest" / "floor.py"), "--port", str(port),
-         "--backend-port", str(backend_port)], cwd=ROOT, stderr=subprocess.PIPE)
+         "--backend-port", str(backend_port), *options], cwd=ROOT, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -42,6 +44,13 @@ def _start_floor(port: int, backend_port: int) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
     process.kill()
     raise AssertionError("floor.py did not listen within 10 s")
+
+
+def _stop(floor: subprocess.Popen[bytes]) -> None:
+    floor.send_signal(signal.SIGUSR1)
+    _, stderr = floor.communicate(timeout=10)
+    assert floor.returncode == 0, stderr
+    assert b"Traceback" not in stderr
 
 
 def _read_responses(sock: socket.socket, count: int) -> bytes:
@@ -68,7 +77,28 @@ def test_the_floor_relays_with_x_forwarded_for_and_stops_on_sigusr1(
             b"GET %s HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n" % path
             for path in (b"/a?x=1", b"/b", b"/c")]
     finally:
-        floor.send_signal(signal.SIGUSR1)
-        _, stderr = floor.communicate(timeout=10)
-    assert floor.returncode == 0, stderr
-    assert b"Traceback" not in stderr
+        _stop(floor)
+
+
+def test_the_floor_terminates_tls_like_the_https_listener(origin: RawOrigin,
+                                                          tmp_path: Path) -> None:
+    """bench.py's https-keepalive floor: the certificate file the proxies serve, TLS 1.3 with
+    ALPN http/1.1 offered as the https listener does, the same relaying behind it."""
+    cert = tmp_path / "bench.pem"
+    cert.write_bytes(selfsigned.generate(("bench.localhost",), key_type="ecdsa"))
+    port = free_port()
+    floor = _start_floor(port, origin.port, "--tls-cert", str(cert))
+    client = ssl.create_default_context(cafile=str(cert))
+    client.set_alpn_protocols(["http/1.1"])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                client.wrap_socket(raw, server_hostname="bench.localhost") as sock:
+            assert sock.version() == "TLSv1.3"
+            assert sock.selected_alpn_protocol() == "http/1.1"
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert _read_responses(sock, 2) == RESPONSE * 2
+        assert origin.heads == [
+            b"GET %s HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n" % path
+            for path in (b"/a", b"/b")]
+    finally:
+        _stop(floor)

@@ -4,6 +4,7 @@ of its verdict."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,5 @@ def test_floor_setup_names_and_pins() -> None:
     assert (bare.name, burned.name) == ("floor", "floor+8us")
     assert bare.argv[:3] == ["taskset", "-c", "1"]
     assert bare.argv[-6:] == ["--port", "30000", "--backend-port", "30001", "--burn-us", "0"]
+    tls = bench.floor_setup(30003, 30001, {1}, 0.0, Path("/results/certs"))
+    assert tls.argv[-2:] == ["--tls-cert", "/results/certs/bench.pem"]
