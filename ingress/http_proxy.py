@@ -68,7 +68,7 @@ from ingress.http1 import (
 )
 from ingress.metrics import Metrics
 from ingress.metrics import metrics as metrics_of_this_process
-from ingress.observe import AccessLog, address_text
+from ingress.observe import AccessLog, TlsFields, address_text
 from routing.backends import NO_SERVER, Backend, Endpoint, NoServerReachedError, connect_first
 from routing.pool import ConnectionPool
 from routing.table import READINESS, LocalAnswer, RouteTable
@@ -217,7 +217,7 @@ class HttpSession(asyncio.Protocol):
         self._exchange: _Exchange | None = None
         self._discarding_body = False
         self._awaiting_proxy = ctx.listener.accept_proxy and proxied_client is None
-        self._tls: tuple[str, str] | None = None  # TLS version and SNI, for the access log
+        self._tls: TlsFields | None = None  # for the access log
         # made only for a listener that reads a PROXY header; dropped once it is read
         self._inbound = proxy_protocol.HeaderReader() if self._awaiting_proxy else None
         self._closing = False
@@ -247,7 +247,7 @@ class HttpSession(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             server_name = getattr(ssl_object, "requested_server_name", None)
-            self._tls = (ssl_object.version() or "-", server_name or "-")
+            self._tls = TlsFields(ssl_object.version() or "-", server_name or "-")
         listener = self._ctx.listener
         if listener.forwarded_proto:
             sock = transport.get_extra_info("sockname")

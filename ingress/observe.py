@@ -57,6 +57,16 @@ def quote(value: str) -> str:
     return json.dumps(value)
 
 
+class TlsFields:
+    """One HTTPS connection's TLS version and requested server name ("-" for none), with the
+    text layout's form of them formatted once for all the connection's requests."""
+
+    def __init__(self, version: str, server_name: str) -> None:
+        self.version = version
+        self.server_name = server_name
+        self.text = f" tls={version} sni={quote(server_name)}"
+
+
 class _Clock:
     """A timestamp format whose second-resolution part is formatted once per second."""
 
@@ -126,20 +136,20 @@ class AccessLog:
     def http_request(self, *, client: str, listener: str, backend: str, server: str,
                      duration_ms: int, status: int, body_bytes: int, method: bytes,
                      target: bytes, version: bytes, end: str, worker: int,
-                     tls: tuple[str, str] | None = None) -> None:
+                     tls: TlsFields | None = None) -> None:
         """One line per HTTP request.  The text layout follows HAProxy's ``option httplog``
         (client, [accept date], frontend, backend/server, timers, status, bytes, ...,
         "request line") so that log pipelines built for the KRA HAProxy keep parsing it; the
         timers are reduced to the total time, the fields HAProxy fills with request-queue and
-        cookie data are '-'.  The request target is cut at 200 bytes.  ``tls``: the protocol
-        version and requested server name of an HTTPS connection ("-" for none)."""
+        cookie data are '-'.  The request target is cut at 200 bytes.  ``tls``: an HTTPS
+        connection's version and requested server name."""
         request = (method + b" " + target[:200] + b" HTTP/" + version).decode("latin-1")
         if self._json:
             self.record({"kind": "http", "client": client, "listener": listener,
                          "backend": backend, "server": server, "duration_ms": duration_ms,
                          "status": status, "bytes": body_bytes, "request": request,
                          "end": end, "worker": worker,
-                         **({"tls": tls[0], "sni": tls[1]} if tls else {})})
+                         **({"tls": tls.version, "sni": tls.server_name} if tls else {})})
             return
         # The target is printable ASCII without quotes once validated: the JSON quoting (which
         # HAProxy's log parsers see as the quoted request line) is then just the two quotes.
@@ -148,7 +158,7 @@ class AccessLog:
         self._append(f"{client} [{self._haproxy_clock.now()}] {listener} {backend}/{server} "
                      f"-1/-1/-1/-1/{duration_ms} {status} {body_bytes} - - ---- "
                      f"{quoted} end={end if end == 'ok' else quote(end)} worker={worker}"
-                     + (f" tls={tls[0]} sni={quote(tls[1])}" if tls else ""))
+                     + (tls.text if tls else ""))
 
     def _append(self, line: str) -> None:
         self._lines.append(line)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingress.observe import PIPE_BUF, AccessLog, quote
+from ingress.observe import PIPE_BUF, AccessLog, TlsFields, quote
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -91,6 +91,35 @@ def test_http_request_line_has_haproxy_httplog_layout() -> None:
         r'"GET /click/abc\?x=1 HTTP/1\.1" end=ok worker=0')
     assert len(lines) == 2
     assert all(pattern.fullmatch(line) for line in lines), lines
+
+
+@pytest.mark.parametrize("log_format", ["logfmt", "json"])
+def test_http_request_of_an_https_connection_carries_its_tls_fields(log_format: str) -> None:
+    """The same TlsFields on every request of a connection, in both layouts; a server name
+    that logfmt cannot leave bare is quoted."""
+    read_fd, write_fd = os.pipe()
+    try:
+        log = AccessLog(log_format, fd=write_fd)
+        for fields in (TlsFields("TLSv1.3", "mx.example.org"), TlsFields("TLSv1.2", "-"),
+                       TlsFields("TLSv1.3", "odd name")):
+            for _ in range(2):
+                log.http_request(client="-", listener="https", backend="b", server="s",
+                                 duration_ms=0, status=200, body_bytes=0, method=b"GET",
+                                 target=b"/", version=b"1.1", end="ok", worker=0, tls=fields)
+        log.flush()
+        lines = read_all(read_fd).decode().splitlines()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    expected = [("TLSv1.3", "mx.example.org"), ("TLSv1.2", "-"), ("TLSv1.3", "odd name")]
+    if log_format == "json":
+        records = [json.loads(line) for line in lines]
+        assert [(record["tls"], record["sni"]) for record in records] == [
+            pair for pair in expected for _ in range(2)]
+    else:
+        assert [line.split(" worker=0")[1] for line in lines] == [
+            text for text in (" tls=TLSv1.3 sni=mx.example.org", " tls=TLSv1.2 sni=-",
+                              ' tls=TLSv1.3 sni="odd name"') for _ in range(2)]
 
 
 @pytest.mark.parametrize("target", [b"/plain?x=1", b'/q"uote', b"/back\\slash", b"/caf\xe9",
