@@ -128,8 +128,11 @@ class _Client(asyncio.Protocol):
 def tls_context(cert: Path) -> ssl.SSLContext:
     """The https listener's settings (protocol versions, ciphers, groups, ALPN) and one
     certificate file, key included, as HAProxy's ``crt`` and the ingress's store read it."""
-    # loadtest/ runs from the checkout, beside the project's packages
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        # `python loadtest/floor.py` puts loadtest/, not the repository, first on sys.path.
+        sys.path.insert(0, root)
+    # here, not at the top: only the https floor needs the project (and its TLS imports)
     from tls.store import base_context
 
     context = base_context()
