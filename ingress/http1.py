@@ -472,18 +472,13 @@ def _check_fields(
 
     length: int | None = None
     if content_length is not None:
-        #   Content-Length = 1*DIGIT
         # A list ("5, 5") is a repetition folded into one line; RFC 9110 section 8.6 lets a
         # recipient accept identical values, which is exactly the leniency smuggling uses.
         if b"," in content_length:
             raise HttpError(
                 status, "repeated-content-length", f"Content-Length {_show(content_length)}"
             )
-        if (
-            not content_length
-            or content_length.translate(None, _DIGITS)
-            or len(content_length) > _MAX_CONTENT_LENGTH_DIGITS
-        ):
+        if not _valid_content_length(content_length):
             raise HttpError(status, "bad-content-length", f"Content-Length {_show(content_length)}")
         length = int(content_length)
 
@@ -514,6 +509,12 @@ def _check_fields(
         )
     tokens = frozenset(connection) if connection else _NO_TOKENS
     return length, chunked, tokens, host, host_count, expect_continue
+
+
+def _valid_content_length(value: bytes) -> bool:
+    """``Content-Length = 1*DIGIT``, within _MAX_CONTENT_LENGTH_DIGITS. bytes.isdigit takes
+    ASCII digits only and is False when empty."""
+    return value.isdigit() and len(value) <= _MAX_CONTENT_LENGTH_DIGITS
 
 
 def _add_connection_tokens(tokens: set[bytes], value: bytes) -> None:
@@ -1046,8 +1047,7 @@ def fast_response(
             return None
     length: int | None = None
     if content_length is not None:
-        # bytes.isdigit: ASCII digits only, False when empty; no copy, unlike translate
-        if not content_length.isdigit() or len(content_length) > _MAX_CONTENT_LENGTH_DIGITS:
+        if not _valid_content_length(content_length):
             return None
         length = int(content_length)
         if limits.max_body is not None and length > limits.max_body:
