@@ -382,12 +382,15 @@ def haproxy_maxconn() -> tuple[int, str]:
                      f"RLIMIT_NOFILE hard limit is {hard}")
 
 
+CERTIFICATE_FILE = "bench.pem"  # certificate_dir's one file, which the floor is given
+
+
 def certificate_dir(workdir: Path, scenario: str) -> Path:
     """A directory holding one self-signed certificate of the scenario's key type, in the
     one-file PEM format both proxies read (HAProxy's ``crt <dir>``, the ingress's store)."""
     directory = workdir / "certs"
     directory.mkdir(exist_ok=True)
-    path = directory / "bench.pem"
+    path = directory / CERTIFICATE_FILE
     if not path.exists():
         path.write_bytes(selfsigned.generate(
             ("bench.localhost",), key_type="rsa" if scenario.endswith("-rsa") else "ecdsa"))
@@ -423,7 +426,7 @@ def floor_setup(port: int, backend_port: int, cpus: set[int] | None,
     # on this process's interpreter, as the backend and the load generator
     script = Path(__file__).with_name("floor.py")
     name = "floor" if not burn_us else f"floor+{burn_us:g}us"
-    tls = ["--tls-cert", str(certs / "bench.pem")] if certs else []
+    tls = ["--tls-cert", str(certs / CERTIFICATE_FILE)] if certs else []
     return ProxySetup(name, port, script,
                       [*_pin(cpus), sys.executable, str(script), "--port", str(port),
                        "--backend-port", str(backend_port), "--burn-us", f"{burn_us:g}",
