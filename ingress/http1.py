@@ -83,7 +83,11 @@ events (the proxy does, on every read): it takes what ``feed`` would take there,
 tests/unit/test_http1_fast.py holds the two paths to that with hypothesis. A response head
 the fast path takes also keeps its bytes (``ResponseHead.raw``) when a proxy could forward them
 unchanged: HTTP/1.1 and no hop-by-hop field but one Content-Length; the same test checks that a
-client reads those bytes as it reads the proxy's re-serialisation of the head.
+client reads those bytes as it reads the proxy's re-serialisation of the head. A request head
+keeps them (``RequestHead.raw``, without a Connection field of only "close" or "keep-alive")
+when it is HTTP/1.1 with no other hop-by-hop field and no X-Forwarded-* or Forwarded field; the
+test checks that, with the proxy's forwarding fields appended, a backend reads them as it
+reads the re-serialisation.
 
 Cost of a request on the general path: one ``find`` for the blank line; one ``translate``,
 three ``count`` and two ``find`` over the head; one ``split`` of the request line; one llhttp
@@ -103,6 +107,8 @@ from typing import Final, cast
 import httptools
 
 __all__ = [
+    "FORWARDED_FIELDS",
+    "FORWARDED_PROTO_FIELDS",
     "HOP_BY_HOP",
     "LAST_CHUNK",
     "Data",
@@ -160,6 +166,11 @@ HOP_BY_HOP: Final = frozenset({
     b"transfer-encoding", b"content-length", b"proxy-authenticate", b"proxy-authorization",
 })
 
+# Fields a proxy replaces with its own (HttpContext's listener settings say which ones):
+# the client's address, and the scheme and port it connected to.
+FORWARDED_FIELDS: Final = frozenset({b"x-forwarded-for", b"forwarded"})
+FORWARDED_PROTO_FIELDS: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-port"})
+
 # Fields the rules look at, by lowercased name: one dict lookup per field instead of a chain of
 # comparisons.
 _CONTENT_LENGTH: Final = 0
@@ -168,6 +179,7 @@ _HOST: Final = 2
 _CONNECTION: Final = 3
 _EXPECT: Final = 4
 _OTHER_HOP_BY_HOP: Final = 5  # a hop-by-hop field that is none of the above (fast path)
+_FORWARDING: Final = 6  # one of FORWARDED_FIELDS or FORWARDED_PROTO_FIELDS (fast path)
 _SPECIAL_FIELDS: Final = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
@@ -282,11 +294,18 @@ class RequestHead:
     expect_continue: bool
     connection_tokens: frozenset[bytes]
     host: bytes | None
+    # The head's bytes as received, blank line included, minus its Connection field line, when
+    # a proxy may forward them with only its own X-Forwarded-* fields appended: set by the fast
+    # path for an HTTP/1.1 request without any other hop-by-hop field, any X-Forwarded-* or
+    # Forwarded field, or a Connection field naming anything but "close" or "keep-alive" (the
+    # re-serialisation would drop or rewrite all of those). Empty otherwise. Not part of the
+    # head's value: both paths build equal heads.
+    raw: bytes = field(default=b"", compare=False, repr=False)
 
     def __init__(self, method: bytes, target: bytes, version: bytes,
                  headers: list[tuple[bytes, bytes]], content_length: int | None, chunked: bool,
                  keep_alive: bool, expect_continue: bool, connection_tokens: frozenset[bytes],
-                 host: bytes | None) -> None:
+                 host: bytes | None, raw: bytes = b"") -> None:
         self.method = method
         self.target = target
         self.version = version
@@ -297,6 +316,7 @@ class RequestHead:
         self.expect_continue = expect_continue
         self.connection_tokens = connection_tokens
         self.host = host
+        self.raw = raw
 
     @property
     def path(self) -> bytes:
@@ -894,9 +914,19 @@ _FAST_STATUS_LINE_RE: Final = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\
 # takes nothing, see _fast_limit. max_headers and max_body are checked.
 _FAST_HEAD_MAX: Final = 4096
 # What a field's lowercased name means to the fast path: _HOST and _CONNECTION are read,
-# _CONTENT_LENGTH only in a response, anything else listed sends the message to the general path.
-_FAST_REQUEST_FIELDS: Final = {b"host": _HOST, b"connection": _CONNECTION,
-                               b"content-length": -1, b"transfer-encoding": -1, b"expect": -1}
+# _CONTENT_LENGTH only in a response, _OTHER_HOP_BY_HOP and _FORWARDING only decide whether the
+# head's bytes may be forwarded as they came (``raw``), -1 sends the message to the general path.
+_FAST_REQUEST_FIELDS: Final = {
+    b"host": _HOST, b"connection": _CONNECTION,
+    b"content-length": -1, b"transfer-encoding": -1, b"expect": -1,
+    **{name: _OTHER_HOP_BY_HOP for name in HOP_BY_HOP
+       if name not in (b"connection", b"content-length", b"transfer-encoding")},
+    **{name: _FORWARDING for name in FORWARDED_FIELDS | FORWARDED_PROTO_FIELDS},
+}
+# A request's own Connection field, as most clients spell it, which ``raw`` leaves out when
+# it holds no more than these tokens (the proxy's serialisation drops it in any case).
+_CONNECTION_LINE: Final = b"\r\nConnection:"
+_PLAIN_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive"})
 _FAST_RESPONSE_FIELDS: Final = {
     b"connection": _CONNECTION, b"content-length": _CONTENT_LENGTH, b"transfer-encoding": -1,
     # the other hop-by-hop fields: allowed, but the head is then not forwarded as it came
@@ -977,6 +1007,8 @@ def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead |
     host: bytes | None = None
     host_count = 0
     connection: set[bytes] | None = None
+    connection_lines = 0
+    forwardable = True
     kinds = _FAST_REQUEST_FIELDS.get
     for name, value in headers:
         kind = kinds(name.lower())
@@ -989,12 +1021,24 @@ def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead |
             if connection is None:
                 connection = set()
             _add_connection_tokens(connection, value)
+            connection_lines += 1
+        elif kind in (_OTHER_HOP_BY_HOP, _FORWARDING):
+            forwardable = False
         else:
             return None
     http11 = minor == b"1"
     if host_count > 1 or (host is None and http11) or (host and not _valid_host(host)):
         return None
     tokens = frozenset(connection) if connection else _NO_TOKENS
+    raw = b""
+    if http11 and forwardable:
+        if connection_lines == 0:
+            raw = data
+        elif connection_lines == 1 and tokens <= _PLAIN_CONNECTION_TOKENS:
+            # No value holds a CR or LF, so this can only be the start of the field's line.
+            line = data.find(_CONNECTION_LINE)
+            if line >= 0:
+                raw = data[:line] + data[data.index(b"\r\n", line + 2):]
     return RequestHead(
         method=method,
         target=target,
@@ -1006,6 +1050,7 @@ def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead |
         expect_continue=False,
         connection_tokens=tokens,
         host=host,
+        raw=raw,
     )
 
 

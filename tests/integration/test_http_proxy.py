@@ -393,6 +393,31 @@ def test_forwarded_proto_and_port_when_enabled(tmp_path: Path, cluster: Cluster)
     assert received.header_values("x-forwarded-port") == [str(port)]
 
 
+def test_a_plain_request_reaches_the_backend_with_only_the_forwarding_fields_added(
+        tmp_path: Path, cluster: Cluster) -> None:
+    """The head the fast path forwards as it came (RequestHead.raw): its own fields in their
+    order, its Connection field removed, then the proxy's X-Forwarded-* fields."""
+    port, proxied = free_port(), free_port()
+    config = cluster.config(port, proxied).replace(
+        f'[listeners.http]\nbind = ["127.0.0.1:{port}"]\n',
+        f'[listeners.http]\nbind = ["127.0.0.1:{port}"]\nforwarded_proto = true\n')
+    with IngressProcess(tmp_path, config), \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /click/7?u=1 HTTP/1.1\r\nHost: t.example.org\r\n"
+                     b"User-Agent:  probe/1 \r\nConnection: close\r\nAccept: */*\r\n\r\n")
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200 ")
+    [received] = cluster.event_tracker.wait_for_requests(1)
+    assert (received.method, received.target) == ("GET", "/click/7?u=1")
+    assert received.headers == [
+        ("host", "t.example.org"), ("user-agent", "probe/1"), ("accept", "*/*"),
+        ("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"),
+        ("x-forwarded-port", str(port)),
+    ]
+
+
 def test_forwarded_proto_is_off_by_default(ingress: tuple[IngressProcess, int, int],
                                            cluster: Cluster) -> None:
     _, port, _ = ingress

@@ -36,6 +36,8 @@ from hypothesis import strategies as st
 from ingress import http1
 from ingress.build import is_compiled
 from ingress.http1 import (
+    FORWARDED_FIELDS,
+    FORWARDED_PROTO_FIELDS,
     HOP_BY_HOP,
     Data,
     EndOfMessage,
@@ -47,8 +49,10 @@ from ingress.http1 import (
     ResponseParser,
     fast_request,
     fast_response,
+    serialize_request_head,
     serialize_response_head,
 )
+from ingress.http_proxy import forwarded_lines, forwarded_request_headers
 from tests.unit.test_http1_differential import (
     HOSTS,
     OWS,
@@ -182,10 +186,13 @@ class Taken:
 
     fast: bool
     refused: bool
+    raw: str = ""  # a request the fast path took: how RequestHead.raw holds its head
 
     def record(self) -> None:
         event("fast path" if self.fast else "general path")
         event("refused" if self.refused else "accepted")
+        if self.raw:
+            event(f"raw request: {self.raw}")
 
 
 def _describe(data: bytes, fast: object, general: Outcome, whole: Outcome, one: Outcome) -> str:
@@ -283,6 +290,11 @@ SPECIAL_VALUES: dict[bytes, list[bytes]] = {
     b"proxy-connection": [b"close", b"keep-alive", b"upgrade"],
     b"te": [b"trailers", b""],
     b"host": [b"a", b"b:80"],
+    # fields the proxy replaces with its own (RequestHead.raw)
+    b"x-forwarded-for": [b"192.0.2.1", b""],
+    b"forwarded": [b"for=192.0.2.1"],
+    b"x-forwarded-proto": [b"https"],
+    b"x-forwarded-port": [b"443"],
 }  # fmt: skip
 SPECIAL_NAMES = sorted(SPECIAL_VALUES)
 CONNECTION_VALUES = st.sampled_from(SPECIAL_VALUES[b"connection"])
@@ -497,16 +509,63 @@ def check_request(data: bytes, limits: Limits, follow: bytes) -> Taken:
     if general.outcome.error is not None or whole.outcome.error is not None:
         # never accept what the general path refuses
         assert fast is None, why
+    raw = ""
     if fast is not None:
         # the very same head, and nothing else in the read
         assert general.outcome.events == [fast, END], why
         assert whole.outcome.events == [fast, END], why
         assert one.outcome.events == [fast, END], why
+        raw = assert_raw_request_is_forwardable(data, fast, why)
     assert_single_feed_agrees(one, whole, general, why)
 
     # what comes next reads the same
     assert_what_follows_agrees(one, general, follow, why, follow)
-    return Taken(fast is not None, general.outcome.error is not None)
+    return Taken(fast is not None, general.outcome.error is not None, raw)
+
+
+_PLAIN_CONNECTION_TOKENS = {b"close", b"keep-alive"}
+# What the proxy appends for a client (HttpSession): X-Forwarded-For alone, or with the
+# X-Forwarded-Proto and -Port of a listener with forwarded_proto.
+FORWARDING = [("192.0.2.7", None), ("2001:db8::7", (b"https", b"443"))]
+
+
+def _backend_reading(request: bytes) -> RequestHead:
+    """The request head a backend reads from what the proxy sends it."""
+    head, end = RequestParser().feed(request)
+    assert end == END, request
+    assert isinstance(head, RequestHead), request
+    return head
+
+
+def assert_raw_request_is_forwardable(data: bytes, head: RequestHead, why: str) -> str:
+    """``raw`` is set exactly for an HTTP/1.1 head without hop-by-hop or forwarding fields but
+    one Connection field, spelled so and naming only "close" or "keep-alive"; it is the head's
+    bytes as received without that field's line, and with the proxy's forwarding fields
+    appended a backend reads it as it reads the proxy's re-serialisation of the head, in both
+    forwarded_for modes. Returns which of these it is, for the statistics."""
+    lines = data[:-4].split(b"\r\n")[1:]
+    names = [n.lower() for n, _ in head.headers]
+    connection_lines = [line for line in lines if line.lower().startswith(b"connection:")]
+    plain = (
+        head.version == b"1.1"
+        and all(n not in HOP_BY_HOP or n == b"connection" for n in names)
+        and not set(names) & (FORWARDED_FIELDS | FORWARDED_PROTO_FIELDS)
+        and (not connection_lines or (
+            len(connection_lines) == 1 and connection_lines[0].startswith(b"Connection:")
+            and head.connection_tokens <= _PLAIN_CONNECTION_TOKENS))
+    )
+    assert bool(head.raw) == plain, why
+    if not head.raw:
+        return "none"
+    kept = [data[: data.index(b"\r\n")], *(line for line in lines if line not in connection_lines)]
+    assert head.raw == b"\r\n".join(kept) + b"\r\n\r\n", why
+    for client_ip, proto_port in FORWARDING:
+        as_it_came = _backend_reading(head.raw[:-2] + forwarded_lines(client_ip, proto_port))
+        for mode in ("append", "replace"):
+            serialised = serialize_request_head(
+                head, forwarded_request_headers(head, client_ip, mode, proto_port))
+            assert as_it_came == _backend_reading(serialised), (why, mode, proto_port)
+    return "without its Connection line" if connection_lines else "whole"
 
 
 @SETTINGS
@@ -865,10 +924,21 @@ FORWARDED_AS_IS = {"200": True, "204": True, "head": True, "404-close": False, "
                    "http10": False, "keep-alive-field": False, "spaced": True}
 
 
-@pytest.mark.parametrize("data", list(FAST_REQUESTS.values()), ids=list(FAST_REQUESTS))
-def test_common_requests_take_the_fast_path(data: bytes) -> None:
+# the request head each of them is forwarded as, before the proxy's own fields (RequestHead.raw)
+REQUESTS_FORWARDED_AS = {
+    "wrk": FAST_REQUESTS["wrk"], "curl": FAST_REQUESTS["curl"],
+    "browser": BROWSER.replace(b"Connection: keep-alive\r\n", b""),
+    "http10-no-host": b"", "http10-keep-alive": b"", "head": FAST_REQUESTS["head"],
+    "close": b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(FAST_REQUESTS))
+def test_common_requests_take_the_fast_path(name: str) -> None:
+    data = FAST_REQUESTS[name]
     head = fast_request(data)
     assert head is not None
+    assert head.raw == REQUESTS_FORWARDED_AS[name]
     assert RequestParser().feed(data) == [head, END]
     check_request(data, DEFAULT, FAST_REQUESTS["wrk"])
 
