@@ -16,7 +16,9 @@ def sample(name: str, **labels: str) -> float:
 
 
 @settings(max_examples=30)
-@given(st.lists(st.floats(min_value=0, max_value=120, allow_nan=False), max_size=40),
+@given(st.lists(st.floats(min_value=0, max_value=120, allow_nan=False)
+                # a value on a bound belongs to that bound's bucket
+                | st.sampled_from(metrics.HTTP_BUCKETS), max_size=40),
        st.sampled_from([200, 204, 302, 404, 503, 0]))
 def test_flush_writes_what_observing_each_request_would(durations: list[float],
                                                         status: int) -> None:
