@@ -1204,3 +1204,35 @@ def test_a_remembered_status_line_does_not_stand_for_another(other: bytes) -> No
     general = parser.feed(bytes(data), try_whole=False)
     assert taken is not None
     assert [taken[0], Data(taken[1]), END] == general
+
+
+@pytest.mark.parametrize("other", [
+    b"Accept: */* x\x01", b"Accept : */*", b"Accept_: */*", b"Accept: */*\r", b"accept: */*",
+    b"Accept:*/*",
+])
+def test_a_remembered_field_line_does_not_stand_for_another(other: bytes) -> None:
+    usual = b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"
+    for _ in range(2):
+        head = fast_request(usual)
+        assert head is not None
+        assert head.headers == [(b"Host", b"a"), (b"Accept", b"*/*")]
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n" + other + b"\r\n\r\n"
+    general = run_requests(data, DEFAULT, whole_general).outcome
+    fast = fast_request(data)
+    if general.error is not None:
+        assert fast is None
+    elif fast is not None:
+        assert general.events == [fast, END]
+
+
+def test_the_remembered_field_lines_stay_bounded() -> None:
+    remembered = http1._MATCHED_LINES
+    long_value = b"v" * http1._MATCHED_LINE_BYTES
+    for number in range(2 * http1._MATCHED_LINES_MAX + 3):
+        assert fast_request(b"GET / HTTP/1.1\r\nHost: a\r\nX-N: %d\r\n\r\n" % number) is not None
+        assert len(remembered) <= http1._MATCHED_LINES_MAX
+    head = fast_request(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: " + long_value + b"\r\n\r\n")
+    assert head is not None
+    assert head.headers[1] == (b"X-Long", long_value)
+    assert b"X-Long: " + long_value not in remembered  # longer than the lines kept
+    assert b"X-N: %d" % (2 * http1._MATCHED_LINES_MAX + 2) in remembered
