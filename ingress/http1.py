@@ -902,10 +902,14 @@ _FAST_FIELD_RE: Final = re.compile(
     rb"([!#$%&'*+\-.^`|~0-9A-Za-z]+):[ \t]*"
     rb"((?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?)[ \t]*"
 )
-# origin-form target: '/' then VCHAR but '#'
-_FAST_REQUEST_LINE_RE: Final = re.compile(
-    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])\r\n"
-)
+# The request line: one of these methods, SP, an origin-form target ('/' then VCHAR but '#'),
+# SP, HTTP/1.1 or HTTP/1.0. Checked with a split and a byte-class deletion (C code at a byte
+# or two a nanosecond) rather than a regular expression, which would walk the target at about
+# 13 ns a byte.
+_FAST_METHODS: Final = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS",
+                                  b"PATCH"))
+_FAST_TARGET_BYTES: Final = b"!\"" + bytes(range(0x24, 0x7F))
+_FAST_MINOR_VERSIONS: Final = {b"HTTP/1.1": b"1", b"HTTP/1.0": b"0"}
 # status 200 to 599 (1xx and 101 have rules of their own); the reason as _response_head allows,
 # without obs-text
 _FAST_STATUS_LINE_RE: Final = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t\x20-\x7e]*)\r\n")
@@ -1024,11 +1028,16 @@ def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead |
     parser then decides)."""
     if len(data) > _fast_limit(limits) or not data.endswith(b"\r\n\r\n"):
         return None
-    match = _FAST_REQUEST_LINE_RE.match(data)
-    if match is None:
+    line_end = data.find(b"\r\n")
+    parts = data[:line_end].split(b" ")
+    if len(parts) != 3:
         return None
-    method, target, minor = match.group(1, 2, 3)
-    headers = _fast_fields(data, match.end(), len(data) - 2, limits)
+    method, target, version = parts
+    minor = _FAST_MINOR_VERSIONS.get(version)
+    if (minor is None or method not in _FAST_METHODS or not target.startswith(b"/")
+            or target.translate(None, _FAST_TARGET_BYTES)):
+        return None
+    headers = _fast_fields(data, line_end + 2, len(data) - 2, limits)
     if headers is None:
         return None
     host: bytes | None = None
