@@ -508,13 +508,18 @@ class HttpSession(asyncio.Protocol):
             self._fail_exchange(exchange, 503, NO_SERVER)
             return
         first = exchange.endpoints[0]
-        pooled = self._ctx.pool.take((first.host, first.port))
-        if pooled is not None and not exchange.retried:
-            connection = cast(_ServerConnection, pooled)
-            exchange.reused = True
-            exchange.server_label = first.server
-            self._attach(exchange, connection)
-            return
+        if not exchange.retried:  # a retry is on a fresh connection
+            pool = self._ctx.pool
+            key = (first.host, first.port)
+            pooled = pool.take(key)
+            while pooled is not None:
+                connection = cast(_ServerConnection, pooled)
+                if connection.is_usable():
+                    exchange.reused = True
+                    exchange.server_label = first.server
+                    self._attach(exchange, connection)
+                    return
+                pooled = pool.take(key)
         task = self._loop.create_task(self._open(exchange))
         task.add_done_callback(_report_unexpected)
 

@@ -18,7 +18,6 @@ from typing import Protocol
 
 
 class Poolable(Protocol):
-    def is_usable(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -34,16 +33,19 @@ class ConnectionPool:
         self._max_idle = max_idle
 
     def take(self, key: tuple[str, int]) -> Poolable | None:
-        """The most recently used idle connection to ``key`` (warmest), if any is usable."""
+        """The most recently used idle connection to ``key`` (warmest), if any, out of the
+        pool. The caller checks that it is still usable and takes another if not: a connection
+        the server closed removes itself, but one may be closing. (The caller knows its
+        connections' class, so the check is a direct call there, not a protocol call here.)"""
         idle = self._idle.get(key)
-        while idle:
-            _, connection = idle.pop()
-            if connection.is_usable():
-                return connection
+        if idle:
+            return idle.pop()[1]
         return None
 
     def give(self, key: tuple[str, int], connection: Poolable) -> None:
-        idle = self._idle.setdefault(key, [])
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
         if len(idle) >= self._max_idle:
             connection.close()
             return
