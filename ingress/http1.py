@@ -1022,6 +1022,30 @@ def _fast_status_line(data: bytes) -> tuple[int, bytes, bytes, bytes] | None:
     return end, minor, status, reason
 
 
+# The tokens of the usual Connection values, as _add_connection_tokens reads them.
+_USUAL_CONNECTION_TOKENS: Final = {
+    value: frozenset({value.lower()})
+    for value in (b"close", b"keep-alive", b"Close", b"Keep-Alive")
+}
+
+
+def _fast_connection_tokens(headers: list[tuple[bytes, bytes]], last_value: bytes,
+                            lines: int) -> frozenset[bytes]:
+    """The tokens of the Connection fields among ``headers``: ``lines`` of them, the last one
+    holding ``last_value``. A single usual value is looked up instead of read."""
+    if lines == 0:
+        return _NO_TOKENS
+    if lines == 1:
+        usual = _USUAL_CONNECTION_TOKENS.get(last_value)
+        if usual is not None:
+            return usual
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            _add_connection_tokens(tokens, value)
+    return frozenset(tokens) if tokens else _NO_TOKENS
+
+
 def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead | None:
     """The head of ``data`` when ``data`` is exactly one request without a body that the general
     parser would accept, built as it would build it; None for anything else (the general
@@ -1042,7 +1066,7 @@ def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead |
         return None
     host: bytes | None = None
     host_count = 0
-    connection: set[bytes] | None = None
+    connection = b""  # the value of the last Connection field
     connection_lines = 0
     forwardable = True
     kinds = _FAST_REQUEST_FIELDS.get
@@ -1054,9 +1078,7 @@ def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead |
             host = value
             host_count += 1
         elif kind == _CONNECTION:
-            if connection is None:
-                connection = set()
-            _add_connection_tokens(connection, value)
+            connection = value
             connection_lines += 1
         elif kind in (_OTHER_HOP_BY_HOP, _FORWARDING):
             forwardable = False
@@ -1065,7 +1087,7 @@ def fast_request(data: bytes, limits: Limits = _DEFAULT_LIMITS) -> RequestHead |
     http11 = minor == b"1"
     if host_count > 1 or (host is None and http11) or (host and not _valid_host(host)):
         return None
-    tokens = frozenset(connection) if connection else _NO_TOKENS
+    tokens = _fast_connection_tokens(headers, connection, connection_lines)
     raw = b""
     if http11 and forwardable:
         if connection_lines == 0:
@@ -1107,7 +1129,8 @@ def fast_response(
     if headers is None:
         return None
     content_length: bytes | None = None
-    connection: set[bytes] | None = None
+    connection = b""  # the value of the last Connection field
+    connection_lines = 0
     hop_by_hop = False
     kinds = _FAST_RESPONSE_FIELDS.get
     for name, value in headers:
@@ -1119,9 +1142,8 @@ def fast_response(
                 return None
             content_length = value
         elif kind == _CONNECTION:
-            if connection is None:
-                connection = set()
-            _add_connection_tokens(connection, value)
+            connection = value
+            connection_lines += 1
         elif kind == _OTHER_HOP_BY_HOP:
             hop_by_hop = True
         else:
@@ -1141,7 +1163,7 @@ def fast_response(
     elif body:
         return None
     http11 = minor == b"1"
-    tokens = frozenset(connection) if connection else _NO_TOKENS
+    tokens = _fast_connection_tokens(headers, connection, connection_lines)
     head = ResponseHead(
         status=code,
         reason=reason,
@@ -1150,7 +1172,7 @@ def fast_response(
         content_length=length,
         chunked=False,
         keep_alive=_keeps_alive(http11, tokens),
-        raw=data[:blank + 4] if http11 and connection is None and not hop_by_hop else b"",
+        raw=data[:blank + 4] if http11 and not connection_lines and not hop_by_hop else b"",
     )
     return head, body
 
