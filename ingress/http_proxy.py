@@ -18,7 +18,10 @@ it takes an idle pooled connection to the chosen server or opens one (round robi
 backend's servers, the next one on refusal, one deadline of ``timeouts.connect``; none reached
 means ``503``), writes the request head re-serialised from parsed fields (hop-by-hop headers
 removed, framing recomputed, ``X-Forwarded-For`` appended), then streams the body (re-chunked
-when it came chunked; chunk extensions and trailers are gone).
+when it came chunked; chunk extensions and trailers are gone). The usual request (HTTP/1.1,
+taken by the fast path, no hop-by-hop or forwarding field but a Connection field of "close" or
+"keep-alive") would come out the same, so its head goes as it came (``RequestHead.raw``, the
+Connection line cut) with the X-Forwarded-* lines, formatted once per connection, appended.
 
 The backend's bytes go through the response parser; its head is re-serialised for the client
 the same way, its body streamed. The exception is the usual response: whole in one read, framed
