@@ -79,12 +79,9 @@ def test_x_forwarded_for_is_appended(ingress: tuple[IngressProcess, int, int],
 def test_inbound_proxy_header_address_goes_into_x_forwarded_for(
         ingress: tuple[IngressProcess, int, int], cluster: Cluster) -> None:
     _, _, proxied = ingress
-    with socket.create_connection(("127.0.0.1", proxied), timeout=10) as sock:
-        sock.sendall(b"PROXY TCP4 203.0.113.50 127.0.0.1 50000 80\r\n"
-                     b"GET /open/1 HTTP/1.1\r\nHost: t.example.org\r\nConnection: close\r\n\r\n")
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
+    response = raw_exchange(
+        proxied, b"PROXY TCP4 203.0.113.50 127.0.0.1 50000 80\r\n"
+        b"GET /open/1 HTTP/1.1\r\nHost: t.example.org\r\nConnection: close\r\n\r\n", timeout=10)
     assert response.startswith(b"HTTP/1.1 200 ")
     [received] = cluster.event_tracker.wait_for_requests(1)
     assert received.header_values("x-forwarded-for") == ["203.0.113.50"]
@@ -401,13 +398,10 @@ def test_a_plain_request_reaches_the_backend_with_only_the_forwarding_fields_add
     config = cluster.config(port, proxied).replace(
         f'[listeners.http]\nbind = ["127.0.0.1:{port}"]\n',
         f'[listeners.http]\nbind = ["127.0.0.1:{port}"]\nforwarded_proto = true\n')
-    with IngressProcess(tmp_path, config), \
-            socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET /click/7?u=1 HTTP/1.1\r\nHost: t.example.org\r\n"
-                     b"User-Agent:  probe/1 \r\nConnection: close\r\nAccept: */*\r\n\r\n")
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
+    with IngressProcess(tmp_path, config):
+        response = raw_exchange(
+            port, b"GET /click/7?u=1 HTTP/1.1\r\nHost: t.example.org\r\n"
+            b"User-Agent:  probe/1 \r\nConnection: close\r\nAccept: */*\r\n\r\n", timeout=10)
     assert response.startswith(b"HTTP/1.1 200 ")
     [received] = cluster.event_tracker.wait_for_requests(1)
     assert (received.method, received.target) == ("GET", "/click/7?u=1")

@@ -25,12 +25,19 @@ class Clock:
         return self.now
 
 
-def test_take_gives_the_most_recently_pooled_connection_to_that_server() -> None:
+def _pool_of_three(first: Connection, second: Connection, elsewhere: Connection
+                   ) -> ConnectionPool:
+    """``first`` then ``second`` pooled for KEY, ``elsewhere`` for OTHER."""
     pool = ConnectionPool(idle_timeout=60)
-    first, second, elsewhere = Connection("first"), Connection("second"), Connection("other")
     pool.give(KEY, first)
     pool.give(KEY, second)
     pool.give(OTHER, elsewhere)
+    return pool
+
+
+def test_take_gives_the_most_recently_pooled_connection_to_that_server() -> None:
+    first, second, elsewhere = Connection("first"), Connection("second"), Connection("other")
+    pool = _pool_of_three(first, second, elsewhere)
     assert pool.take(KEY) is second
     assert pool.take(KEY) is first
     assert pool.take(KEY) is None
@@ -62,11 +69,8 @@ def test_expire_closes_only_connections_idle_past_the_timeout() -> None:
 
 
 def test_discard_and_close_idle_remove_connections() -> None:
-    pool = ConnectionPool(idle_timeout=60)
     gone, kept, leaving = Connection("gone"), Connection("kept"), Connection("leaving")
-    pool.give(KEY, gone)
-    pool.give(KEY, kept)
-    pool.give(OTHER, leaving)
+    pool = _pool_of_three(gone, kept, leaving)
     pool.discard(KEY, gone)  # the server closed it while it was idle
     assert not gone.closed
     pool.close_idle(OTHER)  # its server left the backend
