@@ -82,8 +82,8 @@ def exposition() -> tuple[bytes, str]:
 
 class _Durations:
     """Durations not yet flushed into one histogram child: their sum and the count per bucket
-    (the last one +Inf). A native class in the compiled build, so the sum is a C double and
-    adding one duration allocates nothing."""
+    (the last one +Inf). A native class in the compiled build, so the sum is a C double rather
+    than a new float object per duration."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
