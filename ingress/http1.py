@@ -200,6 +200,23 @@ _SPECIAL_FIELDS: Final = {
 # for the two to read it differently.
 _HOST_RE: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?")
 
+# The last Host value _valid_host accepted: the requests of a keep-alive connection, and most
+# connections of a cluster, carry the same one, and comparing it costs a fraction of the
+# regular expression. None until one is accepted (b"" is not a valid Host).
+_last_valid_host: bytes | None = None
+
+
+def _valid_host(host: bytes) -> bool:
+    """``uri-host [ ":" port ]`` (_HOST_RE), for a Host value or a target's authority."""
+    global _last_valid_host
+    if host == _last_valid_host:
+        return True
+    if _HOST_RE.fullmatch(host) is None:
+        return False
+    _last_valid_host = host
+    return True
+
+
 #   chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
 #   chunk-ext-name = token
 #   chunk-ext-val  = token / quoted-string
@@ -701,7 +718,7 @@ def _request_head(
     if host is None:
         if http11:
             raise HttpError(400, "missing-host", "HTTP/1.1 request without Host")
-    elif host and not _HOST_RE.fullmatch(host):
+    elif host and not _valid_host(host):
         # An empty Host is what RFC 9112 section 3.2 tells a client to send when the target
         # URI has no authority; it routes nowhere in particular but is not malformed.
         raise HttpError(400, "bad-host", f"Host {_show(host)}")
@@ -710,7 +727,7 @@ def _request_head(
         # (if any) and instead use the host information of the request-target". We route by
         # Host, so the two must agree or the route and Apache's virtual host could differ.
         authority = _authority(target)
-        if not _HOST_RE.fullmatch(authority):
+        if not _valid_host(authority):
             raise HttpError(400, "bad-target", f"authority in request-target {_show(target)}")
         if host is None:
             host = authority
@@ -981,22 +998,6 @@ def _fast_fields(data: bytes, start: int, end: int, limits: Limits
                 matched[line] = field
         headers.append(field)
     return headers
-
-
-# The last Host value _valid_host accepted: the requests of a keep-alive connection, and most
-# connections of a cluster, carry the same one, and comparing it costs a fraction of the
-# regular expression.
-_last_valid_host = b""
-
-
-def _valid_host(host: bytes) -> bool:
-    global _last_valid_host
-    if host == _last_valid_host:
-        return True
-    if _HOST_RE.fullmatch(host) is None:
-        return False
-    _last_valid_host = host
-    return True
 
 
 # The last status line _fast_status_line matched, and its parts: a backend starts most of its

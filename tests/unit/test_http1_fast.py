@@ -1186,6 +1186,11 @@ def test_a_remembered_host_does_not_admit_another() -> None:
     for bad_host in (b"a.example.org x", b"a.example.org:", b"a.example.org/", b"u@a.example.org"):
         assert fast_request(b"GET / HTTP/1.1\r\nHost: " + bad_host + b"\r\n\r\n") is None
     assert fast_request(good) is not None
+    # the general path's check of a target's authority is the same function: an empty one is
+    # never taken for the one remembered
+    assert not http1._valid_host(b"")
+    empty_authority = b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert run_requests(empty_authority, DEFAULT, single).outcome.error == (400, "bad-target")
 
 
 @pytest.mark.parametrize("other", [
