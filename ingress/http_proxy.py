@@ -628,8 +628,7 @@ class HttpSession(asyncio.Protocol):
     def whole_response(self, exchange: _Exchange, head: ResponseHead, body: bytes) -> None:
         """What response_events does with a head, its body and the end, the usual read of a
         backend (ResponseParser.take_whole: a final response framed by its Content-Length or
-        bodiless), without the events."""
-        exchange.last_server_activity = self._loop.time()
+        bodiless), without the events. (No last_server_activity: the exchange ends here.)"""
         transport = self.transport
         if transport is None:
             return
