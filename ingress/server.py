@@ -38,7 +38,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from dns.exception import DNSException
 
@@ -50,7 +49,8 @@ from ingress.http1 import Limits
 from ingress.memory import tune_malloc
 from ingress.observe import AccessLog
 from ingress.tcp_relay import RelayContext, RelaySession, make_factory
-from ingress.tls_accept import ProxiedTlsListener
+from ingress.tls_accept import ProxiedTlsListener, handshake_failure_logger
+from ingress.tls_transport import tls_factory
 from routing.backends import Backend, Resolver
 from routing.discovery import Discovery, DnsName, TtlPolicy, make_resolver
 from routing.pool import ConnectionPool
@@ -66,9 +66,6 @@ LISTEN_BACKLOG = 4096
 RESTART_PAUSE = 1.0
 START_TIMEOUT = 10.0
 PR_SET_PDEATHSIG = 1
-# How long a closing TLS connection waits for the peer's close_notify (asyncio's default is
-# 30 s): a client that no longer reads must not hold a worker's shutdown that long.
-TLS_SHUTDOWN_TIMEOUT = 2.0
 # Longest wait at start for the first answers of dns+ servers: well inside START_TIMEOUT.
 FIRST_ANSWER_WAIT = 5.0
 
@@ -193,14 +190,15 @@ class Worker:
                         listener, listening_socket(address), make_session))
                 continue
             factory = self._factory(listener, backends)
-            tls: dict[str, Any] = {}
             if listener.tls and self.tls_store is not None:
-                tls = {"ssl": self.tls_store.front,
-                       "ssl_handshake_timeout": self.config.tls.handshake_timeout,
-                       "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT}
+                factory = tls_factory(
+                    self.tls_store.front, factory,
+                    handshake_timeout=self.config.tls.handshake_timeout,
+                    on_failure=handshake_failure_logger(listener.name, self.access_log,
+                                                        self.index))
             for address in listener.bind:
                 server = await loop.create_server(factory, sock=listening_socket(address),
-                                                  backlog=LISTEN_BACKLOG, **tls)
+                                                  backlog=LISTEN_BACKLOG)
                 self.servers.append(server)
         if self.config.admin.enabled:
             for address in self.config.admin.bind:
@@ -318,7 +316,6 @@ class Worker:
         server = ProxiedTlsListener(
             sock, context=self.tls_store.front,
             handshake_timeout=self.config.tls.handshake_timeout,
-            shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
             header_timeout=self.config.timeouts.proxy_header, listener=listener.name,
             access_log=self.access_log, worker=self.index, make_session=make_session)
         server.start()

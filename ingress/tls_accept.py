@@ -10,6 +10,9 @@ bytes are consumed, and only then does the socket become a TLS transport
 (``loop.connect_accepted_socket``), whose first read is the ClientHello. The HTTP session gets
 the client address from the header.
 
+On both TLS listeners the handshake is driven by ``ingress.tls_transport``; a failed one is
+logged here, as a rejection with the reason ``tls-handshake-failed``.
+
 A socket stays readable while it holds bytes, so peeking at an incomplete header would wake the
 loop again at once; but while the header is incomplete every byte seen is part of it, so those
 bytes are consumed as they come and only the last read, the one that completes the header, is
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from ingress import proxy_protocol
 from ingress.metrics import metrics
 from ingress.observe import AccessLog, address_text
+from ingress.tls_transport import TlsServerConnection
 
 log = logging.getLogger("mta_ingress")
 
@@ -38,19 +42,34 @@ ACCEPT_BATCH = 64
 # Out of descriptors or memory: stop accepting for this long rather than spin on the error.
 ACCEPT_PAUSE = 1.0
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+HANDSHAKE_FAILED = "tls-handshake-failed"
+
+
+def log_rejection(access_log: AccessLog, listener: str, worker: int, client: str, reason: str,
+                  detail: str) -> None:
+    metrics().http_rejected(listener, reason)
+    access_log.http_rejection(listener=listener, client=client, status=0, reason=reason,
+                              detail=detail, worker=worker)
+
+
+def handshake_failure_logger(listener: str, access_log: AccessLog, worker: int
+                             ) -> Callable[[tuple[str, int] | None, str], None]:
+    """The ``on_failure`` of an ``https`` listener's connections: the client is the peer."""
+    def log_failure(peer: tuple[str, int] | None, detail: str) -> None:
+        log_rejection(access_log, listener, worker, address_text(peer), HANDSHAKE_FAILED, detail)
+    return log_failure
 
 
 class ProxiedTlsListener:
     """One bound ``https-proxied`` socket; has the ``close``/``wait_closed`` of a Server."""
 
     def __init__(self, sock: socket.socket, *, context: ssl.SSLContext,
-                 handshake_timeout: float, shutdown_timeout: float, header_timeout: float,
+                 handshake_timeout: float, header_timeout: float,
                  listener: str, access_log: AccessLog, worker: int,
                  make_session: Callable[[tuple[str, int] | None], asyncio.Protocol]) -> None:
         self._sock = sock
         self.context = context
         self.handshake_timeout = handshake_timeout
-        self.shutdown_timeout = shutdown_timeout
         self.header_timeout = header_timeout
         self.listener = listener
         self.access_log = access_log
@@ -102,9 +121,7 @@ class ProxiedTlsListener:
             self.loop.add_reader(self._sock.fileno(), self._accept_ready)
 
     def log_rejection(self, client: str, reason: str, detail: str) -> None:
-        metrics().http_rejected(self.listener, reason)
-        self.access_log.http_rejection(listener=self.listener, client=client, status=0,
-                                       reason=reason, detail=detail, worker=self.worker)
+        log_rejection(self.access_log, self.listener, self.worker, client, reason, detail)
 
 
 class _HeaderReader:
@@ -188,13 +205,19 @@ class _HeaderReader:
 
 async def _start_tls(owner: ProxiedTlsListener, sock: socket.socket,
                      client_address: tuple[str, int] | None) -> None:
+    client = address_text(client_address)
+
+    def log_failure(_peer: tuple[str, int] | None, detail: str) -> None:
+        # the header's address, not the peer's: the peer is the outer load balancer
+        owner.log_rejection(client, HANDSHAKE_FAILED, detail)
+
     try:
-        # The session is made when the handshake is done, and its first bytes are the request.
+        # The session is connected when the handshake is done; its first bytes are the request.
         await owner.loop.connect_accepted_socket(
-            lambda: owner.make_session(client_address), sock, ssl=owner.context,
-            ssl_handshake_timeout=owner.handshake_timeout,
-            ssl_shutdown_timeout=owner.shutdown_timeout)
-    except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as error:
-        sock.close()  # a no-op when the failed transport has closed it already
-        owner.log_rejection(address_text(client_address), "tls-handshake-failed",
-                            str(error) or type(error).__name__)
+            lambda: TlsServerConnection(owner.context, owner.make_session(client_address),
+                                        handshake_timeout=owner.handshake_timeout,
+                                        on_failure=log_failure),
+            sock)
+    except OSError as error:
+        sock.close()
+        owner.log_rejection(client, HANDSHAKE_FAILED, str(error) or type(error).__name__)

@@ -1,14 +1,14 @@
 """The reference floor of the HTTP benchmarks: the least a Python HTTP proxy on this stack can do.
 
 ``bench.py --floor`` measures this relay beside HAProxy and mta-ingress in the ``http-keepalive``
-scenario, and in ``https-keepalive`` with ``--tls-cert``: TLS terminated by uvloop's transport
-with the ingress's own listener settings (``tls.store.base_context``) and the same certificate
-file HAProxy and mta-ingress serve. It is what mta-ingress would cost with none of its
-features: uvloop transports, httptools (llhttp) parsing every request and response, each request
-re-serialised with ``X-Forwarded-For`` appended, one backend connection per client connection
-opened with it (no pool, no routing, no validation beyond llhttp's, no access log, no metrics,
-no timeouts). Not in ``http-close``: a backend connection per client connection is more work per
-connection than mta-ingress's pool, not a floor.
+scenario, and in ``https-keepalive`` with ``--tls-cert``: TLS terminated as the ingress does it
+(``ingress.tls_transport``, over uvloop's TCP transport) with the ingress's own listener settings
+(``tls.store.base_context``) and the same certificate file HAProxy and mta-ingress serve. It is what
+mta-ingress would cost with none of its features: uvloop transports, httptools (llhttp) parsing
+every request and response, each request re-serialised with ``X-Forwarded-For`` appended, one
+backend connection per client connection opened with it (no pool, no routing, no validation beyond
+llhttp's, no access log, no metrics, no timeouts). Not in ``http-close``: a backend connection per
+client connection is more work per connection than mta-ingress's pool, not a floor.
 
 Its ratio to HAProxy says how much of mta-ingress's gap is the stack and how much is the work
 mta-ingress does per request; ``--burn-us`` adds that much busy CPU time to each request, to
@@ -26,7 +26,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -125,19 +125,38 @@ class _Client(asyncio.Protocol):
             self.upstream.transport.close()
 
 
-def tls_context(cert: Path) -> ssl.SSLContext:
-    """The https listener's settings (protocol versions, ciphers, groups, ALPN) and one
-    certificate file, key included, as HAProxy's ``crt`` and the ingress's store read it."""
+def _import_project() -> None:
     root = str(Path(__file__).resolve().parents[1])
     if root not in sys.path:
         # `python loadtest/floor.py` puts loadtest/, not the repository, first on sys.path.
         sys.path.insert(0, root)
+
+
+def tls_context(cert: Path) -> ssl.SSLContext:
+    """The https listener's settings (protocol versions, ciphers, groups, ALPN) and one
+    certificate file, key included, as HAProxy's ``crt`` and the ingress's store read it."""
+    _import_project()
     # here, not at the top: only the https floor needs the project (and its TLS imports)
     from tls.store import base_context
 
     context = base_context()
     context.load_cert_chain(cert)
     return context
+
+
+def _factory(backend: tuple[str, int], burn_us: float,
+             context: ssl.SSLContext | None) -> Callable[[], asyncio.Protocol]:
+    def make_client() -> asyncio.Protocol:
+        return _Client(backend, burn_us / 1e6)
+    if context is None:
+        return make_client
+    _import_project()
+    from ingress.tls_transport import tls_factory
+
+    def ignore_failure(_peer: tuple[str, int] | None, _detail: str) -> None:
+        return None
+
+    return tls_factory(context, make_client, handshake_timeout=10.0, on_failure=ignore_failure)
 
 
 async def serve(port: int, backend: tuple[str, int], burn_us: float,
@@ -147,8 +166,8 @@ async def serve(port: int, backend: tuple[str, int], burn_us: float,
     # SIGUSR1 too: bench.py stops every proxy but mta-ingress with HAProxy's soft-stop signal
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.add_signal_handler(signum, stop.set)
-    server = await loop.create_server(lambda: _Client(backend, burn_us / 1e6), "127.0.0.1",
-                                      port, backlog=4096, ssl=context)
+    server = await loop.create_server(_factory(backend, burn_us, context), "127.0.0.1",
+                                      port, backlog=4096)
     async with server:
         await stop.wait()
 

@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -229,6 +230,15 @@ def load_certificate_file(directory: Path, name: str) -> Certificate:
     return parse_certificate_file(name, data, key_data, signature)
 
 
+class SniConnection(Protocol):
+    """What the SNI callback is given: the listeners' ``ingress.tls_transport`` connection (the
+    owner of the OpenSSL object), or an ``ssl.SSLObject`` or ``ssl.SSLSocket``, which take the
+    new attribute too."""
+
+    context: ssl.SSLContext
+    requested_server_name: str | None
+
+
 def base_context() -> ssl.SSLContext:
     """A server context with the listener settings: TLS 1.2-1.3, intermediate ciphers, ALPN."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -309,7 +319,8 @@ class CertificateStore:
         self._warned: dict[str, float] = {}
         self._index: _Index | None = None
         self.front = base_context()
-        self.front.sni_callback = self._choose
+        # typeshed types the argument as ssl.SSLObject; ours is any SniConnection
+        self.front.sni_callback = self._choose  # type: ignore[assignment]
         # The index context whose certificates the front context holds (see the module's
         # docstring), or None: every handshake switches. And the key types loaded into the
         # front so far, which a context never drops.
@@ -334,13 +345,12 @@ class CertificateStore:
         if self._front_serves is not None:
             self._front_trusted_from = self._monotonic()
 
-    def _choose(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+    def _choose(self, connection: SniConnection, server_name: str | None,
                 _context: ssl.SSLContext) -> None:
         context = self.context_for_name(server_name)
         if context is not self._front_serves or self._monotonic() < self._front_trusted_from:
             connection.context = context
-        # read back by the access log; ssl.SSLObject allows new attributes
-        connection.requested_server_name = server_name  # type: ignore[union-attr]
+        connection.requested_server_name = server_name  # read back by the access log
 
     def _current(self) -> _Index:
         if self._index is None:

@@ -1,0 +1,296 @@
+"""TLS on an accepted connection, driven here over memory buffers rather than by the event loop.
+
+uvloop's TLS transport (its ``SSLProtocol``) costs more than the TLS it does: per connection a
+waiter future, the ``extra_info`` built at the end of the handshake, an exception formatted per
+handshake and per shutdown step, a Python-level ``SSLObject`` wrapper call per read, write and
+pending check, and a shutdown that waits for the peer's ``close_notify``. Measured on the
+benchmark's relay, the same relay with TLS driven as below makes 13% more new TLS connections a
+second and 12% more keep-alive requests (docs/benchmarks.md, "TLS driven by the ingress").
+
+:class:`TlsServerConnection` is the protocol of the accepted TCP connection and, once the
+handshake is done, the transport of the application protocol (an ``HttpSession``), with the
+subset of the asyncio transport interface that protocol uses. Records are decrypted as they
+arrive and all the plaintext of one read goes to the application in one ``data_received``;
+what the application writes is encrypted and handed to the TCP transport at once, so the TCP
+transport's write buffer is the application's and its flow control passes straight through.
+
+Closing sends ``close_notify`` and closes the TCP connection once its buffer is written, without
+waiting for the peer's ``close_notify`` (RFC 8446 section 6.1 does not require the wait, and
+neither HAProxy nor nginx waits). A peer's ``close_notify`` or TCP end of stream is the
+application's ``eof_received``. A handshake that fails or does not finish within the listener's
+``tls.handshake_timeout`` is reported to ``on_failure`` unless the peer sent nothing at all: a
+connection opened and closed without a byte is a load balancer's TCP health check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any, cast
+
+# At most this much plaintext per SSLObject.read call: more than a TLS record holds (16 KiB).
+_READ_SIZE = 65536
+
+
+class TlsServerConnection(asyncio.Protocol):
+    """Server-side TLS between an accepted TCP connection and ``app``, made before the handshake
+    and given to the application as its transport when the handshake is done."""
+
+    def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
+                 handshake_timeout: float,
+                 on_failure: Callable[[tuple[str, int] | None, str], None]) -> None:
+        """``on_failure`` is called with the peer's address and a description of a failed
+        handshake (see the module's docstring), before the connection closes."""
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        # The SSLContext's own constructor of SSL objects, the one ssl.SSLObject calls: owner=self
+        # makes this connection what the SNI callback receives (as it would an SSLObject), so
+        # that the callback's context switch and requested_server_name land here.
+        self._tls: Any = cast(Any, context)._wrap_bio(self._incoming, self._outgoing, True, None,
+                                                      owner=self)
+        self._app = app
+        self._handshake_timeout = handshake_timeout
+        self._on_failure = on_failure
+        self._transport: asyncio.Transport | None = None
+        self._peer: tuple[str, int] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._handshaking = True
+        self._app_connected = False
+        self._received_any = False
+        self._closing = False
+        self._eof = False
+        # Set by the certificate store's SNI callback: the server name the client asked for.
+        self.requested_server_name: str | None = None
+
+    # --- what the SNI callback uses, as on an ssl.SSLObject ----------------------------------
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return cast(ssl.SSLContext, self._tls.context)
+
+    @context.setter
+    def context(self, context: ssl.SSLContext) -> None:
+        self._tls.context = context
+
+    def version(self) -> str | None:
+        """The negotiated protocol version, as ``ssl.SSLObject.version``."""
+        return cast("str | None", self._tls.version())
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        return cast("tuple[str, str, int] | None", self._tls.cipher())
+
+    # --- the TCP connection's events ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = (peer[0], peer[1]) if peer else None
+        self._timer = asyncio.get_running_loop().call_later(self._handshake_timeout,
+                                                            self._handshake_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._received_any = True
+        self._incoming.write(data)
+        if self._handshaking and not self._handshake():
+            return
+        tls = self._tls
+        incoming = self._incoming
+        first = b""
+        more: list[bytes] | None = None
+        closed_by_peer = False
+        try:
+            # Checking what is buffered before each read spares the SSLWantReadError that a read
+            # with nothing left would raise, an exception built with a formatted message.
+            while incoming.pending or tls.pending():
+                chunk: bytes = tls.read(_READ_SIZE)
+                if not chunk:
+                    closed_by_peer = True
+                    break
+                if not first:
+                    first = chunk
+                elif more is None:
+                    more = [first, chunk]
+                else:
+                    more.append(chunk)
+        except ssl.SSLWantReadError:
+            pass  # the rest of a record is still on its way
+        except ssl.SSLError:
+            # A record that does not decrypt: nothing after it can be trusted.
+            self.abort()
+            return
+        if self._outgoing.pending:  # a key update or another post-handshake message to answer
+            self._flush()
+        if more is not None:
+            self._app.data_received(b"".join(more))
+        elif first:
+            self._app.data_received(first)
+        if closed_by_peer and not self._eof:
+            self._peer_finished()
+
+    def eof_received(self) -> bool | None:
+        if self._handshaking:
+            self._handshake_failed("connection closed by the client during the handshake")
+            return False
+        if self._eof or self._closing:
+            return False
+        self._eof = True
+        # True keeps the TCP connection open to write the response to a client that only shut
+        # down its side.
+        return bool(self._app.eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._cancel_timer()
+        if self._handshaking:
+            self._handshaking = False
+            if self._received_any and not self._closing:
+                self._report(f"connection lost during the handshake: {exc or 'closed'}")
+        if self._app_connected:
+            self._app_connected = False
+            self._app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._app_connected:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app_connected:
+            self._app.resume_writing()
+
+    # --- the transport the application sees --------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        transport = self._transport
+        if transport is None or self._closing or not data:
+            return
+        try:
+            self._tls.write(data)
+        except ssl.SSLError:
+            self.abort()  # the TLS state is broken (an earlier fatal alert): nothing can go out
+            return
+        transport.write(self._outgoing.read())
+
+    def writelines(self, list_of_data: list[bytes]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def close(self) -> None:
+        transport = self._transport
+        if self._closing or transport is None:
+            return
+        self._closing = True
+        if not self._handshaking:
+            try:
+                self._tls.shutdown()
+            except ssl.SSLError:
+                pass  # close_notify is written before OpenSSL waits for the peer's
+            self._flush()
+        transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport is None or self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport is not None and self._transport.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._transport is not None:
+            self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The TCP transport's, and ``ssl_object`` (this connection: ``version()``, ``cipher()``,
+        ``requested_server_name``) and ``sslcontext``."""
+        if name == "ssl_object":
+            return self
+        if name == "sslcontext":
+            return self.context
+        if name == "cipher":
+            return self.cipher()
+        if name == "peername":
+            return self._peer
+        if self._transport is None:
+            return default
+        return self._transport.get_extra_info(name, default)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _handshake(self) -> bool:
+        """One handshake step; True once it is done and the application is connected."""
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except (ssl.SSLError, OSError) as error:
+            self._flush()  # the alert, if OpenSSL wrote one
+            self._handshake_failed(str(error) or type(error).__name__)
+            return False
+        self._handshaking = False
+        self._cancel_timer()
+        self._flush()  # the last handshake flight and TLS 1.3 session tickets
+        self._app_connected = True
+        self._app.connection_made(cast(asyncio.BaseTransport, self))
+        return not self._closing
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._handshaking and not self._closing:
+            self._handshake_failed(f"not done after {self._handshake_timeout:g} s")
+
+    def _handshake_failed(self, detail: str) -> None:
+        if self._received_any:
+            self._report(detail)
+        self._handshaking = False
+        self._cancel_timer()
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _report(self, detail: str) -> None:
+        try:
+            self._on_failure(self._peer, detail)
+        finally:
+            self._received_any = False  # reported once
+
+    def _peer_finished(self) -> None:
+        """The peer's close_notify: its end of stream, as a TCP FIN would be."""
+        self._eof = True
+        if not self._app.eof_received():
+            self.close()
+
+    def _flush(self) -> None:
+        transport = self._transport
+        if self._outgoing.pending and transport is not None:
+            transport.write(self._outgoing.read())
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def tls_factory(context: ssl.SSLContext, make_app: Callable[[], asyncio.Protocol], *,
+                handshake_timeout: float,
+                on_failure: Callable[[tuple[str, int] | None, str], None]
+                ) -> Callable[[], TlsServerConnection]:
+    """A listener's protocol factory: TLS in front of what ``make_app`` makes."""
+    return lambda: TlsServerConnection(context, make_app(), handshake_timeout=handshake_timeout,
+                                       on_failure=on_failure)
