@@ -10,8 +10,9 @@ bytes are consumed, and only then does the socket become a TLS transport
 (``loop.connect_accepted_socket``), whose first read is the ClientHello. The HTTP session gets
 the client address from the header.
 
-On both TLS listeners the handshake is driven by ``ingress.tls_transport``; a failed one is
-logged here, as a rejection with the reason ``tls-handshake-failed``.
+On both TLS listeners the handshake is driven by ``ingress.tls_transport``; one that fails is
+logged here as a rejection, with the reason ``tls-handshake-failed`` or, when the client gave
+up, ``tls-handshake-aborted``.
 
 A socket stays readable while it holds bytes, so peeking at an incomplete header would wake the
 loop again at once; but while the header is incomplete every byte seen is part of it, so those
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from ingress import proxy_protocol
 from ingress.metrics import metrics
 from ingress.observe import AccessLog, address_text
-from ingress.tls_transport import TlsServerConnection
+from ingress.tls_transport import HANDSHAKE_FAILED, FailureReport, TlsServerConnection
 
 log = logging.getLogger("mta_ingress")
 
@@ -42,7 +43,6 @@ ACCEPT_BATCH = 64
 # Out of descriptors or memory: stop accepting for this long rather than spin on the error.
 ACCEPT_PAUSE = 1.0
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-HANDSHAKE_FAILED = "tls-handshake-failed"
 
 
 def log_rejection(access_log: AccessLog, listener: str, worker: int, client: str, reason: str,
@@ -53,10 +53,10 @@ def log_rejection(access_log: AccessLog, listener: str, worker: int, client: str
 
 
 def handshake_failure_logger(listener: str, access_log: AccessLog, worker: int
-                             ) -> Callable[[tuple[str, int] | None, str], None]:
+                             ) -> FailureReport:
     """The ``on_failure`` of an ``https`` listener's connections: the client is the peer."""
-    def log_failure(peer: tuple[str, int] | None, detail: str) -> None:
-        log_rejection(access_log, listener, worker, address_text(peer), HANDSHAKE_FAILED, detail)
+    def log_failure(peer: tuple[str, int] | None, reason: str, detail: str) -> None:
+        log_rejection(access_log, listener, worker, address_text(peer), reason, detail)
     return log_failure
 
 
@@ -207,9 +207,9 @@ async def _start_tls(owner: ProxiedTlsListener, sock: socket.socket,
                      client_address: tuple[str, int] | None) -> None:
     client = address_text(client_address)
 
-    def log_failure(_peer: tuple[str, int] | None, detail: str) -> None:
+    def log_failure(_peer: tuple[str, int] | None, reason: str, detail: str) -> None:
         # the header's address, not the peer's: the peer is the outer load balancer
-        owner.log_rejection(client, HANDSHAKE_FAILED, detail)
+        owner.log_rejection(client, reason, detail)
 
     try:
         # The session is connected when the handshake is done; its first bytes are the request.

@@ -18,8 +18,11 @@ Closing sends ``close_notify`` and closes the TCP connection once its buffer is 
 waiting for the peer's ``close_notify`` (RFC 8446 section 6.1 does not require the wait, and
 neither HAProxy nor nginx waits). A peer's ``close_notify`` or TCP end of stream is the
 application's ``eof_received``. A handshake that fails or does not finish within the listener's
-``tls.handshake_timeout`` is reported to ``on_failure`` unless the peer sent nothing at all: a
-connection opened and closed without a byte is a load balancer's TCP health check.
+``tls.handshake_timeout`` is reported to ``on_failure`` as ``tls-handshake-failed``, one the
+client gives up (closes or resets the connection before the end) as ``tls-handshake-aborted``,
+as HAProxy tells an "SSL handshake failure" from a "connection closed during SSL handshake";
+but nothing is reported when the peer sent nothing at all: a connection opened and closed
+without a byte is a load balancer's TCP health check.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ from typing import Any, cast
 
 # At most this much plaintext per SSLObject.read call: more than a TLS record holds (16 KiB).
 _READ_SIZE = 65536
+# The reasons on_failure is given, those of the access log's rejections.
+HANDSHAKE_FAILED = "tls-handshake-failed"
+HANDSHAKE_ABORTED = "tls-handshake-aborted"
+
+# on_failure(peer address, reason, detail)
+FailureReport = Callable[[tuple[str, int] | None, str, str], None]
 
 
 class TlsServerConnection(asyncio.Protocol):
@@ -39,9 +48,10 @@ class TlsServerConnection(asyncio.Protocol):
 
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
                  handshake_timeout: float,
-                 on_failure: Callable[[tuple[str, int] | None, str], None]) -> None:
-        """``on_failure`` is called with the peer's address and a description of a failed
-        handshake (see the module's docstring), before the connection closes."""
+                 on_failure: FailureReport) -> None:
+        """``on_failure`` is called with the peer's address, the reason and a description of
+        a handshake that did not succeed (see the module's docstring), before the connection
+        closes."""
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         # The SSLContext's own constructor of SSL objects, the one ssl.SSLObject calls: owner=self
@@ -132,7 +142,8 @@ class TlsServerConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self._handshaking:
-            self._handshake_failed("connection closed by the client during the handshake")
+            self._handshake_failed(HANDSHAKE_ABORTED,
+                                   "connection closed by the client during the handshake")
             return False
         if self._eof or self._closing:
             return False
@@ -147,7 +158,8 @@ class TlsServerConnection(asyncio.Protocol):
         if self._handshaking:
             self._handshaking = False
             if self._received_any and not self._closing:
-                self._report(f"connection lost during the handshake: {exc or 'closed'}")
+                self._report(HANDSHAKE_ABORTED,
+                             f"connection lost during the handshake: {exc or 'closed'}")
         if self._app_connected:
             self._app_connected = False
             self._app.connection_lost(exc)
@@ -241,7 +253,7 @@ class TlsServerConnection(asyncio.Protocol):
             return False
         except (ssl.SSLError, OSError) as error:
             self._flush()  # the alert, if OpenSSL wrote one
-            self._handshake_failed(str(error) or type(error).__name__)
+            self._handshake_failed(HANDSHAKE_FAILED, str(error) or type(error).__name__)
             return False
         self._handshaking = False
         self._cancel_timer()
@@ -253,20 +265,21 @@ class TlsServerConnection(asyncio.Protocol):
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self._handshaking and not self._closing:
-            self._handshake_failed(f"not done after {self._handshake_timeout:g} s")
+            self._handshake_failed(HANDSHAKE_FAILED,
+                                   f"not done after {self._handshake_timeout:g} s")
 
-    def _handshake_failed(self, detail: str) -> None:
+    def _handshake_failed(self, reason: str, detail: str) -> None:
         if self._received_any:
-            self._report(detail)
+            self._report(reason, detail)
         self._handshaking = False
         self._cancel_timer()
         self._closing = True
         if self._transport is not None:
             self._transport.close()
 
-    def _report(self, detail: str) -> None:
+    def _report(self, reason: str, detail: str) -> None:
         try:
-            self._on_failure(self._peer, detail)
+            self._on_failure(self._peer, reason, detail)
         finally:
             self._received_any = False  # reported once
 
@@ -289,8 +302,7 @@ class TlsServerConnection(asyncio.Protocol):
 
 def tls_factory(context: ssl.SSLContext, make_app: Callable[[], asyncio.Protocol], *,
                 handshake_timeout: float,
-                on_failure: Callable[[tuple[str, int] | None, str], None]
-                ) -> Callable[[], TlsServerConnection]:
+                on_failure: FailureReport) -> Callable[[], TlsServerConnection]:
     """A listener's protocol factory: TLS in front of what ``make_app`` makes."""
     return lambda: TlsServerConnection(context, make_app(), handshake_timeout=handshake_timeout,
                                        on_failure=on_failure)

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -495,7 +495,8 @@ class RunningProxy:
 
     def stop(self) -> tuple[int | None, dict[str, int], list[str]]:
         """Exit status, the access log's ``end=`` reasons (the ingress's own account of how
-        every session ended), and the alarming lines of its stderr."""
+        every session ended; a rejection counted as ``rejected:REASON``), and the alarming
+        lines of its stderr."""
         code = self.child.stop()
         try:
             stderr = self.child.stderr_path.read_text(errors="replace").splitlines()
@@ -503,14 +504,27 @@ class RunningProxy:
             stderr = []
         alarms = [line for line in stderr if any(word in line for word in ALARMING)
                   and not any(word in line for word in ROUTINE)]
-        ends: Counter[str] = Counter()
+        ends: dict[str, int] = {}
         if self.access_log is not None and self.access_log.exists():
             with open(self.access_log, "rb") as file:
-                for line in file:
-                    at = line.find(b" end=")
-                    if at >= 0:
-                        ends[line[at + 5:].split(b" ", 1)[0].decode(errors="replace")] += 1
-        return code, dict(ends), alarms
+                ends = access_log_ends(file)
+        return code, ends, alarms
+
+
+def access_log_ends(lines: Iterable[bytes]) -> dict[str, int]:
+    """How many sessions ended each way, from the ``end=`` field of access log lines (text
+    layout); a rejection is ``rejected:REASON``."""
+    ends: Counter[str] = Counter()
+    for line in lines:
+        at = line.find(b" end=")
+        if at < 0:
+            continue
+        end = line[at + 5:].split(b" ", 1)[0].decode(errors="replace")
+        reason_at = line.find(b" reason=")
+        if end == "rejected" and reason_at >= 0:
+            end += ":" + line[reason_at + 8:].split(b" ", 1)[0].decode(errors="replace")
+        ends[end] += 1
+    return dict(ends)
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -568,14 +582,19 @@ ALARMING = ("[ALERT]", "[WARNING]", "level=ERROR", "level=WARNING", "Traceback",
 ROUTINE = ("stopped (cumulated conns",)
 
 
+# A client that left: in the middle of a response, or of a TLS handshake
+CLIENT_LEFT_ENDS = ("client-aborted", "rejected:tls-handshake-aborted")
+
+
 def _abnormal_ends(m: Measurement) -> dict[str, int]:
     """Ends other than the normal ones.  wrk closes its connections when its run ends, in the
-    middle of the responses in flight: up to one ``client-aborted`` per connection and wrk run
-    (warm-up and measured) is the load's doing, not the proxy's."""
+    middle of the responses or handshakes in flight: up to one such end per connection and wrk
+    run (warm-up and measured) is the load's doing, not the proxy's."""
     allowed = int(m.detail.get("expected_client_aborts", 0))
     odd = {k: v for k, v in m.ingress_ends.items() if k not in NORMAL_ENDS}
-    if 0 < odd.get("client-aborted", 0) <= allowed:
-        del odd["client-aborted"]
+    if 0 < sum(odd.get(end, 0) for end in CLIENT_LEFT_ENDS) <= allowed:
+        for end in CLIENT_LEFT_ENDS:
+            odd.pop(end, None)
     return odd
 
 

@@ -153,7 +153,7 @@ def _factory(backend: tuple[str, int], burn_us: float,
     _import_project()
     from ingress.tls_transport import tls_factory
 
-    def ignore_failure(_peer: tuple[str, int] | None, _detail: str) -> None:
+    def ignore_failure(_peer: tuple[str, int] | None, _reason: str, _detail: str) -> None:
         return None
 
     return tls_factory(context, make_client, handshake_timeout=10.0, on_failure=ignore_failure)

@@ -330,6 +330,31 @@ def test_failed_handshake_after_a_good_header_is_logged_with_the_header_address(
     assert cluster.event_tracker.requests == []
 
 
+def test_failed_handshakes_on_the_https_listener_are_logged_but_not_health_checks(
+        pki: Pki, cert_dir: Path, start_ingress: Callable[[], HttpsIngress],
+        cluster: Cluster) -> None:
+    install(cert_dir, "p.pem", pki.issue("p.example.org"))
+    ingress = start_ingress()
+    socket.create_connection(("127.0.0.1", ingress.port), timeout=TIMEOUT).close()
+    with socket.create_connection(("127.0.0.1", ingress.port), timeout=TIMEOUT) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: p.example.org\r\n\r\n")
+        assert b"HTTP/1.1" not in read_until_closed(plain)
+        client = plain.getsockname()
+    with socket.create_connection(("127.0.0.1", ingress.port), timeout=TIMEOUT) as stalled:
+        started = time.monotonic()
+        stalled.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
+        assert read_until_closed(stalled) == b""
+        elapsed = time.monotonic() - started
+    assert 3 * 0.9 < elapsed < 3 + 2, elapsed  # the configured handshake_timeout
+    lines = ingress.process.access_lines(2)
+    assert len(lines) == 2, lines
+    assert all("reason=tls-handshake-failed" in line for line in lines), lines
+    assert f"{client[0]}:{client[1]}" in lines[0], lines[0]
+    assert "http request" in lines[0], lines[0]
+    assert "not done after 3 s" in lines[1], lines[1]
+    assert cluster.event_tracker.requests == []
+
+
 # --- 3. replacing a certificate while clients connect ------------------------------------------
 
 

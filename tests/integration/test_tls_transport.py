@@ -79,7 +79,7 @@ class TlsServer:
 
     def __init__(self, context: ssl.SSLContext, keep_open_on_eof: bool = False) -> None:
         self.apps: list[App] = []
-        self.failures: list[tuple[tuple[str, int] | None, str]] = []
+        self.failures: list[tuple[tuple[str, int] | None, str, str]] = []
         self.connections: list[TlsServerConnection] = []
         self.loop = uvloop.new_event_loop()
         self.keep_open_on_eof = keep_open_on_eof
@@ -90,8 +90,7 @@ class TlsServer:
             return app
 
         factory = tls_factory(context, make_app, handshake_timeout=HANDSHAKE_TIMEOUT,
-                              on_failure=lambda peer, detail: self.failures.append((peer,
-                                                                                    detail)))
+                              on_failure=lambda *report: self.failures.append(report))
 
         def make_connection() -> TlsServerConnection:
             connection = factory()
@@ -329,8 +328,9 @@ def test_plain_http_on_the_tls_port_is_a_logged_handshake_failure(server: TlsSer
             pass
         address = raw.getsockname()
     wait_for(lambda: bool(server.failures), "the failure report")
-    [(peer, detail)] = server.failures
+    [(peer, reason, detail)] = server.failures
     assert peer == address
+    assert reason == "tls-handshake-failed"
     assert "http request" in detail, detail  # OpenSSL's name for this mistake
     assert server.apps[0].events == []  # the application never saw the connection
 
@@ -341,7 +341,8 @@ def test_a_client_that_stops_mid_handshake_times_out(server: TlsServer) -> None:
         started = time.monotonic()
         assert raw.recv(100) == b""
         assert time.monotonic() - started >= HANDSHAKE_TIMEOUT * 0.9
-    [(_, detail)] = server.failures
+    [(_, reason, detail)] = server.failures
+    assert reason == "tls-handshake-failed"
     assert detail == f"not done after {HANDSHAKE_TIMEOUT:g} s"
 
 
@@ -349,7 +350,8 @@ def test_a_client_that_leaves_mid_handshake_is_reported(server: TlsServer) -> No
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
         raw.sendall(b"\x16\x03\x01\x02\x00\x01")
     wait_for(lambda: bool(server.failures), "the failure report")
-    [(_, detail)] = server.failures
+    [(_, reason, detail)] = server.failures
+    assert reason == "tls-handshake-aborted"
     assert "during the handshake" in detail
 
 
@@ -368,7 +370,9 @@ def test_a_client_refusing_the_certificate_is_reported(server: TlsServer) -> Non
             pytest.raises(ssl.SSLCertVerificationError):
         strict.wrap_socket(raw, server_hostname="tls.test")
     wait_for(lambda: bool(server.failures), "the failure report")
-    assert "alert" in server.failures[0][1].lower(), server.failures
+    [(_, reason, detail)] = server.failures
+    assert reason == "tls-handshake-failed"
+    assert "alert" in detail.lower(), detail
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

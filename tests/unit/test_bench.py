@@ -67,3 +67,32 @@ def test_floor_setup_names_and_pins() -> None:
     assert bare.argv[-6:] == ["--port", "30000", "--backend-port", "30001", "--burn-us", "0"]
     tls = bench.floor_setup(30003, 30001, {1}, 0.0, Path("/results/certs"))
     assert tls.argv[-2:] == ["--tls-cert", "/results/certs/bench.pem"]
+
+
+def test_access_log_ends_count_rejections_by_reason() -> None:
+    lines = [
+        b'127.0.0.1:1 [22/Nov/2026:16:22:39.447] https a/b 0/0/0/0/1 200 2 - - ---- '
+        b'"GET / HTTP/1.1" end=ok worker=0 tls=TLSv1.3 sni=-\n',
+        b'ts=2026-11-22T16:22:39.447Z kind=http listener=https client=127.0.0.1:2 status=0 '
+        b'end=rejected reason=tls-handshake-aborted detail="connection closed" worker=0\n',
+        b'ts=2026-11-22T16:22:39.448Z kind=http listener=https client=127.0.0.1:3 status=0 '
+        b'end=rejected reason=tls-handshake-failed detail="http request" worker=0\n',
+        b'no end field here\n',
+    ]
+    assert bench.access_log_ends(lines) == {
+        "ok": 1, "rejected:tls-handshake-aborted": 1, "rejected:tls-handshake-failed": 1}
+
+
+@pytest.mark.parametrize(("ends", "abnormal"), [
+    # wrk's end of run: up to one client-left end per connection and run, of either kind
+    ({"ok": 900, "client-aborted": 60, "rejected:tls-handshake-aborted": 68}, {}),
+    ({"ok": 900, "rejected:tls-handshake-aborted": 129},
+     {"rejected:tls-handshake-aborted": 129}),
+    ({"ok": 900, "rejected:tls-handshake-failed": 1}, {"rejected:tls-handshake-failed": 1}),
+    ({"ok": 900, "client-aborted": 3, "server-failed": 2}, {"server-failed": 2}),
+])
+def test_client_left_ends_are_the_loads_doing_up_to_one_per_connection_and_run(
+        ends: dict[str, int], abnormal: dict[str, int]) -> None:
+    m = bench.Measurement("mta-ingress", 1, 1.0, None, {}, {}, 0, ends,
+                          {"expected_client_aborts": 128})
+    assert bench._abnormal_ends(m) == abnormal
