@@ -6,9 +6,9 @@ whatever arrives (uvloop starts reading after ``connection_made`` whatever the p
 and bytes it has read cannot be handed back to the TLS layer. So these listeners accept their
 connections themselves, outside any transport: each accepted socket is watched with
 ``add_reader``, *peeked* at (``MSG_PEEK``) until the header is complete, exactly the header's
-bytes are consumed, and only then does the socket become a TLS transport
-(``loop.connect_accepted_socket``), whose first read is the ClientHello. The HTTP session gets
-the client address from the header.
+bytes are consumed, and only then does the socket become a transport
+(``loop.connect_accepted_socket``) with TLS on it, whose first read is the ClientHello. The
+HTTP session gets the client address from the header.
 
 On both TLS listeners the handshake is driven by ``ingress.tls_transport``; one that fails is
 logged here as a rejection, with the reason ``tls-handshake-failed`` or, when the client gave
