@@ -4,8 +4,8 @@ uvloop's TLS transport (its ``SSLProtocol``) costs more than the TLS it does: pe
 waiter future, the ``extra_info`` built at the end of the handshake, an exception formatted per
 handshake and per shutdown step, a Python-level ``SSLObject`` wrapper call per read, write and
 pending check, and a shutdown that waits for the peer's ``close_notify``. Measured on the
-benchmark's relay, the same relay with TLS driven as below makes 13% more new TLS connections a
-second and 12% more keep-alive requests (docs/benchmarks.md, "TLS driven by the ingress").
+benchmark's relay, the same relay with TLS driven as below makes 11% more new TLS connections a
+second and 15% more keep-alive requests (docs/benchmarks.md, "TLS driven by the ingress").
 
 :class:`TlsServerConnection` is the protocol of the accepted TCP connection and, once the
 handshake is done, the transport of the application protocol (an ``HttpSession``), with the
