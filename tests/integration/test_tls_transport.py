@@ -6,7 +6,6 @@ stream, a clean close, flow control passed through, and each way a handshake can
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import ssl
 import subprocess
@@ -21,6 +20,7 @@ import trustme
 import uvloop
 
 from ingress.tls_transport import TlsServerConnection, tls_factory
+from tests.integration.peers import require_binary
 from tls.store import base_context
 
 HANDSHAKE_TIMEOUT = 0.5
@@ -375,15 +375,15 @@ def test_a_client_refusing_the_certificate_is_reported(server: TlsServer) -> Non
     assert "alert" in detail.lower(), detail
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_a_key_update_from_the_client_is_answered(server: TlsServer, ca: trustme.CA,
                                                   tmp_path: Path) -> None:
     """openssl s_client's "K" asks for a key update both ways: the server's own key update
     goes out from a read, not a write."""
+    openssl = require_binary("openssl")
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     client = subprocess.Popen(
-        ["openssl", "s_client", "-quiet", "-no_ign_eof", "-connect", f"127.0.0.1:{server.port}",
+        [openssl, "s_client", "-quiet", "-no_ign_eof", "-connect", f"127.0.0.1:{server.port}",
          "-servername", "tls.test", "-CAfile", str(ca_file), "-verify_return_error"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdin, stdout = cast(Any, client.stdin), cast(Any, client.stdout)
