@@ -70,6 +70,9 @@ class TlsServerConnection(asyncio.Protocol):
         self._received_any = False
         self._closing = False
         self._eof = False
+        # The application's answer to its end of stream: True keeps the connection open for
+        # its writes. A TCP end after a close_notify is not a second end of stream.
+        self._open_after_eof = False
         # Set by the certificate store's SNI callback: the server name the client asked for.
         self.requested_server_name: str | None = None
 
@@ -145,12 +148,15 @@ class TlsServerConnection(asyncio.Protocol):
             self._handshake_failed(HANDSHAKE_ABORTED,
                                    "connection closed by the client during the handshake")
             return False
-        if self._eof or self._closing:
+        if self._closing:
             return False
+        if self._eof:
+            return self._open_after_eof
         self._eof = True
         # True keeps the TCP connection open to write the response to a client that only shut
         # down its side.
-        return bool(self._app.eof_received())
+        self._open_after_eof = bool(self._app.eof_received())
+        return self._open_after_eof
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -286,7 +292,8 @@ class TlsServerConnection(asyncio.Protocol):
     def _peer_finished(self) -> None:
         """The peer's close_notify: its end of stream, as a TCP FIN would be."""
         self._eof = True
-        if not self._app.eof_received():
+        self._open_after_eof = bool(self._app.eof_received())
+        if not self._open_after_eof:
             self.close()
 
     def _flush(self) -> None:

@@ -6,6 +6,7 @@ stream, a clean close, flow control passed through, and each way a handshake can
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -60,9 +61,13 @@ class App(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.events.append("eof")
         if self.keep_open_on_eof:
-            self.transport.write(b"after eof")
-            self.transport.close()
+            # later, as a response from a backend would come: after the TCP end that may follow
+            asyncio.get_running_loop().call_later(0.05, self._answer_after_eof)
         return self.keep_open_on_eof
+
+    def _answer_after_eof(self) -> None:
+        self.transport.write(b"after eof")
+        self.transport.close()
 
     def pause_writing(self) -> None:
         self.events.append("pause")
@@ -254,6 +259,41 @@ def test_a_tcp_end_without_close_notify_is_end_of_stream_too(
             socket.socket.shutdown(client, socket.SHUT_WR)
             assert read_exactly(client, 9) == b"after eof"
         wait_for(lambda: "lost" in server.apps[0].events, "the connection's end")
+        assert server.apps[0].events == ["made", "eof", "lost"]
+    finally:
+        server.close()
+
+
+def test_close_notify_then_a_tcp_end_still_gets_the_answer(
+        server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+    """A client that sends close_notify and shuts down its side of TCP at once has only
+    stopped writing: the TCP end is not a second end of stream that would close the connection
+    before the application answers."""
+    server = TlsServer(server_context, keep_open_on_eof=True)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context.wrap_bio(incoming, outgoing, server_hostname="tls.test")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+            raw.sendall(outgoing.read())
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.unwrap()  # writes close_notify, then would wait for the server's
+            raw.sendall(outgoing.read())
+            raw.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := raw.recv(65536):
+                incoming.write(chunk)
+                with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError,
+                                         ssl.SSLEOFError):
+                    while piece := tls.read(65536):
+                        answer += piece
+        assert answer == b"after eof"
         assert server.apps[0].events == ["made", "eof", "lost"]
     finally:
         server.close()
