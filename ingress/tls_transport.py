@@ -16,13 +16,13 @@ transport's write buffer is the application's and its flow control passes straig
 
 Closing sends ``close_notify`` and closes the TCP connection once its buffer is written, without
 waiting for the peer's ``close_notify`` (RFC 8446 section 6.1 does not require the wait, and
-neither HAProxy nor nginx waits). A peer's ``close_notify`` or TCP end of stream is the
-application's ``eof_received``. A handshake that fails or does not finish within the listener's
-``tls.handshake_timeout`` is reported to ``on_failure`` as ``tls-handshake-failed``, one the
-client gives up (closes or resets the connection before the end) as ``tls-handshake-aborted``,
-as HAProxy tells an "SSL handshake failure" from a "connection closed during SSL handshake";
-but nothing is reported when the peer sent nothing at all: a connection opened and closed
-without a byte is a load balancer's TCP health check.
+neither HAProxy nor nginx waits). A peer's ``close_notify`` or TCP end of stream, whichever comes
+first, is the application's ``eof_received``. A handshake that fails or does not finish within the
+listener's ``tls.handshake_timeout`` is reported to ``on_failure`` as ``tls-handshake-failed``, one
+the client gives up (closes or resets the connection before the end) as ``tls-handshake-aborted``,
+as HAProxy tells an "SSL handshake failure" from a "connection closed during SSL handshake"; but
+nothing is reported when the peer sent nothing at all: a connection opened and closed without a
+byte is a load balancer's TCP health check.
 """
 
 from __future__ import annotations
