@@ -52,11 +52,16 @@ def log_rejection(access_log: AccessLog, listener: str, worker: int, client: str
                               detail=detail, worker=worker)
 
 
-def handshake_failure_logger(listener: str, access_log: AccessLog, worker: int
-                             ) -> FailureReport:
-    """The ``on_failure`` of an ``https`` listener's connections: the client is the peer."""
+def handshake_failure_logger(listener: str, access_log: AccessLog, worker: int,
+                             client: tuple[str, int] | None = None) -> FailureReport:
+    """The ``on_failure`` of a TLS listener's connections. The client is the peer, unless
+    ``client`` is given: the PROXY header's address, the peer being the outer load balancer."""
+    fixed_client = address_text(client) if client is not None else None
+
     def log_failure(peer: tuple[str, int] | None, reason: str, detail: str) -> None:
-        log_rejection(access_log, listener, worker, address_text(peer), reason, detail)
+        log_rejection(access_log, listener, worker,
+                      fixed_client if fixed_client is not None else address_text(peer),
+                      reason, detail)
     return log_failure
 
 
@@ -205,12 +210,8 @@ class _HeaderReader:
 
 async def _start_tls(owner: ProxiedTlsListener, sock: socket.socket,
                      client_address: tuple[str, int] | None) -> None:
-    client = address_text(client_address)
-
-    def log_failure(_peer: tuple[str, int] | None, reason: str, detail: str) -> None:
-        # the header's address, not the peer's: the peer is the outer load balancer
-        owner.log_rejection(client, reason, detail)
-
+    log_failure = handshake_failure_logger(owner.listener, owner.access_log, owner.worker,
+                                           client_address)
     try:
         # The session is connected when the handshake is done; its first bytes are the request.
         await owner.loop.connect_accepted_socket(
@@ -220,4 +221,4 @@ async def _start_tls(owner: ProxiedTlsListener, sock: socket.socket,
             sock)
     except OSError as error:
         sock.close()
-        owner.log_rejection(client, HANDSHAKE_FAILED, str(error) or type(error).__name__)
+        log_failure(None, HANDSHAKE_FAILED, str(error) or type(error).__name__)

@@ -105,10 +105,11 @@ class TlsServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        self._received_any = True
         self._incoming.write(data)
-        if self._handshaking and not self._handshake():
-            return
+        if self._handshaking:
+            self._received_any = True  # only a handshake's failure report reads it
+            if not self._handshake():
+                return
         tls = self._tls
         incoming = self._incoming
         first = b""
