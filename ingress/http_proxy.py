@@ -53,7 +53,7 @@ from typing import cast
 
 from ingress import proxy_protocol
 from ingress.config import ListenerConfig, Timeouts
-from ingress.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
+from ingress.flow import WRITE_HIGH_WATER, Outbox, WriteBatch, pause_reading, resume_reading
 from ingress.http1 import (
     FORWARDED_FIELDS,
     FORWARDED_PROTO_FIELDS,
@@ -112,6 +112,8 @@ class HttpContext:
     # The worker's loop, taken once: asyncio.get_running_loop() makes a getpid() system call
     # on every call (its fork check), and sessions are made per connection.
     loop: asyncio.AbstractEventLoop
+    # The worker's one WriteBatch: small writes to clients and backends go out together.
+    writes: WriteBatch
     limits: Limits = field(default_factory=Limits)
     worker: int = 0
     # Pending ACME HTTP-01 answers, when the ingress obtains certificates itself.
@@ -226,6 +228,7 @@ class HttpSession(asyncio.Protocol):
         self._proxied_client = proxied_client
         self._loop = ctx.loop
         self.transport: asyncio.Transport | None = None
+        self._out: Outbox | None = None  # the transport's writes, through ctx.writes
         self._parser = RequestParser(ctx.limits)
         self._queue: deque[RequestHead | Data | EndOfMessage] = deque()
         self._exchange: _Exchange | None = None
@@ -257,6 +260,7 @@ class HttpSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._out = Outbox(self._ctx.writes, self.transport)
         peer = transport.get_extra_info("peername")
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
@@ -283,7 +287,7 @@ class HttpSession(asyncio.Protocol):
                 # Not named "error" like the HttpError below: mypyc gives a name one type per
                 # function, and the second except clause would fail its check.
                 self._log_rejection(0, "bad-proxy-header", f"{bad_header.reason}: {bad_header}")
-                self._abort_client()
+                self._close_client()
                 return
             if parsed is None:
                 return
@@ -446,7 +450,7 @@ class HttpSession(asyncio.Protocol):
             self._client_paused = False
             self.transport.resume_reading()
         if self._closing and self._exchange is None and not queue:
-            self.transport.close()
+            self._close_client()
 
     def _begin(self, head: RequestHead) -> None:
         ctx = self._ctx
@@ -532,7 +536,8 @@ class HttpSession(asyncio.Protocol):
             async with asyncio.timeout(self._ctx.timeouts.connect):
                 connection, endpoint = await connect_first(
                     exchange.endpoints,
-                    lambda e: lambda: _ServerConnection(pool, (e.host, e.port)),
+                    lambda e: lambda: _ServerConnection(pool, (e.host, e.port),
+                                                        self._ctx.writes),
                     exchange.backend.connect_failed)
         except TimeoutError:
             exchange.backend.connect_failed()
@@ -590,47 +595,47 @@ class HttpSession(asyncio.Protocol):
     def response_events(self, exchange: _Exchange,
                         events: list[ResponseHead | Data | EndOfMessage]) -> None:
         exchange.last_server_activity = self._loop.time()
-        transport = self.transport
-        if transport is None:
+        out = self._out
+        if self.transport is None or out is None:
             return
         # Everything one read of the backend produced goes out in one write: a small response
         # (head and body in one segment) costs one send() to the client, not two.
-        out: list[bytes] = []
+        parts: list[bytes] = []
         for event in events:
             if isinstance(event, Data):
                 exchange.response_bytes += len(event.data)
-                out.append(chunk(event.data) if exchange.chunked_response else event.data)
+                parts.append(chunk(event.data) if exchange.chunked_response else event.data)
             elif isinstance(event, ResponseHead):
                 if 100 <= event.status < 200:
                     if event.status == 101:
-                        self._send(b"".join(out))
+                        self._send(b"".join(parts))
                         self._fail_exchange(exchange, 502, "protocol upgrade is not supported")
                         return
-                    out.append(serialize_response_head(
+                    parts.append(serialize_response_head(
                         event.status, event.reason, _end_to_end(event.headers)))
                     continue
                 exchange.response_head = event
                 exchange.response_started = True
-                out.append(self._client_response_head(exchange, event))
+                parts.append(self._client_response_head(exchange, event))
             else:
                 if exchange.chunked_response:
-                    out.append(LAST_CHUNK)
-                data = b"".join(out)
+                    parts.append(LAST_CHUNK)
+                data = b"".join(parts)
                 self._sent += len(data)
-                transport.write(data)
+                out.write(data)
                 self._finish_exchange(exchange)
                 return
-        if out:
-            data = b"".join(out) if len(out) > 1 else out[0]
+        if parts:
+            data = b"".join(parts) if len(parts) > 1 else parts[0]
             self._sent += len(data)
-            transport.write(data)
+            out.write(data)
 
     def whole_response(self, exchange: _Exchange, head: ResponseHead, body: bytes) -> None:
         """What response_events does with a head, its body and the end, the usual read of a
         backend (ResponseParser.take_whole: a final response framed by its Content-Length or
         bodiless), without the events. (No last_server_activity: the exchange ends here.)"""
-        transport = self.transport
-        if transport is None:
+        out = self._out
+        if self.transport is None or out is None:
             return
         exchange.response_head = head
         exchange.response_started = True
@@ -639,7 +644,7 @@ class HttpSession(asyncio.Protocol):
         if body:
             data += body
         self._sent += len(data)
-        transport.write(data)
+        out.write(data)
         self._finish_exchange(exchange)
 
     def _client_response_head(self, exchange: _Exchange, response: ResponseHead) -> bytes:
@@ -720,7 +725,7 @@ class HttpSession(asyncio.Protocol):
             self._log_exchange(exchange, status=exchange.response_head.status
                                if exchange.response_head else 0, end=f"server-broke: {reason}")
             self._exchange = None
-            self._abort_client()
+            self._close_client()
             return
         self._closing = self._closing or not exchange.request_done
         body = {503: b"No server is available to handle this request.\n",
@@ -741,12 +746,15 @@ class HttpSession(asyncio.Protocol):
         if self.transport is not None and self._exchange is None:
             body = f"{_status_line_reason(error.status).decode()}: {error.reason}\n".encode()
             self._send(simple_response(error.status, body, close=True))
-            self.transport.close()
+            self._close_client()
         else:
-            self._abort_client()
+            self._close_client()
 
-    def _abort_client(self) -> None:
+    def _close_client(self) -> None:
+        """Close after what is written so far, the held writes included."""
         if self.transport is not None:
+            if self._out is not None:
+                self._out.flush()
             self.transport.close()
 
     def check_timeouts(self, now: float) -> None:
@@ -760,7 +768,7 @@ class HttpSession(asyncio.Protocol):
         if self._awaiting_proxy:
             if now - self._connected_at >= timeouts.proxy_header:
                 self._log_rejection(0, "proxy-header-timeout", "")
-                self._abort_client()
+                self._close_client()
             return
         if self._head_started is not None:
             if now - self._head_started >= timeouts.http_request:
@@ -768,17 +776,17 @@ class HttpSession(asyncio.Protocol):
                                        f"no complete request head in {timeouts.http_request:g}s"))
             return
         if not self._queue and now - self._last_activity >= timeouts.http_keep_alive:
-            self._abort_client()
+            self._close_client()
 
     def close_if_idle(self) -> None:
         """Shutdown: an idle keep-alive connection is closed now rather than at its timeout."""
         if self._exchange is None and not self._queue and self._head_started is None:
-            self._abort_client()
+            self._close_client()
 
     def _send(self, data: bytes) -> None:
-        if self.transport is not None:
+        if self.transport is not None and self._out is not None:
             self._sent += len(data)
-            self.transport.write(data)
+            self._out.write(data)
 
     def _log_rejection(self, status: int, reason: str, detail: str) -> None:
         self._ctx.metrics.http_rejected(self._ctx.listener.name, reason)
@@ -831,10 +839,12 @@ class _ServerConnection(asyncio.Protocol):
     """A connection to one backend server; serves one exchange at a time, then goes back to
     the pool if its response ended cleanly and the server keeps it alive."""
 
-    def __init__(self, pool: ConnectionPool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: ConnectionPool, key: tuple[str, int], writes: WriteBatch) -> None:
         self._pool = pool
         self._key = key
+        self._writes = writes
         self.transport: asyncio.Transport | None = None
+        self._out: Outbox | None = None
         self._session: HttpSession | None = None
         self._exchange: _Exchange | None = None
         self._parser: ResponseParser | None = None
@@ -843,6 +853,7 @@ class _ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._out = Outbox(self._writes, self.transport)
 
     def is_usable(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
@@ -859,8 +870,8 @@ class _ServerConnection(asyncio.Protocol):
         self._received_any = False
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        if self.transport is not None and self._out is not None:
+            self._out.write(data)
 
     def data_received(self, data: bytes) -> None:
         session, exchange, parser = self._session, self._exchange, self._parser
@@ -919,6 +930,8 @@ class _ServerConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            if self._out is not None:
+                self._out.flush()
             self.transport.close()
 
     def pause_writing(self) -> None:

@@ -45,6 +45,7 @@ from ingress import http_proxy, metrics
 from ingress.admin import AdminSession
 from ingress.build import build_name
 from ingress.config import Address, BackendConfig, Config, ListenerConfig
+from ingress.flow import WriteBatch
 from ingress.http1 import Limits
 from ingress.memory import tune_malloc
 from ingress.observe import AccessLog
@@ -162,6 +163,7 @@ class Worker:
         self.http_sessions: set[http_proxy.HttpSession] = set()
         self.state = http_proxy.WorkerState()
         self.pool = ConnectionPool(idle_timeout=config.timeouts.http_keep_alive)
+        self.write_batch: WriteBatch | None = None  # made on the worker's loop
         self.servers: list[asyncio.Server | ProxiedTlsListener] = []
         # Open until the very end of a shutdown: /readyz must say "draining" meanwhile.
         self.admin_servers: list[asyncio.Server] = []
@@ -300,10 +302,13 @@ class Worker:
                       backends: dict[str, Backend]) -> http_proxy.HttpContext:
         routes = (RouteTable(self.config.routes[listener.routes])
                   if listener.routes is not None else None)
+        loop = asyncio.get_running_loop()
+        if self.write_batch is None:
+            self.write_batch = WriteBatch(loop)
         return http_proxy.HttpContext(
             listener=listener, routes=routes, backends=backends, pool=self.pool,
             timeouts=self.config.timeouts, access_log=self.access_log,
-            sessions=self.http_sessions, state=self.state, loop=asyncio.get_running_loop(),
+            sessions=self.http_sessions, state=self.state, loop=loop, writes=self.write_batch,
             worker=self.index,
             limits=Limits(max_body=listener.max_body), acme_challenges=self.acme_challenges)
 
