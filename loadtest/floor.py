@@ -5,7 +5,8 @@ scenario, and in ``https-keepalive`` with ``--tls-cert``: TLS terminated as the 
 (``ingress.tls_transport``, over uvloop's TCP transport) with the ingress's own listener settings
 (``tls.store.base_context``) and the same certificate file HAProxy and mta-ingress serve. It is what
 mta-ingress would cost with none of its features: uvloop transports, httptools (llhttp) parsing
-every request and response, each request re-serialised with ``X-Forwarded-For`` appended, one
+every request and response, each request re-serialised with ``X-Forwarded-For`` appended, writes
+held to the end of the loop's round as the ingress holds them (``ingress.flow.WriteBatch``), one
 backend connection per client connection opened with it (no pool, no routing, no validation beyond
 llhttp's, no access log, no metrics, no timeouts). Not in ``http-close``: a backend connection per
 client connection is more work per connection than mta-ingress's pool, not a floor.
@@ -34,16 +35,28 @@ import httptools
 import uvloop
 
 
+def _import_project() -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        # `python loadtest/floor.py` puts loadtest/, not the repository, first on sys.path.
+        sys.path.insert(0, root)
+
+
+_import_project()
+from ingress.flow import Outbox, WriteBatch  # noqa: E402  (the path above first)
+
+
 class _Upstream(asyncio.Protocol):
     """The client's own backend connection: responses are parsed, then relayed as they came."""
 
     def __init__(self, client: _Client) -> None:
         self.client = client
-        self.transport: asyncio.Transport | None = None
+        self.outbox: Outbox | None = None
         self.parser = httptools.HttpResponseParser(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        # uvloop's transports are not asyncio.Transport subclasses
+        self.outbox = Outbox(self.client.writes, cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
@@ -54,10 +67,13 @@ class _Upstream(asyncio.Protocol):
 
 
 class _Client(asyncio.Protocol):
-    def __init__(self, backend: tuple[str, int], burn_seconds: float) -> None:
+    def __init__(self, backend: tuple[str, int], burn_seconds: float,
+                 writes: WriteBatch) -> None:
         self.backend = backend
         self.burn_seconds = burn_seconds
+        self.writes = writes
         self.transport: asyncio.Transport | None = None
+        self.outbox: Outbox | None = None
         self.upstream: _Upstream | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.waiting: list[bytes] | None = []  # requests made before the backend connected
@@ -68,6 +84,7 @@ class _Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.outbox = Outbox(self.writes, self.transport)
         peer = self.transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b"-"
         loop = asyncio.get_running_loop()
@@ -81,9 +98,9 @@ class _Client(asyncio.Protocol):
             return
         self.upstream = upstream
         waiting, self.waiting = self.waiting or [], None
-        if upstream.transport is not None:
+        if upstream.outbox is not None:
             for request in waiting:
-                upstream.transport.write(request)
+                upstream.outbox.write(request)
 
     # httptools callbacks
     def on_url(self, url: bytes) -> None:
@@ -102,8 +119,8 @@ class _Client(asyncio.Protocol):
                 pass
         if self.waiting is not None:
             self.waiting.append(request)
-        elif self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.write(request)
+        elif self.upstream is not None and self.upstream.outbox is not None:
+            self.upstream.outbox.write(request)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -112,31 +129,24 @@ class _Client(asyncio.Protocol):
             self.close()
 
     def send_to_client(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        if self.outbox is not None:
+            self.outbox.write(data)
 
     def close(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and self.outbox is not None:
+            self.outbox.flush()
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.close()
-
-
-def _import_project() -> None:
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        # `python loadtest/floor.py` puts loadtest/, not the repository, first on sys.path.
-        sys.path.insert(0, root)
+        if self.upstream is not None and self.upstream.outbox is not None:
+            self.upstream.outbox.transport.close()
 
 
 def tls_context(cert: Path) -> ssl.SSLContext:
     """The https listener's settings (protocol versions, ciphers, groups, ALPN) and one
     certificate file, key included, as HAProxy's ``crt`` and the ingress's store read it."""
-    _import_project()
-    # here, not at the top: only the https floor needs the project (and its TLS imports)
+    # here, not at the top: only the https floor needs the TLS imports
     from tls.store import base_context
 
     context = base_context()
@@ -144,13 +154,12 @@ def tls_context(cert: Path) -> ssl.SSLContext:
     return context
 
 
-def _factory(backend: tuple[str, int], burn_us: float,
-             context: ssl.SSLContext | None) -> Callable[[], asyncio.Protocol]:
+def _factory(backend: tuple[str, int], burn_us: float, context: ssl.SSLContext | None,
+             writes: WriteBatch) -> Callable[[], asyncio.Protocol]:
     def make_client() -> asyncio.Protocol:
-        return _Client(backend, burn_us / 1e6)
+        return _Client(backend, burn_us / 1e6, writes)
     if context is None:
         return make_client
-    _import_project()
     from ingress.tls_transport import tls_factory
 
     def ignore_failure(_peer: tuple[str, int] | None, _reason: str, _detail: str) -> None:
@@ -166,8 +175,8 @@ async def serve(port: int, backend: tuple[str, int], burn_us: float,
     # SIGUSR1 too: bench.py stops every proxy but mta-ingress with HAProxy's soft-stop signal
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.add_signal_handler(signum, stop.set)
-    server = await loop.create_server(_factory(backend, burn_us, context), "127.0.0.1",
-                                      port, backlog=4096)
+    server = await loop.create_server(_factory(backend, burn_us, context, WriteBatch(loop)),
+                                      "127.0.0.1", port, backlog=4096)
     async with server:
         await stop.wait()
 
