@@ -49,7 +49,12 @@ class WriteBatch:
     def send(self) -> None:
         waiting, self._waiting = self._waiting, []
         for outbox in waiting:
-            outbox.flush()
+            try:
+                outbox.flush()
+            except Exception as error:  # one broken transport must not hold back the others
+                outbox.transport.abort()
+                self._loop.call_exception_handler(
+                    {"message": "held write failed", "exception": error})
 
 
 class Outbox:

@@ -38,6 +38,11 @@ backend silent for ``timeouts.server`` gets the client a ``504`` (if nothing was
 pooled connection that turns out closed before any byte of the response arrived is retried once
 on a fresh connection, for requests without a body.
 
+Writes to clients and backends go through an ``Outbox`` each (``ingress.flow``): one of up to
+16 KiB waits for the end of the loop's round of I/O callbacks and goes out with the round's
+others, so that one wake-up of a peer serves many requests; a larger one goes at once, after
+what is held. A session flushes before it closes its client connection.
+
 Flow control is the TCP relay's: a transport whose write buffer is full pauses reading from the
 other side.  Timeouts (request head, keep-alive idle, server silence) are checked by the
 worker's sweep, about once a second.

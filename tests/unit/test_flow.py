@@ -157,3 +157,33 @@ def test_on_a_real_loop_the_batch_is_sent_before_the_next_round() -> None:
         return transport.calls
 
     assert asyncio.run(scenario()) == [("write", b"held")]
+
+
+class BrokenTransport(RecordingTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        raise RuntimeError("the handle is closed")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_a_transport_that_fails_is_aborted_and_the_others_still_get_their_writes() -> None:
+    reported: list[dict[str, Any]] = []
+
+    class ReportingLoop(Loop):
+        def call_exception_handler(self, context: dict[str, Any]) -> None:
+            reported.append(context)
+
+    loop = ReportingLoop()
+    batch = WriteBatch(loop)  # type: ignore[arg-type]
+    broken, healthy = BrokenTransport(), RecordingTransport()
+    Outbox(batch, broken).write(b"lost")
+    Outbox(batch, healthy).write(b"delivered")
+    loop.run_round()
+    assert broken.aborted
+    assert healthy.calls == [("write", b"delivered")]
+    assert [type(context["exception"]) for context in reported] == [RuntimeError]
