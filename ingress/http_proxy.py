@@ -748,12 +748,11 @@ class HttpSession(asyncio.Protocol):
     def _reject(self, error: HttpError) -> None:
         """Malformed request: the error's status, one log line, connection closed."""
         self._log_rejection(error.status, error.reason, error.detail)
-        if self.transport is not None and self._exchange is None:
+        if self._exchange is None:
+            # With an exchange under way, its response has started or is due first: no answer.
             body = f"{_status_line_reason(error.status).decode()}: {error.reason}\n".encode()
             self._send(simple_response(error.status, body, close=True))
-            self._close_client()
-        else:
-            self._close_client()
+        self._close_client()
 
     def _close_client(self) -> None:
         """Close after what is written so far, the held writes included."""
