@@ -60,9 +60,9 @@ class WriteBatch:
 class Outbox:
     """One transport's writes through a WriteBatch: in order, at most DEFER_LIMIT bytes held,
     and a write that would hold more sends what is held and itself at once (a large body is
-    never held, so the transport's own flow control sees it as before). The owner flushes it
-    before closing the transport; once the transport is closing, what is held is dropped,
-    as the transport itself would drop it."""
+    never held, so the transport's own flow control sees it as before). The owner closes the
+    transport through it, after what is held; once the transport is closing otherwise, what
+    is held is dropped, as the transport itself would drop it."""
 
     def __init__(self, batch: WriteBatch, transport: asyncio.Transport) -> None:
         self._batch = batch
@@ -96,3 +96,8 @@ class Outbox:
         self._held_size = 0
         if not self.transport.is_closing():
             self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        """Close the transport after what is held."""
+        self.flush()
+        self.transport.close()

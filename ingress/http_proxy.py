@@ -756,10 +756,8 @@ class HttpSession(asyncio.Protocol):
 
     def _close_client(self) -> None:
         """Close after what is written so far, the held writes included."""
-        if self.transport is not None:
-            if self._out is not None:
-                self._out.flush()
-            self.transport.close()
+        if self.transport is not None and self._out is not None:
+            self._out.close()
 
     def check_timeouts(self, now: float) -> None:
         timeouts = self._ctx.timeouts
@@ -933,10 +931,8 @@ class _ServerConnection(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
-        if self.transport is not None:
-            if self._out is not None:
-                self._out.flush()
-            self.transport.close()
+        if self.transport is not None and self._out is not None:
+            self._out.close()
 
     def pause_writing(self) -> None:
         if self._session is not None:

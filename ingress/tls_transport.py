@@ -153,11 +153,9 @@ class TlsServerConnection(asyncio.Protocol):
             return False
         if self._eof:
             return self._open_after_eof
-        self._eof = True
         # True keeps the TCP connection open to write the response to a client that only shut
         # down its side.
-        self._open_after_eof = bool(self._app.eof_received())
-        return self._open_after_eof
+        return self._app_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -292,10 +290,15 @@ class TlsServerConnection(asyncio.Protocol):
 
     def _peer_finished(self) -> None:
         """The peer's close_notify: its end of stream, as a TCP FIN would be."""
+        if not self._app_eof():
+            self.close()
+
+    def _app_eof(self) -> bool:
+        """The application's end of stream, once: its answer, True to keep the connection
+        open for its writes, stands for any later end (a TCP FIN after a close_notify)."""
         self._eof = True
         self._open_after_eof = bool(self._app.eof_received())
-        if not self._open_after_eof:
-            self.close()
+        return self._open_after_eof
 
     def _flush(self) -> None:
         transport = self._transport

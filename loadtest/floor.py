@@ -134,13 +134,12 @@ class _Client(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and self.outbox is not None:
-            self.outbox.flush()
-            self.transport.close()
+            self.outbox.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if self.upstream is not None and self.upstream.outbox is not None:
-            self.upstream.outbox.transport.close()
+            self.upstream.outbox.close()
 
 
 def tls_context(cert: Path) -> ssl.SSLContext:

@@ -30,6 +30,10 @@ class RecordingTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closing
 
+    def close(self) -> None:
+        self.calls.append(("close", b""))
+        self.closing = True
+
     @property
     def received(self) -> bytes:
         return b"".join(data for _, data in self.calls)
@@ -101,6 +105,16 @@ def test_flush_sends_at_once_and_the_round_then_has_nothing_to_do() -> None:
     assert transport.calls == [("write", b"last response")]
     loop.run_round()
     assert transport.calls == [("write", b"last response")]
+
+
+def test_close_sends_what_is_held_then_closes_and_the_round_has_nothing_to_do() -> None:
+    loop, _batch, transport, outbox = _outbox()
+    outbox.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+    outbox.close()
+    assert transport.calls == [("write", b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"),
+                               ("close", b"")]
+    loop.run_round()
+    assert len(transport.calls) == 2
 
 
 def test_what_is_held_is_dropped_once_the_transport_is_closing() -> None:
