@@ -78,7 +78,8 @@ from ingress.http1 import (
 )
 from ingress.metrics import Metrics
 from ingress.metrics import metrics as metrics_of_this_process
-from ingress.observe import AccessLog, TlsFields, address_text
+from ingress.observe import NO_SERVER as NO_SERVER_LABEL
+from ingress.observe import AccessLog, TlsFields, log_address
 from routing.backends import NO_SERVER, Backend, Endpoint, NoServerReachedError, connect_first
 from routing.pool import ConnectionPool
 from routing.table import READINESS, LocalAnswer, RouteTable
@@ -188,13 +189,15 @@ class _Exchange:
     """One request forwarded to a backend, and its response."""
 
     __slots__ = (
-        "backend", "chunked_response", "connection", "counted", "endpoints", "head",
-        "last_server_activity", "pending", "request_body", "request_done", "response_bytes",
-        "response_done", "response_head", "response_started", "retried", "reused", "route",
-        "server_label", "started",
+        "backend", "chunked_response", "connect_started", "connected_at", "connection",
+        "counted", "endpoints", "failed_connects", "head", "head_time", "last_server_activity",
+        "pending", "request_body", "request_done", "request_start", "response_at",
+        "response_bytes", "response_done", "response_head", "response_started", "retried",
+        "reused", "route", "sent_before", "server_label", "started",
     )
 
-    def __init__(self, head: RequestHead, backend: Backend, now: float, route: str) -> None:
+    def __init__(self, head: RequestHead, backend: Backend, now: float, route: str,
+                 request_start: float, head_time: float, sent_before: int) -> None:
         self.head = head
         self.backend = backend
         self.route = route  # the matched rule's label, for the metrics
@@ -215,6 +218,18 @@ class _Exchange:
         self.counted: str | None = None
         self.started = now
         self.last_server_activity = now
+        # For the access log's timers (HAProxy's %TR/%Tw/%Tc/%Tr/%Ta): -1.0 is "never".
+        self.request_start = request_start  # the first byte of the request head
+        self.head_time = head_time  # from that byte to the whole head
+        self.connect_started = -1.0
+        self.connected_at = -1.0
+        self.response_at = -1.0
+        self.failed_connects = 0
+        self.sent_before = sent_before  # the session's bytes to the client before this answer
+
+    def connect_failed(self) -> None:
+        self.failed_connects += 1
+        self.backend.connect_failed()
 
     def release(self) -> None:
         """No longer active on its server: called on every way an exchange ends or leaves its
@@ -257,6 +272,11 @@ class HttpSession(asyncio.Protocol):
         self._forwarded_lines = b"\r\n"
         self._connected_at = self._last_activity = self._loop.time()
         self._head_started: float | None = None
+        # When the head of the request being read began and when the last read came (for the
+        # access log's request timers), and when the last answer was logged.
+        self._head_began = self._read_at = self._last_end = self._connected_at
+        # A malformed request was answered: nothing more of this client is read or logged.
+        self._rejected = False
         self._received = 0  # bytes from and to the client, for the metrics
         self._sent = 0
 
@@ -279,10 +299,11 @@ class HttpSession(asyncio.Protocol):
         self._set_client(self._proxied_client or ((peer[0], peer[1]) if peer else None))
         self._ctx.sessions.add(self)
         self._ctx.metrics.connection_opened(listener.name)
+        self._ctx.access_log.connection_opened(listener.name)
 
     def data_received(self, data: bytes) -> None:
         now = self._loop.time()
-        self._last_activity = now
+        self._last_activity = self._read_at = now
         self._received += len(data)
         inbound = self._inbound
         if inbound is not None:
@@ -311,10 +332,12 @@ class HttpSession(asyncio.Protocol):
             whole = self._parser.take_whole(data)
             if whole is not None:
                 self._head_started = None
+                self._head_began = now
                 self._one_request(whole)
                 return
             if self._head_started is None:
                 self._head_started = now
+        self._head_began = self._head_started if self._head_started is not None else now
         try:
             events = self._parser.feed(data, try_whole=not idle)
         except HttpError as error:
@@ -336,7 +359,7 @@ class HttpSession(asyncio.Protocol):
 
     def _set_client(self, address: tuple[str, int] | None) -> None:
         self.client_address = address
-        self._client_text = address_text(address)
+        self._client_text = log_address(address)
         self._forwarded_lines = forwarded_lines(address[0] if address else "-", self._proto_port)
 
     def _one_request(self, head: RequestHead) -> None:
@@ -361,6 +384,8 @@ class HttpSession(asyncio.Protocol):
                 return
 
     def eof_received(self) -> bool:
+        if self._rejected:
+            return False
         try:
             events = self._parser.feed_eof()
         except HttpError as error:
@@ -377,13 +402,25 @@ class HttpSession(asyncio.Protocol):
         self.transport = None
         self._ctx.sessions.discard(self)
         self._ctx.metrics.connection_closed(self._ctx.listener.name, self._received, self._sent)
+        self._abort_exchange(reset=exc is not None)
+        # After the abort's line: like HAProxy's, a line counts its own connection.
+        self._ctx.access_log.connection_closed(self._ctx.listener.name)
+
+    def _abort_exchange(self, *, reset: bool) -> None:
         exchange = self._exchange
         if exchange is not None and not exchange.response_done:
-            self._log_exchange(exchange, status=0, end="client-aborted")
             if exchange.connection is not None:
                 exchange.connection.abandon()
-            exchange.release()
+            exchange.release()  # before the line, which counts the backend's other requests
             self._exchange = None
+            # HAProxy's "C" and the phase: "D" for data moving (the response under way, the
+            # request body still coming) and, as HAProxy has it, for a reset, which breaks
+            # the connection whatever was moving; "H" for a close while the head was awaited.
+            response = exchange.response_head
+            self._log_exchange(
+                exchange, status=response.status if response is not None else 0,
+                end="client-aborted", termination="CD--" if reset
+                or exchange.response_started or not exchange.request_done else "CH--")
 
     def pause_writing(self) -> None:
         exchange = self._exchange
@@ -475,10 +512,15 @@ class HttpSession(asyncio.Protocol):
             self._answer_locally(head, rule.answer, rule.label)
             return
         if backend_name is None:
-            self._answer(head, 503, b"No route for this request.\n", end="no-route")
+            # HAProxy's state for a request that no backend takes: "SC", no server connected.
+            self._answer(head, 503, b"No route for this request.\n", end="no-route",
+                         termination="SC--")
             return
-        exchange = _Exchange(head, ctx.backends[backend_name], self._loop.time(),
-                             rule.label if rule is not None else "-")
+        now = self._loop.time()
+        began = self._began(now)
+        exchange = _Exchange(head, ctx.backends[backend_name], now,
+                             rule.label if rule is not None else "-", began,
+                             max(0.0, self._read_at - began), self._sent)
         self._exchange = exchange
         static = exchange.backend.static_endpoints()
         if static is not None:
@@ -496,17 +538,34 @@ class HttpSession(asyncio.Protocol):
         self._answer(head, status, body, answer.content_type, end="local", route=route)
 
     def _answer(self, head: RequestHead, status: int, body: bytes,
-                content_type: bytes = b"text/plain", *, end: str, route: str = "-") -> None:
+                content_type: bytes = b"text/plain", *, end: str, route: str = "-",
+                termination: str = "LR--") -> None:
+        """A response of the proxy's own (HAProxy's "L": handled locally), logged as HAProxy
+        logs its own answers: the listener as backend, no server."""
         if head.chunked or head.content_length:
             self._discarding_body = True
         close = self._closing or self._ctx.state.draining
         if close:
             self._closing = True
-        self._send(simple_response(
+        response = simple_response(
             status, body, content_type, close=close, http10=head.version == b"1.0",
-            head=head.method == b"HEAD"))
-        self._log_request(head, status, len(body), backend="<local>", server="-", end=end,
-                          started=self._loop.time(), route=route)
+            head=head.method == b"HEAD")
+        self._send(response)
+        now = self._loop.time()
+        began = self._began(now)
+        listener = self._ctx.listener.name
+        self._log_request(head, status, len(response), backend=listener,
+                          server=NO_SERVER_LABEL, end=end, started=now, route=route,
+                          termination=termination, request_start=began,
+                          head_time=max(0.0, self._read_at - began), queue_ms=-1,
+                          connect_ms=-1, response_ms=-1, backend_connections=0,
+                          server_connections=0, retries=0, metrics_backend="<local>")
+
+    def _began(self, now: float) -> float:
+        """When the request now beginning started: the first byte of its head, or for one
+        read while the one before it was being answered (pipelined), now."""
+        began = self._head_began
+        return began if began >= self._last_end else now
 
     # --- backend connection --------------------------------------------------------------------
 
@@ -517,9 +576,10 @@ class HttpSession(asyncio.Protocol):
 
     def _connect(self, exchange: _Exchange) -> None:
         if not exchange.endpoints:
-            self._fail_exchange(exchange, 503, NO_SERVER)
+            self._fail_exchange(exchange, 503, NO_SERVER, "SC")
             return
         first = exchange.endpoints[0]
+        exchange.connect_started = self._loop.time()
         if not exchange.retried:  # a retry is on a fresh connection
             pool = self._ctx.pool
             key = (first.host, first.port)
@@ -529,7 +589,7 @@ class HttpSession(asyncio.Protocol):
                 if connection.is_usable():
                     exchange.reused = True
                     exchange.server_label = first.server
-                    self._attach(exchange, connection)
+                    self._attach(exchange, connection, exchange.connect_started)
                     return
                 pooled = pool.take(key)
         task = self._loop.create_task(self._open(exchange))
@@ -543,27 +603,33 @@ class HttpSession(asyncio.Protocol):
                     exchange.endpoints,
                     lambda e: lambda: _ServerConnection(pool, (e.host, e.port),
                                                         self._ctx.writes),
-                    exchange.backend.connect_failed)
+                    exchange.connect_failed)
         except TimeoutError:
-            exchange.backend.connect_failed()
+            # The log names the server being tried, as HAProxy names the one that failed.
+            exchange.server_label = exchange.endpoints[
+                min(exchange.failed_connects, len(exchange.endpoints) - 1)].server
+            exchange.connect_failed()
             failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
+            who = "sC"
         except NoServerReachedError as error:
+            exchange.server_label = exchange.endpoints[-1].server  # all tried, in order
             failure = str(error)
+            who = "SC"
         else:
             if self._exchange is not exchange or self.transport is None:
                 connection.close()
                 return
             exchange.server_label = endpoint.server
-            self._attach(exchange, connection)
+            self._attach(exchange, connection, self._loop.time())
             return
-        self._fail_exchange(exchange, 503, failure)
+        self._fail_exchange(exchange, 503, failure, who)
 
-    def _attach(self, exchange: _Exchange, connection: _ServerConnection) -> None:
+    def _attach(self, exchange: _Exchange, connection: _ServerConnection, now: float) -> None:
         exchange.connection = connection
-        if exchange.backend.leastconn:
-            exchange.counted = exchange.server_label
-            exchange.backend.acquire(exchange.server_label)
-        exchange.last_server_activity = self._loop.time()
+        # Counted whatever the balance: the access log's beconn and srv_conn are these counts.
+        exchange.counted = exchange.server_label
+        exchange.backend.acquire(exchange.server_label)
+        exchange.last_server_activity = exchange.connected_at = now
         connection.start(self, exchange)
         head = exchange.head
         if head.raw:
@@ -614,13 +680,15 @@ class HttpSession(asyncio.Protocol):
                 if 100 <= event.status < 200:
                     if event.status == 101:
                         self._send(b"".join(parts))
-                        self._fail_exchange(exchange, 502, "protocol upgrade is not supported")
+                        self._fail_exchange(exchange, 502, "protocol upgrade is not supported",
+                                            "PH")
                         return
                     parts.append(serialize_response_head(
                         event.status, event.reason, _end_to_end(event.headers)))
                     continue
                 exchange.response_head = event
                 exchange.response_started = True
+                exchange.response_at = exchange.last_server_activity
                 parts.append(self._client_response_head(exchange, event))
             else:
                 if exchange.chunked_response:
@@ -693,7 +761,7 @@ class HttpSession(asyncio.Protocol):
             connection.finish(reusable=exchange.request_done and response is not None
                               and response.keep_alive
                               and exchange.backend.serves(exchange.server_label))
-        self._log_exchange(exchange, status=status, end="ok")
+        self._log_exchange(exchange, status=status, end="ok", termination="----")
         self._exchange = None
         self._head_started = None
         if self._queue:
@@ -702,8 +770,10 @@ class HttpSession(asyncio.Protocol):
             self._after_pump()
 
     def server_failed(self, exchange: _Exchange, reason: str, *, status: int = 502,
-                      retryable: bool = False) -> None:
-        """The backend connection broke, timed out, or sent a malformed response."""
+                      retryable: bool = False, who: str = "S") -> None:
+        """The backend connection broke, timed out, or sent a malformed response; ``who``: the
+        first letter of HAProxy's termination state ("S" the server, "s" its timeout, "P" the
+        proxy refusing what it sent)."""
         if self._exchange is not exchange:
             return
         connection = exchange.connection
@@ -718,9 +788,12 @@ class HttpSession(asyncio.Protocol):
             self._ctx.metrics.retried(exchange.backend.name)
             self._connect(exchange)
             return
-        self._fail_exchange(exchange, status, reason)
+        self._fail_exchange(exchange, status, reason,
+                            who + ("D" if exchange.response_started else "H"))
 
-    def _fail_exchange(self, exchange: _Exchange, status: int, reason: str) -> None:
+    def _fail_exchange(self, exchange: _Exchange, status: int, reason: str,
+                       state: str) -> None:
+        """``state``: HAProxy's two-letter termination state (who ended it, in which phase)."""
         if self._exchange is not exchange:
             return
         exchange.release()
@@ -728,7 +801,8 @@ class HttpSession(asyncio.Protocol):
             # Bytes of this response are already with the client: a complete-looking response
             # must not follow, and the client must see the break.
             self._log_exchange(exchange, status=exchange.response_head.status
-                               if exchange.response_head else 0, end=f"server-broke: {reason}")
+                               if exchange.response_head else 0, end=f"server-broke: {reason}",
+                               termination=state + "--")
             self._exchange = None
             self._close_client()
             return
@@ -737,7 +811,7 @@ class HttpSession(asyncio.Protocol):
                 504: b"The server did not answer in time.\n"}.get(status, b"Bad gateway.\n")
         self._send(simple_response(status, body, close=self._closing,
                                    http10=exchange.head.version == b"1.0"))
-        self._log_exchange(exchange, status=status, end=reason)
+        self._log_exchange(exchange, status=status, end=reason, termination=state + "--")
         if exchange.request_body and not exchange.request_done:
             self._discarding_body = True
         self._exchange = None
@@ -747,11 +821,21 @@ class HttpSession(asyncio.Protocol):
 
     def _reject(self, error: HttpError) -> None:
         """Malformed request: the error's status, one log line, connection closed."""
-        self._log_rejection(error.status, error.reason, error.detail)
+        if self._rejected:
+            return
+        self._rejected = self._input_done = True
+        sent = 0
         if self._exchange is None:
             # With an exchange under way, its response has started or is due first: no answer.
             body = f"{_status_line_reason(error.status).decode()}: {error.reason}\n".encode()
-            self._send(simple_response(error.status, body, close=True))
+            response = simple_response(error.status, body, close=True)
+            sent = len(response)
+            self._send(response)
+        # HAProxy's states: "cR" its client timeout while the request came, else "PR" (the
+        # proxy refused the request).
+        self._log_rejection(error.status, error.reason, error.detail,
+                            termination="cR--" if error.status == 408 else "PR--",
+                            bytes_read=sent)
         self._close_client()
 
     def _close_client(self) -> None:
@@ -765,7 +849,7 @@ class HttpSession(asyncio.Protocol):
         if exchange is not None:
             if (exchange.connection is not None and not exchange.response_done
                     and now - exchange.last_server_activity >= timeouts.server):
-                self.server_failed(exchange, "server-timeout", status=504)
+                self.server_failed(exchange, "server-timeout", status=504, who="s")
             return
         if self._awaiting_proxy:
             if now - self._connected_at >= timeouts.proxy_header:
@@ -790,28 +874,65 @@ class HttpSession(asyncio.Protocol):
             self._sent += len(data)
             self._out.write(data)
 
-    def _log_rejection(self, status: int, reason: str, detail: str) -> None:
+    def _log_rejection(self, status: int, reason: str, detail: str, *,
+                       termination: str = "PR--", bytes_read: int = 0) -> None:
         self._ctx.metrics.http_rejected(self._ctx.listener.name, reason)
+        now = self._loop.time()
+        began = self._head_started if self._head_started is not None else (
+            self._head_began if self._head_began >= self._last_end else now)
         self._ctx.access_log.http_rejection(
             listener=self._ctx.listener.name, client=self._client_text, status=status,
-            reason=reason, detail=detail, worker=self._ctx.worker)
+            reason=reason, detail=detail, worker=self._ctx.worker, termination=termination,
+            active_ms=_ms(now - (began if status else self._connected_at)),
+            bytes_read=bytes_read, tls=self._tls)
 
-    def _log_exchange(self, exchange: _Exchange, *, status: int, end: str) -> None:
-        self._log_request(exchange.head, status, exchange.response_bytes,
-                          backend=exchange.backend.name, server=exchange.server_label, end=end,
-                          started=exchange.started, route=exchange.route)
+    def _log_exchange(self, exchange: _Exchange, *, status: int, end: str,
+                      termination: str) -> None:
+        connected_at = exchange.connected_at
+        response_at = exchange.response_at
+        if exchange.response_head is not None and response_at < 0:
+            response_at = self._loop.time()  # whole_response: the head came just now
+        backend = exchange.backend
+        server = exchange.server_label
+        self._log_request(
+            exchange.head, status, self._sent - exchange.sent_before,
+            backend=backend.name, server=server if server != "-" else NO_SERVER_LABEL,
+            end=end, started=exchange.started, route=exchange.route, termination=termination,
+            request_start=exchange.request_start, head_time=exchange.head_time,
+            queue_ms=0 if exchange.connect_started >= 0 else -1,
+            connect_ms=_ms(connected_at - exchange.connect_started) if connected_at >= 0
+            else -1,
+            response_ms=_ms(response_at - connected_at) if response_at >= 0
+            and connected_at >= 0 else -1,
+            backend_connections=backend.busy, server_connections=backend.active.get(server, 0),
+            retries=max(0, exchange.failed_connects - (0 if connected_at >= 0 else 1))
+            + (1 if exchange.retried else 0))
 
-    def _log_request(self, head: RequestHead, status: int, body_bytes: int, *, backend: str,
-                     server: str, end: str, started: float, route: str) -> None:
+    def _log_request(self, head: RequestHead, status: int, bytes_read: int, *, backend: str,
+                     server: str, end: str, started: float, route: str, termination: str,
+                     request_start: float, head_time: float, queue_ms: int, connect_ms: int,
+                     response_ms: int, backend_connections: int, server_connections: int,
+                     retries: int, metrics_backend: str | None = None) -> None:
+        """``metrics_backend``: the metrics' name of the backend, when not ``backend``."""
         ctx = self._ctx
-        seconds = self._loop.time() - started
-        ctx.metrics.http_request(ctx.listener.name, route, backend, status, seconds)
+        now = self._last_end = self._loop.time()
+        ctx.metrics.http_request(ctx.listener.name, route, metrics_backend or backend, status,
+                                 now - started)
         ctx.access_log.http_request(
             client=self._client_text, listener=ctx.listener.name,
-            backend=backend, server=server,
-            duration_ms=round(seconds * 1000), status=status,
-            body_bytes=body_bytes, method=head.method, target=head.target,
-            version=head.version, end=end, worker=self._ctx.worker, tls=self._tls)
+            backend=backend, server=server, request_ms=_ms(head_time), queue_ms=queue_ms,
+            connect_ms=connect_ms, response_ms=response_ms,
+            active_ms=_ms(now - request_start),
+            # HAProxy's -1: no response was sent (a client that left first)
+            status=status if status else -1,
+            bytes_read=bytes_read, termination=termination,
+            backend_connections=backend_connections, server_connections=server_connections,
+            retries=retries, method=head.method, target=head.target,
+            version=head.version, end=end, worker=ctx.worker, tls=self._tls)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000 + 0.5)
 
 
 def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -890,7 +1011,7 @@ class _ServerConnection(asyncio.Protocol):
         try:
             events = parser.feed(data, try_whole=False)
         except HttpError as error:
-            session.server_failed(exchange, f"bad-response: {error.reason}")
+            session.server_failed(exchange, f"bad-response: {error.reason}", who="P")
             return
         session.response_events(exchange, events)
 

@@ -1,4 +1,4 @@
-"""Access log: one line per TCP session (and, later, per HTTP request) on stdout.
+"""Access log: one line per TCP session and per HTTP request on stdout, in HAProxy's layouts.
 
 Lines are batched and written with ``os.write`` in chunks of at most ``PIPE_BUF`` bytes cut at
 line ends: several worker processes share one stdout pipe, and a write of at most ``PIPE_BUF``
@@ -42,12 +42,27 @@ def configure_logging(level: int = logging.INFO) -> None:
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]|[^\x21-\x7e]')
 
 
+def _counts_fields(active: int, frontend: int, backend: int, server: int,
+                   retries: int) -> dict[str, Any]:
+    """The JSON layout's names (HAProxy's) for the ``%ac/%fc/%bc/%sc/%rc %sq/%bq`` fields."""
+    return {"actconn": active, "feconn": frontend, "beconn": backend, "srv_conn": server,
+            "retries": retries, "srv_queue": 0, "backend_queue": 0}
+
+
 def address_text(address: tuple[str, int] | None, missing: str = "-") -> str:
     """``host:port``, with an IPv6 host in brackets, as every log line and the stubs write it."""
     if address is None:
         return missing
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def log_address(address: tuple[str, int] | None) -> str:
+    """``host:port`` as HAProxy's ``%ci:%cp`` writes it, an IPv6 host without brackets (its log
+    parsers split at the last colon), for the access log."""
+    if address is None:
+        return "-"
+    return f"{address[0]}:{address[1]}"
 
 
 def quote(value: str) -> str:
@@ -78,15 +93,43 @@ class _Clock:
         self._prefix = ""
 
     def now(self) -> str:
-        now = time.time()
-        second = int(now)
+        return self.at(time.time())
+
+    def at(self, moment: float) -> str:
+        second = int(moment)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime(self._format, time.gmtime(second))
-        return self._prefix + self._millis[min(int((now - second) * 1000), 999)]
+        return self._prefix + self._millis[min(int((moment - second) * 1000), 999)]
+
+
+# HAProxy's names for a request answered without a server and for a request it could not parse,
+# in the server and request-line fields of its log.
+NO_SERVER = "<NOSRV>"
+BAD_REQUEST = "<BADREQ>"
+
+# What HAProxy's connection-error line says for the ways a connection ends before it is a
+# session (its "frontend/bind: message" lines); an unlisted reason is written as it is.
+_CONNECTION_ERRORS = {
+    "bad-proxy-header": "Received something which does not look like a PROXY protocol header",
+    "proxy-header-timeout": "Timeout while waiting for PROXY protocol header",
+    "client-closed-before-proxy-header": "Connection closed while waiting for PROXY protocol "
+                                         "header",
+}
+
+
+def connection_error_message(reason: str) -> str:
+    message = _CONNECTION_ERRORS.get(reason)
+    if message is not None:
+        return message
+    return "SSL handshake failure" if reason.startswith("tls") else reason
 
 
 class AccessLog:
+    """The worker's access log, and the worker's connection counts that its lines carry (the
+    ``actconn`` and ``feconn`` fields of HAProxy's layouts): one object per worker, so both are
+    per worker."""
+
     def __init__(self, log_format: str = "logfmt", fd: int = 1) -> None:
         self._json = log_format == "json"
         self._fd = fd
@@ -94,6 +137,18 @@ class AccessLog:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._clock = _Clock("%Y-%m-%dT%H:%M:%S", "Z")  # ISO 8601, UTC
         self._haproxy_clock = _Clock("%d/%b/%Y:%H:%M:%S")  # HAProxy's accept date
+        self.active = 0  # the worker's client connections open now, all listeners
+        self._frontends: dict[str, int] = {}
+
+    def connection_opened(self, frontend: str) -> None:
+        self.active += 1
+        frontends = self._frontends
+        frontends[frontend] = frontends.get(frontend, 0) + 1
+
+    def connection_closed(self, frontend: str) -> None:
+        self.active -= 1
+        frontends = self._frontends
+        frontends[frontend] = frontends.get(frontend, 1) - 1
 
     def record(self, fields: dict[str, Any]) -> None:
         fields = {"ts": self._clock.now(), **fields}
@@ -103,60 +158,137 @@ class AccessLog:
             line = " ".join(f"{key}={quote(str(value))}" for key, value in fields.items())
         self._append(line)
 
-    def tcp_session(self, *, listener: str, client: str, backend: str, server: str,
-                    bytes_in: int, bytes_out: int, duration_ms: int, end: str, worker: int,
+    def tcp_session(self, *, frontend: str, client: str, backend: str, server: str,
+                    queue_ms: int, connect_ms: int, total_ms: int, bytes_out: int,
+                    bytes_in: int, termination: str, backend_connections: int,
+                    server_connections: int, retries: int, end: str, worker: int,
                     detail: str) -> None:
-        """One line per TCP session.  Every value but ``detail`` is a configured name, an
-        address or a number, none of which needs quoting: the line is one f-string, since this
-        runs once per SMTP session."""
+        """One line per TCP session, in HAProxy's ``option tcplog`` layout (``%ci:%cp [%t] %ft
+        %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq``), then our fields.  Every value
+        but ``detail`` is a configured name, an address or a number, none of which needs
+        quoting: the line is one f-string, since this runs once per SMTP session."""
+        accepted = self._haproxy_clock.at(time.time() - total_ms / 1000)
+        open_here = self._frontends.get(frontend, 0)
         if self._json:
             fields: dict[str, Any] = {
-                "kind": "tcp", "listener": listener, "client": client, "backend": backend,
-                "server": server, "bytes_in": bytes_in, "bytes_out": bytes_out,
-                "duration_ms": duration_ms, "end": end, "worker": worker}
+                "kind": "tcp", "client": client, "accept_date": accepted, "frontend": frontend,
+                "listener": frontend, "backend": backend, "server": server,
+                "time_queue": queue_ms, "time_connect": connect_ms, "time_total": total_ms,
+                "bytes_read": bytes_out, "termination_state": termination,
+                **_counts_fields(self.active, open_here, backend_connections,
+                                 server_connections, retries),
+                "bytes_in": bytes_in, "bytes_out": bytes_out,
+                "duration_ms": total_ms, "end": end, "worker": worker}
             if detail:
                 fields["detail"] = detail
             self.record(fields)
             return
-        line = (f"ts={self._clock.now()} kind=tcp listener={listener} client={client} "
-                f"backend={backend} server={server} bytes_in={bytes_in} bytes_out={bytes_out} "
-                f"duration_ms={duration_ms} end={end} worker={worker}")
+        line = (f"{client} [{accepted}] {frontend} {backend}/{server} "
+                f"{queue_ms}/{connect_ms}/{total_ms} {bytes_out} {termination} "
+                f"{self.active}/{open_here}/{backend_connections}/{server_connections}/"
+                f"{retries} 0/0 "
+                f"end={end} bytes_in={bytes_in} worker={worker}")
         if detail:
             line = f"{line} detail={quote(detail)}"
         self._append(line)
 
+    def connection_error(self, *, frontend: str, client: str, end: str, reason: str,
+                         detail: str, worker: int, age_ms: int = 0) -> None:
+        """A connection that ended before it carried a request or a session (a bad or late
+        PROXY header, a failed TLS handshake), as HAProxy's connection-error line
+        (``%ci:%cp [%t] %ft/%bind: message``; our listeners have one bind each, HAProxy's first
+        is ``1``), then our fields: ``end``, and ``reason`` when it says more; ``detail`` is
+        cut at 200 characters."""
+        accepted = self._haproxy_clock.at(time.time() - age_ms / 1000)
+        message = connection_error_message(reason)
+        if self._json:
+            self.record({"kind": "error", "client": client, "accept_date": accepted,
+                         "frontend": frontend, "listener": frontend, "message": message,
+                         "end": end, "reason": reason, "detail": detail[:200],
+                         "worker": worker})
+            return
+        line = f"{client} [{accepted}] {frontend}/1: {message} end={quote(end)}"
+        if reason != end:
+            line = f"{line} reason={quote(reason)}"
+        line = f"{line} worker={worker}"
+        if detail:
+            line = f"{line} detail={quote(detail[:200])}"
+        self._append(line)
+
     def http_rejection(self, *, listener: str, client: str, status: int, reason: str,
-                       detail: str, worker: int) -> None:
-        """A connection or request refused before any backend saw it (bad PROXY header,
-        malformed request, failed TLS handshake); ``detail`` is cut at 200 characters."""
-        self.record({"kind": "http", "listener": listener, "client": client, "status": status,
-                     "end": "rejected", "reason": reason, "detail": detail[:200],
-                     "worker": worker})
+                       detail: str, worker: int, termination: str = "PR--",
+                       request_ms: int = -1, active_ms: int = 0, bytes_read: int = 0,
+                       tls: TlsFields | None = None) -> None:
+        """A request refused before any backend saw it (malformed, too large, too slow), in
+        the httplog layout with HAProxy's ``<NOSRV>`` and ``"<BADREQ>"``; a connection refused
+        before any request (``status`` 0) gets the connection-error line.  ``detail`` is cut
+        at 200 characters."""
+        if status == 0:
+            self.connection_error(frontend=listener, client=client, end="rejected",
+                                  reason=reason, detail=detail, worker=worker,
+                                  age_ms=active_ms)
+            return
+        frontend = listener + "~" if tls is not None else listener
+        accepted = self._haproxy_clock.at(time.time() - active_ms / 1000)
+        open_here = self._frontends.get(listener, 0)
+        if self._json:
+            self.record({"kind": "http", "client": client, "accept_date": accepted,
+                         "frontend": frontend, "listener": listener, "backend": listener,
+                         "server": NO_SERVER, "time_request": request_ms, "time_queue": -1,
+                         "time_connect": -1, "time_response": -1, "time_active": active_ms,
+                         "status": status, "bytes_read": bytes_read,
+                         "termination_state": termination,
+                         **_counts_fields(self.active, open_here, 0, 0, 0),
+                         "request": BAD_REQUEST, "end": "rejected", "reason": reason,
+                         "detail": detail[:200], "worker": worker,
+                         **({"tls": tls.version, "sni": tls.server_name} if tls else {})})
+            return
+        line = (f"{client} [{accepted}] {frontend} {listener}/{NO_SERVER} "
+                f"{request_ms}/-1/-1/-1/{active_ms} {status} {bytes_read} - - {termination} "
+                f'{self.active}/{open_here}/0/0/0 0/0 "{BAD_REQUEST}" end=rejected '
+                f"reason={quote(reason)} "
+                f"worker={worker}")
+        if detail:
+            line = f"{line} detail={quote(detail[:200])}"
+        self._append(line + (tls.text if tls else ""))
 
     def http_request(self, *, client: str, listener: str, backend: str, server: str,
-                     duration_ms: int, status: int, body_bytes: int, method: bytes,
-                     target: bytes, version: bytes, end: str, worker: int,
+                     request_ms: int, queue_ms: int, connect_ms: int, response_ms: int,
+                     active_ms: int, status: int, bytes_read: int, termination: str,
+                     backend_connections: int, server_connections: int, retries: int,
+                     method: bytes, target: bytes, version: bytes, end: str, worker: int,
                      tls: TlsFields | None = None) -> None:
-        """One line per HTTP request.  The text layout follows HAProxy's ``option httplog``
-        (client, [accept date], frontend, backend/server, timers, status, bytes, ...,
-        "request line") so that log pipelines built for the KRA HAProxy keep parsing it; the
-        timers are reduced to the total time, the fields HAProxy fills with request-queue and
-        cookie data are '-'.  The request target is cut at 200 bytes.  ``tls``: an HTTPS
-        connection's version and requested server name."""
+        """One line per HTTP request, in HAProxy's ``option httplog`` layout (``%ci:%cp [%tr]
+        %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq
+        %{+Q}r``), then our fields, so that log pipelines built for the KRA HAProxy keep
+        parsing it.  There are no queues, cookies or captures: those fields are ``0`` and
+        ``-``.  The request target is cut at 200 bytes.  ``tls``: an HTTPS connection's
+        version and requested server name (its frontend is written with HAProxy's ``~``)."""
         request = (method + b" " + target[:200] + b" HTTP/" + version).decode("latin-1")
+        accepted = self._haproxy_clock.at(time.time() - active_ms / 1000)
+        frontend = listener + "~" if tls is not None else listener
+        open_here = self._frontends.get(listener, 0)
         if self._json:
-            self.record({"kind": "http", "client": client, "listener": listener,
-                         "backend": backend, "server": server, "duration_ms": duration_ms,
-                         "status": status, "bytes": body_bytes, "request": request,
-                         "end": end, "worker": worker,
+            self.record({"kind": "http", "client": client, "accept_date": accepted,
+                         "frontend": frontend, "listener": listener, "backend": backend,
+                         "server": server, "time_request": request_ms, "time_queue": queue_ms,
+                         "time_connect": connect_ms, "time_response": response_ms,
+                         "time_active": active_ms, "status": status, "bytes_read": bytes_read,
+                         "termination_state": termination,
+                         **_counts_fields(self.active, open_here, backend_connections,
+                                          server_connections, retries),
+                         "request": request, "duration_ms": active_ms, "end": end,
+                         "worker": worker,
                          **({"tls": tls.version, "sni": tls.server_name} if tls else {})})
             return
         # The target is printable ASCII without quotes once validated: the JSON quoting (which
         # HAProxy's log parsers see as the quoted request line) is then just the two quotes.
         quoted = (f'"{request}"' if request.isprintable() and request.isascii()
                   and '"' not in request and "\\" not in request else json.dumps(request))
-        self._append(f"{client} [{self._haproxy_clock.now()}] {listener} {backend}/{server} "
-                     f"-1/-1/-1/-1/{duration_ms} {status} {body_bytes} - - ---- "
+        self._append(f"{client} [{accepted}] {frontend} {backend}/{server} "
+                     f"{request_ms}/{queue_ms}/{connect_ms}/{response_ms}/{active_ms} "
+                     f"{status} {bytes_read} - - {termination} {self.active}/{open_here}/"
+                     f"{backend_connections}/{server_connections}/{retries} 0/0 "
                      f"{quoted} end={end if end == 'ok' else quote(end)} worker={worker}"
                      + (tls.text if tls else ""))
 

@@ -46,7 +46,8 @@ from ingress.config import ListenerConfig, Timeouts
 from ingress.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
 from ingress.metrics import Metrics
 from ingress.metrics import metrics as metrics_of_this_process
-from ingress.observe import AccessLog, address_text
+from ingress.observe import NO_SERVER as NO_SERVER_LABEL
+from ingress.observe import AccessLog, address_text, log_address
 from routing.backends import Backend, Endpoint, NoServerReachedError, connect_first
 
 log = logging.getLogger("mta_ingress.tcp")
@@ -86,8 +87,9 @@ def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int
 
 class RelaySession(asyncio.Protocol):
     __slots__ = (
-        "_backend_transport", "_client_eof", "_connect_handle", "_connect_task",
-        "_connect_timed_out", "_counted", "_ctx", "_detail", "_end", "_inbound",
+        "_backend_transport", "_client_eof", "_connect_handle", "_connect_started",
+        "_connect_task", "_connect_timed_out", "_connected_at", "_counted", "_ctx", "_detail",
+        "_end", "_failed_connects", "_inbound",
         "_last_activity", "_loop", "_pending", "_pending_paused", "_pending_size", "_server_eof",
         "_server_label", "_started", "_state", "bytes_in", "bytes_out", "client_address",
         "local_address", "transport",
@@ -111,7 +113,11 @@ class RelaySession(asyncio.Protocol):
         self._detail = ""
         self._pending_paused = False
         self._server_label = "-"
-        self._counted = False  # active on _server_label (leastconn) until the session ends
+        self._counted = False  # active on _server_label until the session ends
+        # For the access log's timers (HAProxy's %Tw/%Tc): -1.0 is "never".
+        self._connect_started = -1.0
+        self._connected_at = -1.0
+        self._failed_connects = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.client_address: tuple[str, int] | None = None
@@ -130,6 +136,7 @@ class RelaySession(asyncio.Protocol):
         self.local_address = (sock[0], sock[1]) if sock else None
         self._ctx.sessions.add(self)
         self._ctx.metrics.connection_opened(self._ctx.listener.name)
+        self._ctx.access_log.connection_opened(self._ctx.listener.name)
         if not self._ctx.listener.accept_proxy:
             self._start_connect()
 
@@ -209,6 +216,7 @@ class RelaySession(asyncio.Protocol):
     def _start_connect(self) -> None:
         self._state = CONNECTING
         loop = self._loop
+        self._connect_started = loop.time()
         # One timer for the whole attempt, over every server tried: the client hears the 421
         # within timeouts.connect however many servers there are.
         self._connect_handle = loop.call_at(loop.time() + self._ctx.timeouts.connect,
@@ -227,26 +235,37 @@ class RelaySession(asyncio.Protocol):
             if endpoints is None:
                 endpoints = await self._ctx.backend.endpoints()
             _, endpoint = await connect_first(endpoints, self._backend_factory_for,
-                                              self._ctx.backend.connect_failed)
+                                              self._connect_failed)
         except NoServerReachedError as error:
+            # The log names the last server tried, as HAProxy names the one that failed.
+            if endpoints:
+                self._server_label = endpoints[-1].server
             failure = str(error)
         except asyncio.CancelledError:
             if not self._connect_timed_out:
                 self._cancel_connect_deadline()
                 raise
-            self._ctx.backend.connect_failed()
+            if endpoints:
+                self._server_label = endpoints[
+                    min(self._failed_connects, len(endpoints) - 1)].server
+            self._connect_failed()
             failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
         else:
             self._server_label = endpoint.server
             # Only a session that is relaying counts: one whose client left meanwhile has
-            # already ended (or will, without relaying).
-            if self._state == RELAY and self._ctx.backend.leastconn:
+            # already ended (or will, without relaying).  Counted whatever the balance: the
+            # access log's beconn and srv_conn are these counts.
+            if self._state == RELAY:
                 self._counted = True
                 self._ctx.backend.acquire(endpoint.server)
             self._cancel_connect_deadline()
             return
         self._cancel_connect_deadline()
         self._refuse(failure)
+
+    def _connect_failed(self) -> None:
+        self._failed_connects += 1
+        self._ctx.backend.connect_failed()
 
     def _cancel_connect_deadline(self) -> None:
         if self._connect_handle is not None:
@@ -266,6 +285,7 @@ class RelaySession(asyncio.Protocol):
         self._backend_transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._state = RELAY
+        self._connected_at = self._loop.time()
         client, local = self.client_address, self.local_address
         if self._ctx.send_proxy != "none" and client is not None and local is not None:
             # The header goes alone, in one write, before any payload: some receivers read
@@ -358,7 +378,8 @@ class RelaySession(asyncio.Protocol):
     def _maybe_done(self) -> None:
         if self.transport is not None or self._backend_transport is not None:
             return
-        if self._state == CLOSED:
+        state = self._state
+        if state == CLOSED:
             return
         self._state = CLOSED
         ctx = self._ctx
@@ -370,18 +391,60 @@ class RelaySession(asyncio.Protocol):
         metrics = ctx.metrics
         metrics.connection_closed(ctx.listener.name, self.bytes_in, self.bytes_out)
         metrics.tcp_session(ctx.listener.name, ctx.backend.name, self._end, seconds)
-        ctx.access_log.tcp_session(
-            listener=ctx.listener.name,
-            client=address_text(self.client_address),
-            backend=ctx.backend.name,
-            server=self._server_label,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            duration_ms=round(seconds * 1000),
-            end=self._end,
-            worker=ctx.worker,
-            detail=self._detail[:200],
-        )
+        total_ms = _ms(seconds)
+        if state == AWAIT_PROXY:
+            # No session yet (HAProxy's connection-error line, not a tcplog one).
+            ctx.access_log.connection_error(
+                frontend=ctx.listener.name, client=log_address(self.client_address),
+                end=self._end, reason=self._end, detail=self._detail, worker=ctx.worker,
+                age_ms=total_ms)
+        else:
+            connected_at, connect_started = self._connected_at, self._connect_started
+            server = self._server_label
+            ctx.access_log.tcp_session(
+                frontend=ctx.listener.name,
+                client=log_address(self.client_address),
+                backend=ctx.backend.name,
+                server=server if server != "-" else NO_SERVER_LABEL,
+                queue_ms=0 if connect_started >= 0 else -1,
+                connect_ms=_ms(connected_at - connect_started) if connected_at >= 0 else -1,
+                total_ms=total_ms,
+                bytes_out=self.bytes_out,
+                bytes_in=self.bytes_in,
+                termination=termination_state(self._end, connected_at >= 0,
+                                              self._connect_timed_out),
+                backend_connections=ctx.backend.busy,
+                server_connections=ctx.backend.active.get(server, 0),
+                retries=max(0, self._failed_connects - (0 if connected_at >= 0 else 1)),
+                end=self._end,
+                worker=ctx.worker,
+                detail=self._detail[:200],
+            )
+        # After the line: like HAProxy's, a session's line counts its own connection.
+        ctx.access_log.connection_closed(ctx.listener.name)
+
+
+def termination_state(end: str, connected: bool, connect_timed_out: bool) -> str:
+    """HAProxy's two-letter state of a TCP session that ended as ``end`` says: who ended it
+    ("C" client, "S" server, "c"/"s" their timeouts, "K" the proxy's shutdown, "-" nobody
+    unexpectedly) and in which phase ("C" connecting to the server, "D" data)."""
+    if end in ("closed", "client-closed", "server-closed"):
+        # A side that closes cleanly, once relaying, is how every session ends.
+        return "--" if connected else "CC"
+    if end == "no-backend":
+        return "sC" if connect_timed_out else "SC"
+    phase = "D" if connected else "C"
+    if end == "client-reset":
+        return "C" + phase
+    if end == "server-reset":
+        return "S" + phase
+    if end == "idle-timeout":
+        return "c" + phase
+    return "K" + phase  # ended by the ingress itself: the shutdown's grace expired
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000 + 0.5)
 
 
 class _BackendSide(asyncio.Protocol):

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from ingress import proxy_protocol
 from ingress.metrics import metrics
-from ingress.observe import AccessLog, address_text
+from ingress.observe import AccessLog, log_address
 from ingress.tls_transport import HANDSHAKE_FAILED, FailureReport, TlsServerConnection
 
 log = logging.getLogger("mta_ingress")
@@ -56,11 +56,11 @@ def handshake_failure_logger(listener: str, access_log: AccessLog, worker: int,
                              client: tuple[str, int] | None = None) -> FailureReport:
     """The ``on_failure`` of a TLS listener's connections. The client is the peer, unless
     ``client`` is given: the PROXY header's address, the peer being the outer load balancer."""
-    fixed_client = address_text(client) if client is not None else None
+    fixed_client = log_address(client) if client is not None else None
 
     def log_failure(peer: tuple[str, int] | None, reason: str, detail: str) -> None:
         log_rejection(access_log, listener, worker,
-                      fixed_client if fixed_client is not None else address_text(peer),
+                      fixed_client if fixed_client is not None else log_address(peer),
                       reason, detail)
     return log_failure
 
@@ -143,7 +143,7 @@ class _HeaderReader:
             self._peer: tuple[str, int] | None = (peer[0], peer[1])
         except OSError:
             self._peer = None
-        self._client = address_text(self._peer)
+        self._client = log_address(self._peer)
 
     def start(self) -> None:
         loop = self._owner.loop

@@ -259,9 +259,10 @@ class Backend:
         self._down: set[str] = set()
         self._all_up = True
         self.leastconn = balance == "leastconn"
-        # Sessions or requests in progress per server, in this worker: kept only for leastconn,
-        # so that round robin sessions pay nothing for it.
+        # Sessions or requests in progress per server and in all, in this worker: what
+        # leastconn balances on, and the access log's srv_conn and beconn.
         self.active: dict[str, int] = {}
+        self.busy = 0
         self._balancer = Balancer(self.leastconn)
         self._ordered = False  # True: the balancer orders sessions, not the plain rotation
         self._discovered: dict[str, tuple[Target, ...]] = {source: () for source in sources}
@@ -328,6 +329,7 @@ class Backend:
 
     def acquire(self, server: str) -> None:
         self.active[server] = self.active.get(server, 0) + 1
+        self.busy += 1
 
     def release(self, server: str) -> None:
         count = self.active.get(server, 0) - 1
@@ -335,6 +337,7 @@ class Backend:
             self.active[server] = count
         else:
             self.active.pop(server, None)  # no entry left behind for servers that are gone
+        self.busy -= 1
 
     def rotation(self) -> list[tuple[str, int]]:
         count = len(self.servers)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests.haproxy_log import CONNECTION_ERROR, HTTPLOG, parse
 from tests.integration.ingress_process import IngressProcess
 from tests.integration.origin import Cluster
 from tests.integration.peers import free_port, require_binary
@@ -278,7 +279,7 @@ def test_bad_proxy_header_closes_before_any_tls(
         # at once, not when the PROXY-header timeout fires
         assert elapsed < PROXY_HEADER_TIMEOUT / 2, (attempt, elapsed, lines)
         assert len(lines) == attempt + 1, lines
-        assert "listener=https-proxied" in lines[-1]
+        assert parse(CONNECTION_ERROR, lines[-1])["frontend"] == "https-proxied"
         assert "end=rejected reason=bad-proxy-header" in lines[-1], lines[-1]
     assert cluster.event_tracker.requests == []
 
@@ -547,7 +548,7 @@ def test_access_log_records_tls_version_and_sni(
         assert read_response(reader)[0] == 200
     lines = ingress.process.access_lines(2)
     [with_sni] = [line for line in lines if "/click/logged" in line]
-    assert " https event-tracker-http/" in with_sni
+    assert " https~ event-tracker-http/" in with_sni  # HAProxy's mark of a TLS frontend
     assert with_sni.endswith(" tls=TLSv1.3 sni=log.example.org"), with_sni
     [without] = [line for line in lines if "/click/no-sni" in line]
     assert without.endswith(" tls=TLSv1.3 sni=-"), without
@@ -562,8 +563,28 @@ def test_access_log_of_proxied_https_has_the_header_address(
     assert response.startswith(b"HTTP/1.1 200 "), response
     [line] = [line for line in ingress.process.access_lines(1) if "/click/proxied" in line]
     assert line.startswith(f"{CLIENT_ADDRESS[0]}:{CLIENT_ADDRESS[1]} ["), line
-    assert " https-proxied event-tracker-http/" in line
+    assert " https-proxied~ event-tracker-http/" in line
     assert line.endswith(" tls=TLSv1.3 sni=p.example.org"), line
+
+
+def test_bad_request_then_close_is_logged_once(
+        pki: Pki, cert_dir: Path, start_ingress: Callable[[], HttpsIngress]) -> None:
+    """A malformed request whose client closes at once (its close_notify and FIN right behind
+    it) is one rejection, not one for the request and one for the end of stream after it."""
+    install(cert_dir, "a.pem", pki.issue("bad.example.org"))
+    ingress = start_ingress()
+    tries = 20
+    for _ in range(tries):
+        sock = socket.create_connection(("127.0.0.1", ingress.port), timeout=TIMEOUT)
+        client = BioTlsClient(sock, pki.client_context(), "bad.example.org")
+        sock.sendall(client.client_hello())
+        client.finish_handshake()
+        client.send_and_close(b"GARBAGE\r\n\r\n")
+    ingress.process.access_lines(tries)
+    time.sleep(0.5)  # a second line for any of them would come within the log's flush delay
+    lines = ingress.process.access_lines(tries)
+    assert len(lines) == tries, lines
+    assert all(parse(HTTPLOG, line)["termination_state"] == "PR--" for line in lines), lines
 
 
 # --- shutdown with an idle HTTPS keep-alive connection ------------------------------------------

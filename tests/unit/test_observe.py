@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
-import re
 import select
 import socket
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ingress.observe import PIPE_BUF, AccessLog, TlsFields, quote
+from ingress.tcp_relay import termination_state
+from tests.haproxy_log import CONNECTION_ERROR, HTTPLOG, TCPLOG, extras, parse
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -71,55 +76,150 @@ def test_json_format() -> None:
     assert record["ts"].endswith("Z")
 
 
-def test_http_request_line_has_haproxy_httplog_layout() -> None:
-    read_fd, write_fd = os.pipe()
-    try:
-        log = AccessLog("logfmt", fd=write_fd)
-        for _ in range(2):  # the second line uses the cached date prefix
-            log.http_request(client="203.0.113.5:40000", listener="http",
-                             backend="event-tracker-http", server="10.0.0.7:80", duration_ms=12,
-                             status=200, body_bytes=345, method=b"GET",
-                             target=b"/click/abc?x=1", version=b"1.1", end="ok", worker=0)
-        log.flush()
-        lines = read_all(read_fd).decode().splitlines()
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
-    pattern = re.compile(
-        r'203\.0\.113\.5:40000 \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d\.\d{3}\] http '
-        r'event-tracker-http/10\.0\.0\.7:80 -1/-1/-1/-1/12 200 345 - - ---- '
-        r'"GET /click/abc\?x=1 HTTP/1\.1" end=ok worker=0')
-    assert len(lines) == 2
-    assert all(pattern.fullmatch(line) for line in lines), lines
-
-
-@pytest.mark.parametrize("log_format", ["logfmt", "json"])
-def test_http_request_of_an_https_connection_carries_its_tls_fields(log_format: str) -> None:
-    """The same TlsFields on every request of a connection, in both layouts; a server name
-    that logfmt cannot leave bare is quoted."""
+def _written(log_format: str, write: Callable[[AccessLog], None]) -> list[str]:
     read_fd, write_fd = os.pipe()
     try:
         log = AccessLog(log_format, fd=write_fd)
-        for fields in (TlsFields("TLSv1.3", "mx.example.org"), TlsFields("TLSv1.2", "-"),
-                       TlsFields("TLSv1.3", "odd name")):
-            for _ in range(2):
-                log.http_request(client="-", listener="https", backend="b", server="s",
-                                 duration_ms=0, status=200, body_bytes=0, method=b"GET",
-                                 target=b"/", version=b"1.1", end="ok", worker=0, tls=fields)
+        write(log)
         log.flush()
-        lines = read_all(read_fd).decode().splitlines()
+        return read_all(read_fd).decode().splitlines()
     finally:
         os.close(read_fd)
         os.close(write_fd)
-    expected = [("TLSv1.3", "mx.example.org"), ("TLSv1.2", "-"), ("TLSv1.3", "odd name")]
+
+
+def _request(log: AccessLog, **changes: Any) -> None:
+    fields: dict[str, Any] = {
+        "client": "203.0.113.5:40000", "listener": "http", "backend": "event-tracker-http",
+        "server": "10.0.0.7:80", "request_ms": 3, "queue_ms": 0, "connect_ms": 1,
+        "response_ms": 7, "active_ms": 12, "status": 200, "bytes_read": 345,
+        "termination": "----", "backend_connections": 4, "server_connections": 2,
+        "retries": 1, "method": b"GET", "target": b"/click/abc?x=1", "version": b"1.1",
+        "end": "ok", "worker": 0}
+    log.http_request(**{**fields, **changes})
+
+
+def test_http_request_line_is_haproxy_httplog_field_for_field() -> None:
+    def write(log: AccessLog) -> None:
+        log.connection_opened("http")
+        log.connection_opened("http")
+        log.connection_opened("smtp25")
+        for _ in range(2):  # the second line uses the cached date prefix
+            _request(log)
+    lines = _written("logfmt", write)
+    assert len(lines) == 2
+    for line in lines:
+        fields = parse(HTTPLOG, line)
+        assert fields == {**fields, "client_ip": "203.0.113.5", "client_port": "40000",
+                          "frontend": "http", "backend": "event-tracker-http",
+                          "server": "10.0.0.7:80", "time_request": "3", "time_queue": "0",
+                          "time_connect": "1", "time_response": "7", "time_active": "12",
+                          "status": "200", "bytes_read": "345", "request_cookie": "-",
+                          "response_cookie": "-", "termination_state": "----",
+                          "actconn": "3", "feconn": "2", "beconn": "4", "srv_conn": "2",
+                          "retries": "1", "srv_queue": "0", "backend_queue": "0",
+                          "request": "GET /click/abc?x=1 HTTP/1.1"}
+        assert line.endswith('"GET /click/abc?x=1 HTTP/1.1" end=ok worker=0')
+
+
+def test_accept_date_is_when_the_request_began() -> None:
+    """[%tr] is the request's start: the line's moment less its active time."""
+    before = time.time()
+    lines = _written("json", lambda log: _request(log, active_ms=60_000))
+    record = json.loads(lines[0])
+    began = calendar.timegm(time.strptime(record["accept_date"][:-4], "%d/%b/%Y:%H:%M:%S"))
+    assert before - 61 <= began <= before - 59
+
+
+def test_json_has_the_text_layout_fields() -> None:
+    [text] = _written("logfmt", _request)
+    [line] = _written("json", _request)
+    record = json.loads(line)
+    fields = parse(HTTPLOG, text)
+    for name in ("frontend", "backend", "server", "time_request", "time_queue",
+                 "time_connect", "time_response", "time_active", "status", "bytes_read",
+                 "termination_state", "actconn", "feconn", "beconn", "srv_conn", "retries",
+                 "srv_queue", "backend_queue", "request"):
+        assert str(record[name]) == fields[name], name
+    assert record["client"] == "203.0.113.5:40000"
+    assert (record["end"], record["worker"], record["kind"]) == ("ok", 0, "http")
+
+
+def test_https_frontend_is_marked_as_haproxy_marks_it() -> None:
+    [line] = _written("logfmt", lambda log: _request(
+        log, listener="https", tls=TlsFields("TLSv1.3", "mx.example.org")))
+    assert parse(HTTPLOG, line)["frontend"] == "https~"
+    assert line.endswith(" worker=0 tls=TLSv1.3 sni=mx.example.org")
+
+
+def test_rejection_is_a_badreq_line() -> None:
+    def write(log: AccessLog) -> None:
+        log.connection_opened("http")
+        log.http_rejection(listener="http", client="::1:5", status=400,
+                           reason="bad-request-line", detail="no space", worker=1,
+                           active_ms=2, bytes_read=90)
+    [line] = _written("logfmt", write)
+    fields = parse(HTTPLOG, line)
+    assert (fields["backend"], fields["server"], fields["request"]) == (
+        "http", "<NOSRV>", "<BADREQ>")
+    assert (fields["time_request"], fields["time_queue"], fields["time_connect"],
+            fields["time_response"], fields["time_active"]) == ("-1", "-1", "-1", "-1", "2")
+    assert (fields["status"], fields["termination_state"], fields["actconn"]) == (
+        "400", "PR--", "1")
+    assert extras(line) == {"end": "rejected", "reason": "bad-request-line", "worker": "1",
+                            "detail": "no space"}
+
+
+def test_connection_refused_before_a_request_is_haproxys_error_line() -> None:
+    [line] = _written("logfmt", lambda log: log.http_rejection(
+        listener="https", client="::1:4000", status=0, reason="tls-handshake-failed",
+        detail="wrong version number", worker=0))
+    fields = parse(CONNECTION_ERROR, line)
+    assert (fields["client_ip"], fields["frontend"], fields["bind"], fields["message"]) == (
+        "::1", "https", "1", "SSL handshake failure")
+    assert extras(line)["reason"] == "tls-handshake-failed"
+
+
+@pytest.mark.parametrize("log_format", ["logfmt", "json"])
+def test_tcp_session_is_haproxy_tcplog_field_for_field(log_format: str) -> None:
+    def write(log: AccessLog) -> None:
+        log.connection_opened("smtp25")
+        log.tcp_session(frontend="smtp25", client="198.51.100.2:5000", backend="mta-smtp",
+                        server="10.0.0.9:25", queue_ms=0, connect_ms=2, total_ms=1500,
+                        bytes_out=430, bytes_in=2000, termination="--",
+                        backend_connections=3, server_connections=1, retries=0,
+                        end="closed", worker=1, detail="")
+    [line] = _written(log_format, write)
     if log_format == "json":
-        records = [json.loads(line) for line in lines]
-        assert [(record["tls"], record["sni"]) for record in records] == [
-            pair for pair in expected for _ in range(2)]
-    else:
-        assert [line.split(" worker=0")[1] for line in lines] == [
-            text for text in (" tls=TLSv1.3 sni=mx.example.org", " tls=TLSv1.2 sni=-",
-                              ' tls=TLSv1.3 sni="odd name"') for _ in range(2)]
+        record = json.loads(line)
+        assert (record["time_queue"], record["time_connect"], record["time_total"],
+                record["bytes_read"], record["termination_state"], record["actconn"],
+                record["beconn"], record["bytes_in"]) == (0, 2, 1500, 430, "--", 1, 3, 2000)
+        return
+    fields = parse(TCPLOG, line)
+    assert fields == {**fields, "client_ip": "198.51.100.2", "frontend": "smtp25",
+                      "backend": "mta-smtp", "server": "10.0.0.9:25", "time_queue": "0",
+                      "time_connect": "2", "time_total": "1500", "bytes_read": "430",
+                      "termination_state": "--", "actconn": "1", "feconn": "1",
+                      "beconn": "3", "srv_conn": "1", "retries": "0"}
+    assert extras(line) == {"end": "closed", "bytes_in": "2000", "worker": "1"}
+
+
+@pytest.mark.parametrize(("end", "connected", "timed_out", "state"), [
+    ("closed", True, False, "--"),
+    ("client-closed", True, False, "--"),
+    ("server-closed", True, False, "--"),
+    ("client-closed", False, False, "CC"),
+    ("client-reset", True, False, "CD"),
+    ("server-reset", True, False, "SD"),
+    ("no-backend", False, False, "SC"),
+    ("no-backend", False, True, "sC"),
+    ("idle-timeout", True, False, "cD"),
+    ("shutdown-grace-expired", True, False, "KD"),
+])
+def test_tcp_termination_states(end: str, connected: bool, timed_out: bool,
+                                state: str) -> None:
+    assert termination_state(end, connected, timed_out) == state
 
 
 @settings(max_examples=200)
@@ -132,20 +232,12 @@ def test_http_request_of_an_https_connection_carries_its_tls_fields(log_format: 
 @example(b"/" + b"x" * 300)
 @given(st.binary(max_size=300) | st.text("/?=&%.~-_ab\"\\\x7f", max_size=300).map(str.encode))
 def test_http_request_line_quotes_the_request_as_json(target: bytes) -> None:
-    read_fd, write_fd = os.pipe()
-    try:
-        log = AccessLog("logfmt", fd=write_fd)
-        log.http_request(client="-", listener="http", backend="b", server="s", duration_ms=0,
-                         status=400, body_bytes=0, method=b"GET", target=target,
-                         version=b"1.1", end="bad thing", worker=0)
-        log.flush()
-        line = read_all(read_fd).decode()
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
+    [line] = _written("logfmt", lambda log: _request(log, target=target, status=400,
+                                                     end="bad thing"))
     request = f"GET {target[:200].decode('latin-1')} HTTP/1.1"
     assert f" {json.dumps(request)} " in line
-    assert line.rstrip("\n").endswith(' end="bad thing" worker=0')
+    assert line.endswith(' end="bad thing" worker=0')
+    assert json.loads('"' + parse(HTTPLOG, line)["request"] + '"') == request
 
 
 @given(st.lists(st.text(alphabet=st.sampled_from("ab é\"=") , max_size=3000)
