@@ -5,7 +5,10 @@ A server written as an IP literal is used as is.  A host name (a Kubernetes Serv
 ``RESOLVE_TTL`` seconds: resolving on every SMTP session would put a thread-pool round trip and
 a DNS query on the per-connection path, and a ClusterIP changes only when the Service is
 recreated.  A failed lookup is not cached beyond ``NEGATIVE_TTL`` so that a Service created after
-the ingress is found quickly; while a name fails, the last good answer is still used.
+the ingress is found quickly; while a name fails, the last good answer is still used.  Failures
+are logged per backend and server when they start, when they change kind and when the name
+resolves again, not at every retry: every health check and session retries a name that does not
+resolve, several times a second.
 
 Servers found through DNS (``dns+a://``, ``dns+srv://``) are not looked up here: their refresh
 tasks (``routing.discovery``) hand each new set to ``Backend.update_source``, which rebuilds the
@@ -58,30 +61,36 @@ class Resolver:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._answers: dict[tuple[str, int], tuple[float, list[str]]] = {}
-        self._failures: dict[tuple[str, int], float] = {}
+        # Until when a failed lookup stands, its kind and its error text.
+        self._failures: dict[tuple[str, int], tuple[float, str, str]] = {}
+        # (backend, host, port) -> the kind of failure last logged for it, while it fails.
+        self._failing: dict[tuple[str, str, int], str] = {}
 
-    async def resolve(self, host: str, port: int) -> list[str]:
-        """IP addresses for host, IPv4 first (cluster Services are usually IPv4-only)."""
+    async def resolve(self, host: str, port: int, backend: str = "") -> list[str]:
+        """IP addresses for host, IPv4 first (cluster Services are usually IPv4-only);
+        ``backend`` names the backend asking, for the log."""
         if is_ip(host):
             return [host]
         key = (host, port)
         now = self._clock()
         cached = self._answers.get(key)
         if cached is not None and cached[0] > now:
+            if self._failing:
+                self._resolved(backend, host, port, cached[1])
             return cached[1]
-        if self._failures.get(key, 0.0) > now:
+        failure = self._failures.get(key)
+        if failure is not None and failure[0] > now:
+            # Another backend may not have heard of this failure yet.
+            self._failed(backend, host, port, failure[1], failure[2], cached is not None)
             return cached[1] if cached else []
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as error:
-            self._failures[key] = now + NEGATIVE_TTL
-            if cached:
-                log.warning("msg=\"lookup failed, using the last answer\" host=%s error=%r",
-                            host, str(error))
-                return cached[1]
-            log.warning("msg=\"lookup failed\" host=%s error=%r", host, str(error))
-            return []
+            kind = lookup_error_kind(error)
+            self._failures[key] = (now + NEGATIVE_TTL, kind, str(error))
+            self._failed(backend, host, port, kind, str(error), cached is not None)
+            return cached[1] if cached else []
         addresses: list[str] = []
         for family, *_, sockaddr in sorted(infos, key=lambda info: info[0] != socket.AF_INET):
             address = str(sockaddr[0])
@@ -89,7 +98,46 @@ class Resolver:
                 addresses.append(address)
         self._answers[key] = (now + RESOLVE_TTL, addresses)
         self._failures.pop(key, None)
+        if self._failing:
+            self._resolved(backend, host, port, addresses)
         return addresses
+
+    def _failed(self, backend: str, host: str, port: int, kind: str, detail: str,
+                stale: bool) -> None:
+        key = (backend, host, port)
+        previous = self._failing.get(key)
+        self._failing[key] = kind
+        # Once per backend and server while the kind of failure stays the same: every health
+        # check and session retries the name, and would log again each time.
+        level = logging.DEBUG if previous == kind else logging.WARNING
+        log.log(level, "msg=\"backend server name does not resolve, %s\" backend=%s server=%s "
+                "name=%s error=%s detail=%r",
+                "using the last answer" if stale else "server skipped", backend or "-",
+                _label(host, port), host, kind, detail[:200])
+
+    def _resolved(self, backend: str, host: str, port: int, addresses: list[str]) -> None:
+        if self._failing.pop((backend, host, port), None) is not None:
+            log.info("msg=\"backend server name resolves again\" backend=%s server=%s name=%s "
+                     "addresses=%s", backend or "-", _label(host, port), host,
+                     ",".join(addresses) or "-")
+
+
+# getaddrinfo's errors, in the words of the dns+ servers' log (routing/discovery.py).
+# EAI_NODATA and EAI_ADDRFAMILY are glibc's, not everywhere.
+_LOOKUP_ERRORS: dict[int, str] = {}
+for _name, _kind in (("EAI_NONAME", "nxdomain"), ("EAI_NODATA", "nodata"),
+                     ("EAI_ADDRFAMILY", "nodata"), ("EAI_AGAIN", "temporary"),
+                     ("EAI_FAIL", "servfail")):
+    if hasattr(socket, _name):
+        _LOOKUP_ERRORS[getattr(socket, _name)] = _kind
+
+
+def lookup_error_kind(error: OSError) -> str:
+    """``nxdomain``, ``nodata``, ``temporary`` (a timeout or SERVFAIL, for glibc), ``servfail``
+    (a refusal) or ``error``."""
+    if isinstance(error, socket.gaierror) and error.errno is not None:
+        return _LOOKUP_ERRORS.get(error.errno, "error")
+    return "error"
 
 
 class ServerHealth:
@@ -395,7 +443,7 @@ class Backend:
 
     async def _check(self, host: str, port: int, connect_timeout: float) -> bool:
         loop = asyncio.get_running_loop()
-        for address in await self._resolver.resolve(host, port):
+        for address in await self._resolver.resolve(host, port, self.name):
             try:
                 async with asyncio.timeout(connect_timeout):
                     transport, _ = await loop.create_connection(asyncio.Protocol, address, port)
@@ -429,7 +477,7 @@ class Backend:
                 label = _label(host, port)
                 if not self.health[label].up:
                     continue
-                for address in await self._resolver.resolve(host, port):
+                for address in await self._resolver.resolve(host, port, self.name):
                     result.append(Endpoint(address, port, label))
             return result
         members: list[tuple[Endpoint, int, int]] = []
@@ -437,7 +485,8 @@ class Backend:
             label = _label(host, port)
             if label not in self._down:
                 members += [(Endpoint(address, port, label), 0, 1)
-                            for address in await self._resolver.resolve(host, port)]
+                            for address in await self._resolver.resolve(host, port,
+                                                                         self.name)]
         return self._balancer.order(make_groups(members + self._members), self._down,
                                     self.active)
 

@@ -20,9 +20,12 @@ Failures: a name that does not exist (NXDOMAIN) or has no records (NODATA) is an
 last good set is kept for ``dns_grace`` after the first such answer and then emptied: the
 clients then get their 503 or SMTP 421 at once instead of connecting to servers that were taken
 away.  A timeout or SERVFAIL says nothing about the servers, only about DNS, so the last good set
-is kept for as long as DNS stays unreachable (every failed retry is logged, saying so once the
-grace period has passed); the health checks still take servers that really went away out of
-rotation.
+is kept for as long as DNS stays unreachable (logged again once the grace period has passed);
+the health checks still take servers that really went away out of rotation.
+
+The log says when a name starts failing, when the failure changes kind or what it does to the
+set (kept, stale, emptied), and when the name answers again; a retry that changes nothing is a
+debug line, since a name that stays broken would otherwise log every retry in every worker.
 """
 
 from __future__ import annotations
@@ -399,6 +402,8 @@ class Discovery:
         self._clock = clock
         self.state = State()
         self.first_answer = asyncio.Event()  # set after the first refresh, whatever its result
+        # The failure last logged (its kind, and what it did to the set); None while answering.
+        self._failure_logged: tuple[Problem, str] | None = None
 
     async def run(self) -> None:
         while True:
@@ -424,6 +429,14 @@ class Discovery:
         return step.refresh_at
 
     def _log(self, step: Step, previous: State, outcome: Outcome) -> None:
+        failing_before = self._failure_logged
+        if not isinstance(outcome, Failed):
+            self._failure_logged = None
+        if step.event == "unchanged" and failing_before is not None:
+            log.info("msg=\"dns name answers again\" backend=%s server=%s servers=%s failures=%d",
+                     self.backend, self.name,
+                     ",".join(_text(t) for t in step.state.targets) or "-", previous.failures)
+            return
         if step.event == "changed":
             now = {_text(t) for t in step.state.targets}
             before = {_text(t) for t in previous.targets}
@@ -444,9 +457,13 @@ class Discovery:
                 "stale": "grace period over, still keeping the last good set",
                 "emptied": "grace period over, servers removed",
                 "changed": "", "unchanged": ""}[step.event]
-        log.warning("msg=\"%s, %s\" backend=%s server=%s error=%s servers=%d detail=%r",
-                    what, then, self.backend, self.name, outcome.problem,
-                    len(step.state.targets), outcome.detail[:200])
+        # After "emptied", the retries that find nothing are the same state as "failed".
+        logged = (outcome.problem, "empty" if step.event in ("emptied", "failed") else step.event)
+        self._failure_logged = logged
+        level = logging.DEBUG if logged == failing_before else logging.WARNING
+        log.log(level, "msg=\"%s, %s\" backend=%s server=%s error=%s servers=%d detail=%r",
+                what, then, self.backend, self.name, outcome.problem,
+                len(step.state.targets), outcome.detail[:200])
 
 
 def _text(target: Target) -> str:

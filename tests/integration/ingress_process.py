@@ -16,8 +16,10 @@ from tests.integration.peers import free_port
 class IngressProcess:
     """``python -m ingress run --config FILE`` with stdout (access log) and stderr captured."""
 
-    def __init__(self, workdir: Path, config_text: str, *, extra_args: tuple[str, ...] = ()
-                 ) -> None:
+    def __init__(self, workdir: Path, config_text: str, *, extra_args: tuple[str, ...] = (),
+                 command_prefix: tuple[str, ...] = ()) -> None:
+        """``command_prefix``: what runs the ingress (it must exec it, keeping the pid that
+        signal() signals), e.g. tests.integration.peers.LOOPBACK_RESOLVER."""
         self.workdir = workdir
         self.config_path = workdir / "ingress.toml"
         self.admin_port: int | None = None
@@ -30,12 +32,14 @@ class IngressProcess:
         self.stdout_path = workdir / "ingress.stdout"
         self.stderr_path = workdir / "ingress.stderr"
         self.extra_args = extra_args
+        self.command_prefix = command_prefix
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait_ready: bool = True, timeout: float = 10.0) -> None:
         with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ingress", "run", "--config", str(self.config_path),
+                [*self.command_prefix, sys.executable, "-m", "ingress", "run", "--config",
+                 str(self.config_path),
                  *self.extra_args],
                 stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

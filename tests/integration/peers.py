@@ -82,6 +82,24 @@ def require_binary(name: str) -> str:
     return found
 
 
+def loopback_resolver(workdir: Path) -> tuple[str, ...]:
+    """A command prefix that runs a program with the system resolver pointed at 127.0.0.1,
+    where no DNS server listens: in a mount namespace of its own, /etc/resolv.conf is a file
+    naming only loopback. A test of names that do not resolve then sends no query off the
+    machine, and the lookups fail at once (port unreachable). Needs root (CI runs as root);
+    skipped otherwise (a failure under REQUIRE_INTEROP=1)."""
+    unshare = require_binary("unshare")
+    resolv = workdir / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions attempts:1 timeout:1\n")
+    prefix = (unshare, "-m", "--propagation", "private", "sh", "-c",
+              'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv))
+    probe = subprocess.run([*prefix, "cat", "/etc/resolv.conf"], capture_output=True,
+                           text=True, timeout=DEFAULT_TIMEOUT, check=False)
+    if probe.returncode != 0 or probe.stdout != resolv.read_text():
+        _unavailable(f"cannot give a process its own /etc/resolv.conf: {probe.stderr.strip()}")
+    return prefix
+
+
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 

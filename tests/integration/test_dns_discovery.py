@@ -42,7 +42,7 @@ def origins_on_one_port(*names: str) -> list[EchoOrigin]:
 
 
 def ingress_config(port: int, dns: UnboundServer | None, servers: list[str], *,
-                   mode: str = "http", **backend: object) -> str:
+                   mode: str = "http", workers: int = 1, **backend: object) -> str:
     listener: dict[str, object] = {"bind": [f"127.0.0.1:{port}"], "mode": mode,
                                    "backend": "pods"}
     if mode == "tcp":
@@ -51,7 +51,7 @@ def ingress_config(port: int, dns: UnboundServer | None, servers: list[str], *,
         {"web": listener},
         {"pods": {"servers": servers, "check_interval": "200ms", "rise": 1, "fall": 1,
                   **backend}},
-        timeouts={"drain": "0s", "connect": "1s"},
+        timeouts={"drain": "0s", "connect": "1s"}, workers=workers,
     ) + (f'[dns]\nnameservers = ["{dns.nameserver}"]\ntimeout = "500ms"\n' if dns else "")
 
 
@@ -171,6 +171,48 @@ def test_nxdomain_is_logged_kept_for_the_grace_period_then_empties_the_set(
         status, _, _ = request(port, "GET", "/")
         assert status == 503
         assert time.monotonic() - started < 0.5  # at once, not after a connect timeout
+
+
+def test_failing_name_is_logged_once_per_worker_and_change_of_state(
+        tmp_path: Path, unbound: UnboundServer) -> None:
+    [a] = origins_on_one_port("a")
+    port = free_port()
+
+    def lines(ingress: IngressProcess) -> dict[str, list[str]]:
+        """Per worker (pid), the messages about the backend, in order."""
+        found: dict[str, list[str]] = {}
+        for line in ingress.stderr().splitlines():
+            if "backend=pods" in line and "server=dns+a://pods.mail.test" in line:
+                pid = line.split("pid=", 1)[1].split()[0]
+                found.setdefault(pid, []).append(line.split("msg=", 1)[1].split('"')[1])
+        return found
+
+    def seen_by_both(ingress: IngressProcess, message: str) -> bool:
+        found = lines(ingress)
+        return len(found) == 2 and all(message in m for m in (ms[-1] for ms in found.values()))
+
+    # Failed lookups are retried after 1 s, 2 s, 4 s: each retry logged, this would be three
+    # lines per worker by the end of the first wait.
+    with a, IngressProcess(tmp_path, ingress_config(
+            port, unbound, [f"dns+a://pods.mail.test:{a.port}"], workers=2,
+            dns_grace="1m")) as ingress:
+        eventually(lambda: seen_by_both(ingress, "NXDOMAIN), no servers yet"))
+        time.sleep(3.5)
+        unbound.set(NAME, "A", ["127.0.0.2"])
+        eventually(lambda: seen_by_both(ingress, "dns servers changed"), 10)
+        assert origin_of(port) == "a"
+        unbound.set(NAME, "A", [])
+        eventually(lambda: seen_by_both(ingress, "NXDOMAIN), keeping the last good set"))
+        time.sleep(3.5)
+        unbound.set(NAME, "A", ["127.0.0.2"])
+        eventually(lambda: seen_by_both(ingress, "dns name answers again"), 10)
+        found = lines(ingress)
+    assert list(found.values()) == [[
+        "dns name does not exist (NXDOMAIN), no servers yet",
+        "dns servers changed",
+        "dns name does not exist (NXDOMAIN), keeping the last good set",
+        "dns name answers again",
+    ]] * 2, found
 
 
 def test_leastconn_sends_new_requests_to_the_less_busy_origin(

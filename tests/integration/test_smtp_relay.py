@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import smtplib
@@ -15,7 +16,13 @@ import pytest
 
 from tests.haproxy_log import TCPLOG, parse
 from tests.integration.ingress_process import IngressProcess, tcp_config
-from tests.integration.peers import AiosmtpdBackend, PostfixInstance, free_port, require_binary
+from tests.integration.peers import (
+    AiosmtpdBackend,
+    PostfixInstance,
+    free_port,
+    loopback_resolver,
+    require_binary,
+)
 
 MESSAGE = b"Subject: relay test\r\n\r\nhello through mta-ingress\r\n"
 
@@ -170,6 +177,41 @@ def test_backend_refusing_gets_421_at_once(tmp_path: Path) -> None:
         assert time.monotonic() - started < 2
         [line] = ingress.access_lines(1)
     assert "end=no-backend" in line
+
+
+def test_unresolvable_backend_name_is_logged_once_per_worker_naming_the_backend(
+        tmp_path: Path) -> None:
+    # RFC 6761: names under .invalid never resolve.  Health checks every 200 ms and sessions
+    # retry the name several times a second in each of the two workers.
+    port = free_port()
+    config = tcp_config(
+        {"smtp587": {"bind": [f"127.0.0.1:{port}"], "backend": "mta-smtp"}},
+        {"mta-smtp": {"servers": ["mta.ingress-test.invalid:587"], "check_interval": "200ms"}},
+        workers=2)
+    # The name is looked up by the system resolver: pointed at loopback, so that the test sends
+    # nothing off the machine.
+    with IngressProcess(tmp_path, config,
+                        command_prefix=loopback_resolver(tmp_path)) as ingress:
+        ingress.wait_for_stderr("does not resolve", 15)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                assert read_reply(sock).startswith(b"421 4.3.2 ")
+            time.sleep(0.1)
+        stderr = ingress.stderr()
+    lines = [line for line in stderr.splitlines() if "does not resolve" in line]
+    assert lines, stderr
+    assert all("backend=mta-smtp" in line and "name=mta.ingress-test.invalid" in line
+               and "server=mta.ingress-test.invalid:587" in line for line in lines), lines
+    assert all("level=WARNING" in line for line in lines), lines
+    kinds_by_worker: dict[str, list[str]] = {}
+    for line in lines:
+        pid = line.split("pid=", 1)[1].split()[0]
+        kinds_by_worker.setdefault(pid, []).append(line.split("error=", 1)[1].split()[0])
+    assert len(kinds_by_worker) == 2, lines  # both workers say it
+    for kinds in kinds_by_worker.values():
+        # Once, and again only if the resolver's answer changed kind.
+        assert all(a != b for a, b in itertools.pairwise(kinds)), lines
 
 
 def test_backend_not_answering_gets_421_within_connect_timeout(tmp_path: Path) -> None:

@@ -7,8 +7,13 @@ discovery lands."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+from typing import Any
 
-from routing.backends import Backend, Resolver, ServerHealth
+import pytest
+
+from routing.backends import RESOLVE_TTL, Backend, Resolver, ServerHealth
 
 
 def test_rotation_starts_one_further_each_time() -> None:
@@ -38,6 +43,87 @@ def test_names_are_resolved_and_cached() -> None:
     assert "127.0.0.1" in first
     assert first[0] == "127.0.0.1"  # IPv4 first
     assert asyncio.run(resolve()) == first
+
+
+class ScriptedLoop(asyncio.SelectorEventLoop):
+    """A real event loop whose getaddrinfo answers from ``answers`` (addresses, or a gaierror
+    code): failures and recoveries on cue, and no query leaves the machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: dict[str, list[str] | int] = {}
+
+    async def getaddrinfo(self, host: Any, port: Any, *, family: int = 0, type: int = 0,
+                          proto: int = 0, flags: int = 0) -> list[Any]:
+        answer = self.answers[host]
+        if isinstance(answer, int):
+            raise socket.gaierror(answer, "scripted failure")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
+                for address in answer]
+
+
+def test_lookup_failures_are_logged_per_backend_once_per_change_of_state(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    resolver = Resolver(clock=lambda: now[0])
+    loop = ScriptedLoop()
+
+    def resolve(backend: str) -> list[str]:
+        return loop.run_until_complete(resolver.resolve("mta.svc", 587, backend))
+
+    debug_lines = [0]
+
+    def logged() -> list[tuple[str, str]]:
+        """The lines an operator sees (INFO and up) since the last call."""
+        lines = [(record.levelname, record.getMessage()) for record in caplog.records
+                 if record.levelno >= logging.INFO]
+        debug_lines[0] += sum(record.levelno == logging.DEBUG for record in caplog.records)
+        caplog.clear()
+        return lines
+
+    try:
+        with caplog.at_level(logging.DEBUG, logger="mta_ingress.backends"):
+            loop.answers["mta.svc"] = socket.EAI_NONAME
+            for _ in range(10):  # what health checks and sessions do: cached and new failures
+                assert resolve("mta-smtp") == []
+                now[0] += 0.7
+            [(level, line)] = logged()
+            assert level == "WARNING"
+            assert 'msg="backend server name does not resolve, server skipped"' in line
+            assert "backend=mta-smtp server=mta.svc:587 name=mta.svc error=nxdomain" in line
+            assert debug_lines[0] == 9  # the repeats are there for whoever turns debug on
+
+            assert resolve("mta-http") == []  # another backend of the same server hears it too
+            assert [level for level, _ in logged()] == ["WARNING"]
+
+            now[0] += 5
+            loop.answers["mta.svc"] = socket.EAI_AGAIN  # it fails differently now
+            assert resolve("mta-smtp") == []
+            [(level, line)] = logged()
+            assert level == "WARNING"
+            assert "backend=mta-smtp" in line
+            assert "error=temporary" in line
+
+            now[0] += 5
+            loop.answers["mta.svc"] = ["10.0.0.7"]
+            for _ in range(3):
+                assert resolve("mta-smtp") == ["10.0.0.7"]
+            assert resolve("mta-http") == ["10.0.0.7"]  # from the cache: back for it too
+            assert logged() == [
+                ("INFO", 'msg="backend server name resolves again" backend=mta-smtp '
+                         "server=mta.svc:587 name=mta.svc addresses=10.0.0.7"),
+                ("INFO", 'msg="backend server name resolves again" backend=mta-http '
+                         "server=mta.svc:587 name=mta.svc addresses=10.0.0.7")]
+
+            now[0] += RESOLVE_TTL + 1
+            loop.answers["mta.svc"] = socket.EAI_NONAME
+            assert resolve("mta-smtp") == ["10.0.0.7"]  # the last good answer
+            assert resolve("mta-smtp") == ["10.0.0.7"]
+            [(level, line)] = logged()
+            assert level == "WARNING"
+            assert "does not resolve, using the last answer" in line
+    finally:
+        loop.close()
 
 
 def test_health_falls_after_three_failures_and_rises_after_two_successes() -> None:

@@ -5,6 +5,7 @@ server in tests/integration/test_dns_discovery.py."""
 from __future__ import annotations
 
 import collections
+import logging
 import string
 
 import pytest
@@ -15,6 +16,7 @@ from routing.backends import Backend, Balancer, Endpoint, Group, Resolver, make_
 from routing.discovery import (
     MAX_RETRY,
     Addresses,
+    Discovery,
     DnsName,
     Failed,
     Found,
@@ -27,6 +29,7 @@ from routing.discovery import (
     advance,
     clamp_ttl,
     is_dns_url,
+    make_resolver,
     parse_dns_url,
     retry_delay,
     srv_outcome,
@@ -364,3 +367,44 @@ def test_active_counts_come_back_to_nothing() -> None:
     assert backend.active == {}
     assert {backend.static_endpoints()[0].host for _ in range(2)} == {  # type: ignore[index]
         "10.0.0.1", "10.0.0.2"}
+
+
+def test_refresh_logs_a_failure_once_per_change_of_state(caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    now = [0.0]
+    sets: list[tuple[Target, ...]] = []
+    discovery = Discovery(DnsName("a", "pods.test", 25), "pods",
+                          make_resolver([("127.0.0.1", 53)], 1.0), TtlPolicy(grace=60.0),
+                          sets.append, clock=lambda: now[0])
+    pod = Found((Target(0, "10.0.0.2", 25),), 1.0)
+
+    def refresh(outcome: Found | Failed, times: int = 1) -> list[str]:
+        """The lines an operator sees (INFO and up) for ``times`` refreshes, 1 s apart."""
+        caplog.clear()
+        for _ in range(times):
+            discovery.refresh(outcome)
+            now[0] += 1.0
+        return [f"{r.levelname} {r.getMessage().split(chr(34))[1]}" for r in caplog.records
+                if r.levelno >= logging.INFO]
+
+    with caplog.at_level(logging.DEBUG, logger="mta_ingress.discovery"):
+        assert refresh(Failed("nxdomain"), 5) == [
+            "WARNING dns name does not exist (NXDOMAIN), no servers yet"]
+        assert refresh(pod, 3) == ["INFO dns servers changed"]
+        assert refresh(Failed("timeout"), 5) == [
+            "WARNING dns lookup timed out, keeping the last good set"]
+        assert refresh(Failed("servfail"), 2) == [  # another kind of failure
+            "WARNING dns servers failed (SERVFAIL or refused), keeping the last good set"]
+        now[0] += 60.0
+        assert refresh(Failed("servfail"), 3) == [
+            "WARNING dns servers failed (SERVFAIL or refused), grace period over, still "
+            "keeping the last good set"]
+        assert refresh(pod, 2) == ["INFO dns name answers again"]
+        assert refresh(Failed("nxdomain"), 2) == [
+            "WARNING dns name does not exist (NXDOMAIN), keeping the last good set"]
+        now[0] += 60.0
+        assert refresh(Failed("nxdomain"), 4) == [
+            "WARNING dns name does not exist (NXDOMAIN), grace period over, servers removed"]
+        assert refresh(pod) == ["INFO dns servers changed"]
+    assert sets == [pod.targets, (), pod.targets]
+    assert "backend=pods server=dns+a://pods.test:25" in caplog.records[-1].getMessage()
