@@ -13,6 +13,14 @@ from ingress.observe import configure_logging
 
 log = logging.getLogger("mta_ingress")
 
+# tls/status.py's EXIT_* values, written out: importing it (cryptography, acme) for every
+# command's --help would slow them all.
+CERTS_STATUS_EXIT_CODES = (
+    "Exit status: 0 every certificate file is served; 1 the configuration is invalid; "
+    "3 some file is refused (NOT SERVED) and the others are served; 4 no certificate is usable "
+    "(the directory does not exist, holds no certificate files, or every file is refused), so "
+    "HTTPS serves the self-signed fallback.")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -47,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     add_config_options(certs_commands.add_parser(
         "status", help="Each certificate file: names, issuer, expiry and next renewal.",
         description="Each certificate file of tls.cert_dir: names, issuer, expiry and, for the "
-                    "one the ingress obtains over ACME, its next renewal."))
+                    "one the ingress obtains over ACME, its next renewal.",
+        epilog=CERTS_STATUS_EXIT_CODES))
     demo = commands.add_parser("demo", help="Run the single-node demo on loopback.",
                                description="Run the single-node demo on loopback.")
     demo.add_argument("--base-port", type=int, default=20000,
@@ -83,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "certs":
         from tls import status
 
-        sys.stdout.write(status.report(effective.tls))
-        return 0
+        result = status.report(effective.tls)
+        sys.stdout.write(result.text)
+        return result.exit_code
     from ingress import server
 
     return server.serve(effective)

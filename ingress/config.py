@@ -141,8 +141,8 @@ class TlsConfig:
     cert_dir: str = DEFAULT_CERT_DIR
     default_cert: str | None = None  # a file name in cert_dir; else the first file loaded
     poll_interval: float = 5.0
-    # Names of the self-signed certificate served while cert_dir holds none; empty: the
-    # release's Event Tracker service name, which is what the cluster answers for.
+    # Names of the self-signed certificate served while cert_dir holds none; the loaded
+    # configuration always has some (default_self_signed_names when none are configured).
     self_signed_names: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
     acme: AcmeConfig = AcmeConfig()
@@ -657,7 +657,9 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
         )
 
     routes = _validate_routes(check, tree.get("routes", {}), backends)
-    tls = _validate_tls(check, tree.get("tls", {}))
+    release = tree.get("release", DEFAULT_RELEASE)
+    tls = _validate_tls(check, tree.get("tls", {}),
+                        release if isinstance(release, str) else DEFAULT_RELEASE)
     dns = _validate_dns(check, tree.get("dns", {}))
 
     listeners: dict[str, ListenerConfig] = {}
@@ -683,19 +685,22 @@ def _validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Co
             check.problem(f"{path}.routes", f"must be a route table name, not {_kind(route_name)}")
             route_name = None
         # A listener whose mode or backend is already reported gets no follow-up guess about it.
-        if enabled and len(problems) == before:
+        guess = enabled and len(problems) == before
+        # A backend or route table that does not exist is wrong whatever else is: said even when
+        # the mode is, so that one run of check-config lists both.
+        if enabled and backend is not None and backend not in backends:
+            known = ", ".join(sorted(backends)) or "none are defined"
+            check.problem(f"{path}.backend", f"no backend named {backend!r} ({known})")
+        if enabled and route_name is not None and route_name not in routes:
+            known = ", ".join(sorted(routes)) or "none are defined"
+            check.problem(f"{path}.routes", f"no route table named {route_name!r} ({known})")
+        if guess:
             if backend is None and mode == "tcp":
                 check.problem(f"{path}.backend", "a tcp listener needs a backend")
             elif route_name is not None and mode == "tcp":
                 check.problem(f"{path}.routes", "routes apply to http listeners only")
             elif backend is None and route_name is None:
                 check.problem(f"{path}.routes", "an http listener needs routes or a backend")
-            elif route_name is not None and route_name not in routes:
-                known = ", ".join(sorted(routes)) or "none are defined"
-                check.problem(f"{path}.routes", f"no route table named {route_name!r} ({known})")
-            elif backend is not None and backend not in backends:
-                known = ", ".join(sorted(backends)) or "none are defined"
-                check.problem(f"{path}.backend", f"no backend named {backend!r} ({known})")
             elif mode == "tcp" and body.get("tls") is True:
                 check.problem(f"{path}.tls", "TLS is terminated on http listeners only; a tcp "
                                              "listener relays TLS (STARTTLS) end to end")
@@ -784,7 +789,12 @@ def _validate_dns(check: _Checker, raw: Any) -> DnsConfig:
                      timeout=check.duration(body, "dns", "timeout", "2s"))
 
 
-def _validate_tls(check: _Checker, raw: Any) -> TlsConfig:
+def default_self_signed_names(release: str) -> tuple[str, ...]:
+    """The self-signed fallback's names when none are configured (docs/configuration.md)."""
+    return (f"{release}-ingress", "localhost")
+
+
+def _validate_tls(check: _Checker, raw: Any, release: str) -> TlsConfig:
     body = check.table(raw, "tls", _TLS_KEYS)
     cert_dir = check.string(body, "tls", "cert_dir", DEFAULT_CERT_DIR)
     if not cert_dir:
@@ -805,7 +815,9 @@ def _validate_tls(check: _Checker, raw: Any) -> TlsConfig:
         cert_dir=cert_dir,
         default_cert=default_cert,
         poll_interval=check.duration(body, "tls", "poll_interval", "5s"),
-        self_signed_names=tuple(names),
+        # Resolved here rather than where the certificate is made, so that print-config shows
+        # the names served; an empty list (what print-config used to print) is the default too.
+        self_signed_names=tuple(names) or default_self_signed_names(release),
         handshake_timeout=check.duration(body, "tls", "handshake_timeout", "10s"),
         acme=_validate_acme(check, body.get("acme", {})),
     )

@@ -105,6 +105,17 @@ def test_check_config_lists_every_problem(tmp_path: Path,
     ])
 
 
+def test_check_config_lists_an_unknown_backend_beside_an_invalid_mode(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, '[listeners.smtp25]\nmode = "udp"\nbackend = "mta"\n')
+    assert main(["check-config", "--config", str(path)]) == 1
+    assert lines(capsys.readouterr().err) == [
+        f"{path}: listeners.smtp25.mode: must be one of 'tcp', 'http', not 'udp'",
+        f"{path}: listeners.smtp25.backend: no backend named 'mta' (event-tracker-http, "
+        "event-tracker-smtp, mta-http, mta-smtp, tls-http)",
+    ]
+
+
 def test_check_config_names_environment_and_flags(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:

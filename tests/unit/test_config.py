@@ -592,6 +592,32 @@ def test_one_bad_value_is_one_problem(write: Any, text: str, expected: str) -> N
     assert problems_of(path) == [f"{path}: {expected}"]
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[listeners.smtp25]\nmode = "udp"\nbackend = "nope"\n',
+         ["listeners.smtp25.mode: must be one of 'tcp', 'http', not 'udp'",
+          f"listeners.smtp25.backend: no backend named 'nope' ({PRESET_BACKENDS})"]),
+        ('[listeners.http]\nmode = "udp"\nroutes = "nope"\n',
+         ["listeners.http.mode: must be one of 'tcp', 'http', not 'udp'",
+          "listeners.http.routes: no route table named 'nope' (greenarrow)"]),
+        ('[listeners.smtp25]\nbind = ["localhost:25"]\nbackend = "nope"\n',
+         ["listeners.smtp25.bind[0]: 'localhost:25': a listener binds an IP address, not "
+          "'localhost'",
+          f"listeners.smtp25.backend: no backend named 'nope' ({PRESET_BACKENDS})"]),
+        ('[listeners.smtp25]\nbackend = "nope"\ntls = true\n',
+         [f"listeners.smtp25.backend: no backend named 'nope' ({PRESET_BACKENDS})",
+          "listeners.smtp25.tls: TLS is terminated on http listeners only; a tcp listener "
+          "relays TLS (STARTTLS) end to end"]),
+    ],
+    ids=["bad-mode", "bad-mode-routes", "bad-bind", "tcp-tls"],
+)
+def test_an_unknown_backend_or_route_table_is_listed_with_the_other_problems(
+        write: Any, text: str, expected: list[str]) -> None:
+    path = write(text)
+    assert problems_of(path) == [f"{path}: {problem}" for problem in expected]
+
+
 def test_same_ipv6_address_spelled_differently_is_a_clash(write: Any) -> None:
     path = write('[listeners.smtp25]\nbind = ["[::1]:2525"]\n'
                  '[listeners.smtp587]\nbind = ["[0:0::1]:2525"]\n')
@@ -872,6 +898,17 @@ def test_tls_section_defaults_and_values(write: Any) -> None:
     assert configured.tls.poll_interval == 0.5
     assert configured.tls.self_signed_names == ("mail.example.org",)
     assert configured.tls.handshake_timeout == 3.0
+
+
+@pytest.mark.parametrize(("text", "release"), [
+    ("", "ga1"), ('release = "prod"\n', "prod"),
+    # what print-config printed before the default was resolved: still the default
+    ('release = "prod"\n[tls]\nself_signed_names = []\n', "prod")])
+def test_self_signed_names_default_is_the_documented_one(write: Any, text: str,
+                                                         release: str) -> None:
+    effective = config.load(write(text), environ={})
+    assert effective.tls.self_signed_names == (f"{release}-ingress", "localhost")
+    assert f'self_signed_names = ["{release}-ingress", "localhost"]' in config.to_toml(effective)
 
 
 def test_acme_section_defaults_aliases_and_values(write: Any) -> None:

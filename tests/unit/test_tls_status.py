@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from ingress.cli import main
 from ingress.config import AcmeConfig, TlsConfig
@@ -19,7 +24,9 @@ def test_rows_for_served_refused_and_acme_files(tmp_path: Path) -> None:
     (tmp_path / ".hidden.pem").write_bytes(b"skipped by the store's rules")
     tls = TlsConfig(cert_dir=str(tmp_path), acme=AcmeConfig(
         enabled=True, domains=("track.mail.test",)))
-    lines = status.report(tls, now).splitlines()
+    result = status.report(tls, now)
+    assert (result.served, result.refused, result.exit_code) == (2, 1, status.EXIT_REFUSED)
+    lines = result.text.splitlines()
     assert lines[0].split() == ["FILE", "NAMES", "ISSUER", "EXPIRES", "DAYS", "LEFT", "NEXT",
                                 "RENEWAL"]
     rows = {line.split()[0]: line for line in lines[1:]}
@@ -35,13 +42,78 @@ def test_rows_for_served_refused_and_acme_files(tmp_path: Path) -> None:
     assert "NOT SERVED" in rows["broken.pem"]
 
 
-def test_empty_directory_says_self_signed(tmp_path: Path) -> None:
-    assert "self-signed fallback" in status.report(TlsConfig(cert_dir=str(tmp_path / "none")))
+def test_missing_and_empty_directories_are_told_apart(tmp_path: Path) -> None:
+    missing = status.report(TlsConfig(cert_dir=str(tmp_path / "none")))
+    assert missing.text == (f"{tmp_path / 'none'}: the directory does not exist (HTTPS serves "
+                            "the self-signed fallback)\n")
+    assert missing.exit_code == status.EXIT_NONE_USABLE
+    empty = status.report(TlsConfig(cert_dir=str(tmp_path)))
+    assert empty.text == (f"{tmp_path}: the directory is empty (no certificate files) (HTTPS "
+                          "serves the self-signed fallback)\n")
+    assert empty.exit_code == status.EXIT_NONE_USABLE
+    (tmp_path / "a.pem.key").write_bytes(b"a key without its certificate")
+    (tmp_path / ".acme").mkdir()
+    skipped = status.report(TlsConfig(cert_dir=str(tmp_path)))
+    assert skipped.text.startswith(f"{tmp_path}: no certificate files (only what the store "
+                                   "skips: ")
+    assert skipped.exit_code == status.EXIT_NONE_USABLE
+
+
+def test_every_file_refused_means_no_certificate_is_usable(tmp_path: Path) -> None:
+    (tmp_path / "broken.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nnope\n")
+    result = status.report(TlsConfig(cert_dir=str(tmp_path)))
+    assert (result.served, result.refused, result.exit_code) == (0, 1, status.EXIT_NONE_USABLE)
+    assert "NOT SERVED" in result.text
+    assert result.text.endswith(f"{tmp_path}: every certificate file is refused (HTTPS serves "
+                                "the self-signed fallback)\n")
 
 
 def test_cli_takes_the_usual_configuration_options(tmp_path: Path,
-                                                   capsys: object) -> None:
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "a.pem").write_bytes(selfsigned.generate(("a.mail.test",)))
     assert main(["certs", "status", "--set", f'tls.cert_dir="{tmp_path}"']) == 0
-    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
     assert "a.pem" in out
+
+
+def run_status(cert_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``mta-ingress certs status`` in a real process: the exit status is what probes see."""
+    environ = {name: value for name, value in os.environ.items()
+               if not name.startswith("MTA_INGRESS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ingress", "certs", "status", "--set",
+         f'tls.cert_dir="{cert_dir}"'], capture_output=True, text=True, env=environ,
+        timeout=60, check=False)
+
+
+def test_exit_status_says_whether_every_file_is_served(tmp_path: Path) -> None:
+    missing = run_status(tmp_path / "none")
+    assert (missing.returncode, missing.stderr) == (status.EXIT_NONE_USABLE, "")
+    assert "does not exist" in missing.stdout
+    empty = run_status(tmp_path)
+    assert empty.returncode == status.EXIT_NONE_USABLE
+    assert "is empty (no certificate files)" in empty.stdout
+    (tmp_path / "a.pem").write_bytes(selfsigned.generate(("a.mail.test",)))
+    assert run_status(tmp_path).returncode == status.EXIT_OK
+    (tmp_path / "b.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nnope\n")
+    refused = run_status(tmp_path)
+    assert refused.returncode == status.EXIT_REFUSED
+    assert "b.pem" in refused.stdout
+    assert "NOT SERVED" in refused.stdout
+    (tmp_path / "a.pem").unlink()
+    assert run_status(tmp_path).returncode == status.EXIT_NONE_USABLE
+    bad = subprocess.run([sys.executable, "-m", "ingress", "certs", "status", "--set",
+                          "workers=-1"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert bad.returncode == 1  # as every command with an invalid configuration
+
+
+def test_help_gives_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["certs", "status", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for code, meaning in ((status.EXIT_OK, "every certificate file is served"),
+                          (1, "the configuration is invalid"),
+                          (status.EXIT_REFUSED, "some file is refused"),
+                          (status.EXIT_NONE_USABLE, "no certificate is usable")):
+        assert f"{code} {meaning}" in text
