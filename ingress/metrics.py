@@ -13,9 +13,10 @@ addresses, so the number of series stays bounded whatever the traffic.
 
 The calls made per connection, request or session (``connection_opened``,
 ``connection_closed``, ``http_request``, ``tcp_session``) only add to plain numbers; ``flush()``
-(every second from the worker's sweep, before a scrape answered by this worker, and at shutdown)
-moves the sums into the shared values: each of those takes a lock and writes a memory-mapped
-file, which per request cost about 5% of a keep-alive request's time and per SMTP session 10 us.
+(every second from the worker's sweep, before a scrape answered by this worker, and when a
+shutdown begins and ends) moves the sums into the shared values: each of those takes a lock and
+writes a memory-mapped file, which per request cost about 5% of a keep-alive request's time and
+per SMTP session 10 us.
 The rarer calls write at once, keeping the labelled children they have used in a dictionary: a
 ``labels()`` lookup costs more than the increment itself.
 """

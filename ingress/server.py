@@ -351,6 +351,9 @@ class Worker:
         self.stopping = True
         self.draining = True
         self.state.draining = True
+        # The sweep writes the per-request sums once a second: the scrapes of the drain, which
+        # may be the pod's last, then see everything up to the signal.
+        metrics.metrics().flush()
         drain = 0.0 if fast else self.config.timeouts.drain
         log.info("msg=\"shutting down\" worker=%d drain_s=%g grace_s=%g sessions=%d",
                  self.index, drain, self.config.timeouts.grace, len(self.sessions))

@@ -8,7 +8,9 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.ingress_process import IngressProcess
@@ -47,6 +49,18 @@ def one_request(port: int, request: bytes) -> bytes:
 def scrape(admin_port: int) -> Samples:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
+    return parse_samples(text)
+
+
+def from_files(metrics_dir: Path) -> Samples:
+    """What /metrics would answer from the workers' files as they are now: the same
+    collector, without a worker flushing first."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+    return parse_samples(generate_latest(registry).decode())
+
+
+def parse_samples(text: str) -> Samples:
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -166,3 +180,33 @@ def test_readiness_turns_503_on_sigterm_before_the_listeners_close(
             with urllib.request.urlopen(f"{admin}/livez", timeout=5) as live:
                 assert live.status == 200
             assert process.wait(10) == 0
+
+
+def test_counts_are_written_when_sigterm_arrives(tmp_path: Path, cluster: Cluster) -> None:
+    ports = {name: free_port() for name in ("http", "smtp25", "smtp587")}
+    admin_port, metrics_dir = free_port(), tmp_path / "metrics"
+    with AiosmtpdBackend() as smtp:
+        process = IngressProcess(tmp_path, config(cluster, smtp, ports, workers=1, drain="3s")
+                                 + f'[admin]\nbind = ["127.0.0.1:{admin_port}"]\n'
+                                 f'metrics_dir = "{metrics_dir}"\n')
+        with process:
+            clicks = 7
+            for index in range(clicks):
+                assert one_request(ports["http"], get(f"/click/{index}")).startswith(
+                    b"HTTP/1.1 200")
+            # At once: the worker's once-a-second write has most likely not come yet.
+            process.signal(signal.SIGTERM)
+            deadline = time.monotonic() + 2
+            while readyz(f"http://127.0.0.1:{admin_port}") != (503, b"draining\n"):
+                assert time.monotonic() < deadline, "/readyz still 200 after SIGTERM"
+                time.sleep(0.01)
+            # The drain has begun (3 s of it left): the counts are in the files already.
+            during = from_files(metrics_dir)
+            assert process.wait(10) == 0
+    after = from_files(metrics_dir)
+    for samples in (during, after):
+        assert value(samples, "mta_ingress_http_requests_total", listener="http",
+                     backend="event-tracker-http", code="2xx") == clicks
+        assert value(samples, "mta_ingress_http_request_duration_seconds_count",
+                     listener="http") == clicks
+        assert value(samples, "mta_ingress_connections_total", listener="http") == clicks
