@@ -22,6 +22,13 @@ KeyboardInterrupt traceback), waits for it, then stops the stubs.  A second Ctrl
 ingress's process group at once.  The demo exits 0 when it was stopped this way (being stopped
 is how the demo ends, and ``make`` would otherwise report an error), 1 when something failed,
 2 for a bad ``--base-port``.
+
+Under ``make demo`` that status alone is not enough: the terminal sends Ctrl-C's SIGINT to its
+foreground process group, make's, and GNU make, once its child has exited, kills itself with
+the signal it got (exit 130), whatever the child's status.  So a demo started inside another
+program's process group on a terminal moves into a group of its own and makes it the
+terminal's foreground (``_TerminalForeground``), as a shell does for a job: Ctrl-C then reaches
+only the demo, and make exits with the demo's 0.  The terminal is given back on the way out.
 """
 
 from __future__ import annotations
@@ -37,8 +44,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from ingress import config, stub_http, stub_smtp
 from tls import selfsigned
@@ -334,7 +344,63 @@ async def _serve(ports: Ports, stub_sockets: dict[str, socket.socket],
             server.close()
 
 
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class _TerminalForeground:
+    """The controlling terminal's foreground, taken from the process group this process was
+    started in (make's) and given back; nothing is done unless stdin is that terminal, the
+    group is in its foreground, and this process is not the group's leader already (started by
+    a shell, it is: Ctrl-C then reaches only what the shell started)."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._previous = -1
+        self._tstp: _Handler = signal.SIG_DFL
+
+    def take(self) -> None:
+        try:
+            fd = sys.stdin.fileno()
+            if not os.isatty(fd) or os.tcgetpgrp(fd) != os.getpgrp() \
+                    or os.getpgrp() == os.getpid():
+                return
+            previous = os.getpgrp()
+            os.setpgid(0, 0)
+        except (OSError, ValueError):
+            return
+        try:
+            self._set_foreground(fd, os.getpid())
+        except OSError:
+            # A background group without the terminal would never see Ctrl-C: back to make's.
+            with contextlib.suppress(OSError):
+                os.setpgid(0, previous)
+            return
+        self._fd, self._previous = fd, previous
+        # Ctrl-Z would stop the demo with nobody to continue it: the shell watches make, which
+        # is not stopped, and has handed the terminal to make's group, not this one.
+        self._tstp = signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+
+    def give_back(self) -> None:
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):  # make's group gone: nothing to give back to
+            self._set_foreground(self._fd, self._previous)
+        signal.signal(signal.SIGTSTP, self._tstp)
+        self._fd = -1
+
+    @staticmethod
+    def _set_foreground(fd: int, group: int) -> None:
+        # From a background group tcsetpgrp sends SIGTTOU, which would stop this process.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+        try:
+            os.tcsetpgrp(fd, group)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def main(base_port: int = DEFAULT_BASE_PORT) -> int:
+    terminal = _TerminalForeground()
+    terminal.take()
     try:
         return _main(base_port)
     except KeyboardInterrupt:
@@ -342,6 +408,8 @@ def main(base_port: int = DEFAULT_BASE_PORT) -> int:
         # child have been dealt with by the finally clauses on the way out.
         print("demo: stopped", file=sys.stderr)
         return 0
+    finally:
+        terminal.give_back()
 
 
 def _main(base_port: int) -> int:

@@ -8,19 +8,23 @@ test: a command the tests do not know fails ``test_every_guide_command_is_checke
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import queue
 import random
 import re
+import select
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +33,7 @@ import pytest
 from ingress import demo
 from tests.integration.peers import ephemeral_port_floor, require_binary
 
+ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -317,6 +322,74 @@ def test_ctrl_c_stops_everything_cleanly(running_demo: Demo) -> None:
     # Nothing of the demo is left: every port of the block can be bound again.
     deadline = time.monotonic() + 5.0
     while not block_is_free(running_demo.base):
+        assert time.monotonic() < deadline, "the demo's ports are still bound"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_on_the_terminal_ends_make_demo_with_status_0() -> None:
+    """``make demo`` as a user runs it: on a terminal, as the shell's foreground job, Ctrl-C
+    typed on the keyboard (the terminal sends SIGINT to its foreground process group)."""
+    make = require_binary("make")
+    script = Path(sys.executable).with_name("mta-ingress")
+    if not script.exists():
+        pytest.skip("no mta-ingress console script beside this interpreter")
+    venv = script.parent.parent
+    base = free_base_port()
+    environ = {key: value for key, value in os.environ.items()
+               if not key.startswith(("MTA_INGRESS_", "MAKE", "MFLAGS"))}
+    # -o: the virtualenv is taken as installed, so make runs nothing but the demo.
+    argv = [make, "--no-print-directory", "-C", str(ROOT), "-o", f"{venv}/.installed", "demo",
+            f"VENV={venv}", f"DEMO_ARGS=--base-port {base}"]
+    controller, terminal = pty.openpty()
+
+    def become_terminal_job() -> None:
+        # In the child, after setsid: the pty becomes its controlling terminal, and make's
+        # process group its foreground, as a shell with job control leaves it.
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal,
+                                   env=environ, start_new_session=True,
+                                   preexec_fn=become_terminal_job)
+    finally:
+        os.close(terminal)
+    output = b""
+
+    def read_until(done: Callable[[], bool], timeout: float) -> None:
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # EIO: every process holding the terminal has gone
+                    return
+                if not chunk:
+                    return
+                output += chunk
+
+    try:
+        read_until(lambda: demo.GUIDE_LAST_LINE.encode() in output, START_TIMEOUT)
+        assert demo.GUIDE_LAST_LINE.encode() in output, output.decode(errors="replace")
+        os.write(controller, b"\x03")  # Ctrl-C, as the terminal's line discipline reads it
+        read_until(lambda: process.poll() is not None, STOP_TIMEOUT)
+        code = process.wait(STOP_TIMEOUT)
+        read_until(lambda: False, 0.5)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(STOP_TIMEOUT)
+        os.close(controller)
+    text = output.decode(errors="replace")
+    assert code == 0, text
+    assert "demo: stopping" in text
+    assert 'msg="stopped"' in text  # the ingress's own clean shutdown
+    assert "Interrupt" not in text  # make's "*** [Makefile:..: demo] Interrupt"
+    assert "Traceback" not in text
+    assert "Error" not in text
+    deadline = time.monotonic() + 5.0
+    while not block_is_free(base):
         assert time.monotonic() < deadline, "the demo's ports are still bound"
         time.sleep(0.05)
 
