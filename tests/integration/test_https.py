@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -471,6 +472,20 @@ def test_empty_directory_serves_self_signed_until_a_certificate_arrives(
                         "--cacert", str(pki.ca_file))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["target"] == "/click/2"
+
+
+def test_print_config_shows_the_names_of_the_self_signed_certificate_served(
+        cert_dir: Path, start_ingress: Callable[[], HttpsIngress]) -> None:
+    ingress = start_ingress()
+    printed = subprocess.run(
+        [sys.executable, "-m", "ingress", "print-config", "--config",
+         str(ingress.process.config_path)], capture_output=True, text=True, timeout=30,
+        check=True)
+    names = tomllib.loads(printed.stdout)["tls"]["self_signed_names"]
+    assert names == ["ga1-ingress", "localhost"]  # the default docs/configuration.md gives
+    served = served_certificate(ingress.port, None).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert served == names
 
 
 # --- 6. Mozilla's intermediate configuration, by sslyze ----------------------------------------
