@@ -88,7 +88,7 @@ def worker_count(config: Config) -> int:
     return config.workers or cpu_limit()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int) -> None:
     """Ask the kernel to send SIGTERM to this worker when the supervisor dies, even by SIGKILL:
     an orphaned worker would keep serving with nobody to stop it, and keep the ports bound
     against the supervisor's replacement."""
@@ -97,7 +97,9 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         return  # not Linux: the supervisor's own shutdown still stops the workers
-    if os.getppid() == 1:  # the supervisor died before the request was made
+    # The supervisor died before the request was made. Compared with its pid, not with 1: in a
+    # container the supervisor is pid 1 itself (the image's exec-form entrypoint).
+    if os.getppid() != supervisor:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -481,6 +483,7 @@ class Supervisor:
     def _spawn(self, index: int, ready_fd: int | None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -488,7 +491,7 @@ class Supervisor:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, self.HANDLED)
                 for signum in self.HANDLED:
                     signal.signal(signum, signal.SIG_DFL)
-                _die_with_parent()
+                _die_with_parent(supervisor)
                 code = run_worker(self.config, index, ready_fd, self.tls_store)
             except BaseException:
                 logging.getLogger("mta_ingress").exception("msg=\"worker crashed\"")
@@ -530,11 +533,25 @@ class Supervisor:
                     if not data:  # every writer exited: some worker died before listening
                         break
                     ready += len(data)
-                if self._reap() and ready < self.count:
+                if ready < self.count and self._reap_unready():
                     return False
         finally:
             os.close(read_fd)
-        return ready >= self.count
+        if ready < self.count:
+            # The pipe closed because the workers exited: wait briefly to name them in the log.
+            for _ in range(20):
+                if self._reap_unready() or not self.children:
+                    break
+                time.sleep(0.05)
+            return False
+        return True
+
+    def _reap_unready(self) -> list[tuple[int, int]]:
+        exited = self._reap()
+        for index, code in exited:
+            # Negative: the signal that ended it (a SIGTERM here is the parent-death check).
+            log.error("msg=\"worker exited before it was ready\" worker=%d code=%d", index, code)
+        return exited
 
     def _reap(self) -> list[tuple[int, int]]:
         """Collect exited children; returns (worker index, exit status) pairs."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import smtplib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -340,6 +342,33 @@ def test_sigterm_lets_open_sessions_finish_and_serves_during_drain(
         open_session.quit()
         assert ingress.wait(10) == 0
         assert len(backend.wait_for_messages(2)) == 2
+    finally:
+        ingress.stop()
+
+
+def test_serves_and_drains_as_pid_1(tmp_path: Path, backend: AiosmtpdBackend) -> None:
+    # In a container the supervisor is pid 1 (the image's exec-form entrypoint), so a worker's
+    # parent is pid 1 while the supervisor lives: that must not read as an orphaned worker.
+    unshare = require_binary("unshare")
+    probe = subprocess.run([unshare, "--pid", "--fork", "--", "true"], capture_output=True,
+                           text=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a pid namespace here: {probe.stderr.strip()}")
+    port = free_port()
+    ingress = IngressProcess(tmp_path, relay_config(port, backend.port, workers=2),
+                             command_prefix=(unshare, "--pid", "--fork", "--kill-child", "--"))
+    ingress.start()
+    try:
+        [supervisor] = worker_pids(ingress)  # unshare's one child, pid 1 in its namespace
+        status = Path(f"/proc/{supervisor}/status").read_text()
+        assert re.search(r"^NSpid:\s+\d+\s+1$", status, re.MULTILINE), status
+        for _ in range(4):
+            send_mail("127.0.0.1", port)
+        assert len(backend.wait_for_messages(4)) == 4
+        os.kill(supervisor, signal.SIGTERM)
+        assert ingress.wait(15) == 0
+        assert "exited before it was ready" not in ingress.stderr()
+        assert "restarting" not in ingress.stderr()
     finally:
         ingress.stop()
 
