@@ -2,42 +2,55 @@
 # mta-ingress image: see docs/deployment.md for how it is built and run.
 #
 # The two stages use the same base image, so the virtualenv built in the first one finds its
-# interpreter at the same path (/usr/local/bin/python3.11) in the second.
+# interpreter at the same path (/usr/local/bin/python3.11 in the python: images) in the second.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# What the build stage adds to the base for mypyc. A base made from Debian's own packages
+# (debootstrap with python3.11, python3.11-venv, python3-pip) also needs python3.11-dev, whose
+# headers the python: images carry already.
+ARG BUILD_PACKAGES="gcc libc6-dev"
 
 # ---- build: a virtualenv holding the project and its runtime dependencies, nothing else ----
 FROM ${PYTHON_IMAGE} AS build
+ARG BUILD_PACKAGES
 # Every dependency ships manylinux wheels for amd64 and arm64; the compiler is for the project's
 # own request path, which mypyc turns into C extensions (setup.py, MTA_INGRESS_COMPILE=1). The
 # base image carries the Python headers; the runtime stage gets neither.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends ${BUILD_PACKAGES} \
     && rm -rf /var/lib/apt/lists/*
+# PIP_BREAK_SYSTEM_PACKAGES: a Debian-packaged Python refuses pip installs into itself (PEP 668);
+# this stage is thrown away, and only the virtualenv it builds is kept.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    MTA_INGRESS_COMPILE=1
-# The compiler and the build backend, in the build stage's own Python: the wheel is built there
-# without isolation (an isolated build would not have mypy), then installed into the virtualenv.
-RUN pip install "mypy==2.4.1" "setuptools==84.2.1"
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    MTA_INGRESS_COMPILE=1 \
+    PYTHON=python3
 WORKDIR /src
-# The same files the wheel is made of (tests/integration/test_packaging.py builds from this list).
+# The same files the wheel is made of (tests/integration/test_packaging.py builds from this list),
+# and the recipe with its pinned runtime dependencies.
 COPY pyproject.toml setup.py README.md ./
 COPY ingress ingress
 COPY tls tls
 COPY routing routing
-# --without-pip plus the base image's pip: the final virtualenv carries no installer at all.
-# Bytecode is compiled here, at install time, because the root filesystem is read-only at run.
-RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
-    && python -m venv --without-pip /opt/mta-ingress \
-    && pip --python /opt/mta-ingress/bin/python install --compile /wheels/mta_ingress-*.whl
+COPY deploy/image deploy/image
+# One recipe, shared with the packaging test (deploy/image/build-venv.sh): the pinned runtime
+# dependencies where mypyc type-checks, the compiled wheel, and a virtualenv without pip.
+RUN sh deploy/image/build-venv.sh
 
 # ---- runtime: the base image, one non-root user, the virtualenv ----
 FROM ${PYTHON_IMAGE}
 # Fixed numeric ids: the manifests' runAsUser/runAsGroup/fsGroup name them without a lookup.
+# The base's own pip goes too, so the image holds no installer: the python: images install it
+# with pip itself, a Debian-packaged base as python3-pip.
 RUN groupadd --system --gid 10001 ingress \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin ingress
+       --shell /usr/sbin/nologin ingress \
+    && if dpkg-query -W -f='${Status}' python3-pip 2>/dev/null | grep -q "ok installed"; then \
+           apt-get purge -y --auto-remove python3-pip; \
+       else \
+           python3 -m pip uninstall -y pip; \
+       fi
 COPY --from=build /opt/mta-ingress /opt/mta-ingress
 # PYTHONDONTWRITEBYTECODE: the root filesystem is mounted read-only, so a missing .pyc must not
 # be attempted (they are all compiled above). Writable places are volumes: /tmp (an emptyDir,
