@@ -46,7 +46,7 @@ FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 ingress \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin ingress \
-    && if dpkg-query -W -f='${Status}' python3-pip 2>/dev/null | grep -q "ok installed"; then \
+    && if [ "$(dpkg-query -W -f='${Status}' python3-pip 2>/dev/null)" = "install ok installed" ]; then \
            apt-get purge -y --auto-remove python3-pip; \
        else \
            python3 -m pip uninstall -y pip; \
