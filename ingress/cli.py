@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ingress import __version__, config
-from ingress.observe import configure_logging
+from ingress.ops.logs import configure_logging
 
 log = logging.getLogger("mta_ingress")
 
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging()
     if args.command == "demo":
-        from ingress import demo
+        from ingress.demo import single_node as demo
 
         return demo.main(base_port=args.base_port)
     try:
@@ -95,6 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = status.report(effective.tls)
         sys.stdout.write(result.text)
         return result.exit_code
-    from ingress import server
+    from ingress.process import server
 
     return server.serve(effective)

@@ -1,7 +1,7 @@
 """The benchmark's backend server process, started by ``bench.py`` on the load generator's CPU.
 
-``smtp``: ``ingress.stub_smtp`` (reads the PROXY header, answers SMTP) on uvloop: the backend of
-the ``sessions`` and ``idle`` scenarios.
+``smtp``: ``ingress.demo.stub_smtp`` (reads the PROXY header, answers SMTP) on uvloop: the
+backend of the ``sessions`` and ``idle`` scenarios.
 
 ``http``: an HTTP/1.1 origin on uvloop for the ``http-*`` scenarios: every request gets a fixed
 ~100-byte ``200`` with Content-Length on a keep-alive connection (closed after the answer when the
@@ -30,7 +30,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from ingress import proxy_protocol, stub_smtp
+from ingress.demo import stub_smtp
+from ingress.protocol import proxy_protocol
 
 LISTEN_BACKLOG = 4096
 SINK_BUFFER = 1 << 20

@@ -2,14 +2,15 @@
 
 ``bench.py --floor`` measures this relay beside HAProxy and mta-ingress in the ``http-keepalive``
 scenario, and in ``https-keepalive`` with ``--tls-cert``: TLS terminated as the ingress does it
-(``ingress.tls_transport``, over uvloop's TCP transport) with the ingress's own listener settings
-(``tls.store.base_context``) and the same certificate file HAProxy and mta-ingress serve. It is what
-mta-ingress would cost with none of its features: uvloop transports, httptools (llhttp) parsing
-every request and response, each request re-serialised with ``X-Forwarded-For`` appended, writes
-held to the end of the loop's round as the ingress holds them (``ingress.flow.WriteBatch``), one
-backend connection per client connection opened with it (no pool, no routing, no validation beyond
-llhttp's, no access log, no metrics, no timeouts). Not in ``http-close``: a backend connection per
-client connection is more work per connection than mta-ingress's pool, not a floor.
+(``ingress.proxy.tls_transport``, over uvloop's TCP transport) with the ingress's own listener
+settings (``tls.store.base_context``) and the same certificate file HAProxy and mta-ingress serve.
+It is what mta-ingress would cost with none of its features: uvloop transports, httptools (llhttp)
+parsing every request and response, each request re-serialised with ``X-Forwarded-For`` appended,
+writes held to the end of the loop's round as the ingress holds them
+(``ingress.proxy.flow.WriteBatch``), one backend connection per client connection opened with it (no
+pool, no routing, no validation beyond llhttp's, no access log, no metrics, no timeouts). Not in
+``http-close``: a backend connection per client connection is more work per connection than
+mta-ingress's pool, not a floor.
 
 Its ratio to HAProxy says how much of mta-ingress's gap is the stack and how much is the work
 mta-ingress does per request; ``--burn-us`` adds that much busy CPU time to each request, to
@@ -43,7 +44,7 @@ def _import_project() -> None:
 
 
 _import_project()
-from ingress.flow import Outbox, WriteBatch  # noqa: E402  (the path above first)
+from ingress.proxy.flow import Outbox, WriteBatch  # noqa: E402  (the path above first)
 
 
 class _Upstream(asyncio.Protocol):
@@ -159,7 +160,7 @@ def _factory(backend: tuple[str, int], burn_us: float, context: ssl.SSLContext |
         return _Client(backend, burn_us / 1e6, writes)
     if context is None:
         return make_client
-    from ingress.tls_transport import tls_factory
+    from ingress.proxy.tls_transport import tls_factory
 
     def ignore_failure(_peer: tuple[str, int] | None, _reason: str, _detail: str) -> None:
         return None

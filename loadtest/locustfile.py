@@ -43,7 +43,7 @@ from locust.env import Environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ingress import proxy_protocol
+from ingress.protocol import proxy_protocol
 from loadtest import traffic
 from loadtest.compare import Sent
 

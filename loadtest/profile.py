@@ -22,7 +22,7 @@ _LINE = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$
 # Frames of the project, whatever the install path: the files the ingress is made of.
 _OWN = ("ingress/", "routing/", "tls/")
 # Start-up frames every sample of a worker passes through: 100% inclusive, telling nothing.
-_BOOTSTRAP = ("(ingress/cli.py)", "(ingress/server.py)")
+_BOOTSTRAP = ("(ingress/cli.py)", "(ingress/process/server.py)")
 
 
 def find_py_spy() -> str | None:

@@ -5,8 +5,8 @@ exactly-once comparison (docs/loadtesting.md).
                            [--fault none|worker|rolling|cert|backend] [--base-port 24000]
                            [-- extra locust options]
 
-Everything listens on 127.0.0.1, in the demo's port layout (``ingress/demo.py``) moved to
-``--base-port``: the ingress (``mta-ingress run``, the greenarrow preset, ``--workers``
+Everything listens on 127.0.0.1, in the demo's port layout (``ingress/demo/single_node.py``)
+moved to ``--base-port``: the ingress (``mta-ingress run``, the greenarrow preset, ``--workers``
 processes) as a child process, the stub services of the demo with their id logs on a thread of
 this process, and locust headless as a child process writing its CSV files and its ledger into
 the run's directory (``loadtest/results/loadtest-<time>/``).  When locust is done, the ingress
@@ -53,7 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingress import config, demo, stub_http, stub_smtp
+from ingress import config
+from ingress.demo import single_node as demo
+from ingress.demo import stub_http, stub_smtp
 from loadtest import compare
 from tls import selfsigned
 

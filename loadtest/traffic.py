@@ -33,7 +33,7 @@ PROXY_DESTINATION_V6 = "2001:db8:ffff::10"
 
 class IdSource:
     """Unique ids for one locust process: a random prefix (processes and runs never collide)
-    and a counter; only characters the stubs accept (``ingress.stub_smtp.valid_id``)."""
+    and a counter; only characters the stubs accept (``ingress.demo.stub_smtp.valid_id``)."""
 
     def __init__(self, prefix: str | None = None) -> None:
         self._prefix = prefix if prefix is not None else f"{secrets.token_hex(4)}{os.getpid():x}"

@@ -169,7 +169,7 @@ Balance = Literal["roundrobin", "leastconn"]
 
 
 class BackendEvents(Protocol):
-    """What a backend reports to the metrics (ingress.metrics.Metrics has these methods)."""
+    """What a backend reports to the metrics (ingress.ops.metrics.Metrics has these methods)."""
 
     def checked(self, backend: str, ok: bool) -> None: ...
     def servers(self, backend: str, up: int, down: int) -> None: ...

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import ingress.server  # noqa: F401  (loads the request path, whose build build_name reports)
-from ingress.build import build_name, stale_extensions
+import ingress.process.server  # noqa: F401  (loads the request path, whose build build_name reports)
+from ingress.process.build import build_name, stale_extensions
 
 ROOT = Path(__file__).resolve().parents[1]
 

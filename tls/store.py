@@ -231,8 +231,8 @@ def load_certificate_file(directory: Path, name: str) -> Certificate:
 
 
 class SniConnection(Protocol):
-    """What the SNI callback is given: the listeners' ``ingress.tls_transport`` connection (the
-    owner of the OpenSSL object), or an ``ssl.SSLObject`` or ``ssl.SSLSocket``, which take the
+    """What the SNI callback is given: the listeners' ``ingress.proxy.tls_transport`` connection
+    (the owner of the OpenSSL object), or an ``ssl.SSLObject`` or ``ssl.SSLSocket``, which take the
     new attribute too."""
 
     context: ssl.SSLContext

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from ingress import demo
+from ingress.demo import single_node as demo
 from tests.integration.peers import ephemeral_port_floor, require_binary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ingress.http1 import Limits
+from ingress.protocol.http1 import Limits
 from tests.integration.ingress_process import IngressProcess
 from tests.integration.origin import Cluster, EchoOrigin, RawOrigin
 from tests.integration.peers import free_port

@@ -110,7 +110,8 @@ def image_tree() -> Iterator[ImageTree]:
         # -I: neither the working directory (this checkout's pure-Python tree) nor PYTHONPATH
         # may stand in for what the virtualenv holds.
         build = subprocess.run([str(venv / "bin" / "python"), "-I", "-c",
-                                "import ingress.server, ingress.build as b; print(b.build_name())"],
+                                "import ingress.process.server, ingress.process.build as b;"
+                                " print(b.build_name())"],
                                capture_output=True, text=True, timeout=60, check=True, cwd="/")
         assert build.stdout.strip() == "compiled", build
         # COPY --from keeps modes; whatever the umask was here, the image's tree is world-
@@ -242,7 +243,8 @@ def test_runs_as_non_root_from_the_image_tree(image_tree: ImageTree) -> None:
                 process.wait(timeout=10)
         errors = (run / "stderr").read_text(errors="replace")
         assert "Traceback" not in errors, errors
-        # What the image runs is the compiled request path (ingress.build), not the fallback.
+        # What the image runs is the compiled request path (ingress.process.build), not the
+        # fallback.
         assert re.search(r'msg="ready" workers=1 build=compiled ', errors), errors
         assert "Permission denied" not in errors, errors
     finally:

@@ -1,4 +1,4 @@
-"""ingress.tls_transport, the TLS the listeners drive themselves, on loopback against real
+"""ingress.proxy.tls_transport, the TLS the listeners drive themselves, on loopback against real
 clients (Python's ssl over a socket, a MemoryBIO client that sends a byte at a time, and openssl
 s_client for a key update): bytes both ways, records split across reads, both kinds of end of
 stream, a clean close, flow control passed through, and each way a handshake can fail."""
@@ -20,7 +20,7 @@ import pytest
 import trustme
 import uvloop
 
-from ingress.tls_transport import TlsServerConnection, tls_factory
+from ingress.proxy.tls_transport import TlsServerConnection, tls_factory
 from tests.integration.peers import require_binary
 from tls.store import base_context
 

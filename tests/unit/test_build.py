@@ -1,4 +1,4 @@
-"""ingress.build: which build runs, and stale in-place extensions."""
+"""ingress.process.build: which build runs, and stale in-place extensions."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import tomllib
 from pathlib import Path
 
-import ingress.server  # noqa: F401  (loads the request path)
-from ingress.build import PACKAGES, build_name, is_compiled, stale_extensions
+import ingress.process.server  # noqa: F401  (loads the request path)
+from ingress.process.build import PACKAGES, build_name, is_compiled, stale_extensions
 
 ROOT = Path(__file__).resolve().parents[2]
 

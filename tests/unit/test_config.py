@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingress import config, server
+from ingress import config
 from ingress.config import Address, ConfigError, format_duration, parse_address, parse_duration
+from ingress.process import server
 
 PRESET_LISTENERS = ("smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "http",
                     "http-proxied", "https", "https-proxied")

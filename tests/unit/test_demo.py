@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ingress import config, demo
+from ingress import config
 from ingress.config import Address
+from ingress.demo import single_node as demo
 
 GUIDE_COMMANDS = ("curl", "swaks", "python3")
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ingress import config, presets
+from ingress import config
+from ingress.config import presets
 from tests.integration.peers import _unavailable
 
 REPO = Path(__file__).resolve().parents[2]

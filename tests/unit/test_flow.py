@@ -1,4 +1,4 @@
-"""ingress.flow.Outbox and WriteBatch: small writes wait for the end of the loop's round and
+"""ingress.proxy.flow.Outbox and WriteBatch: small writes wait for the end of the loop's round and
 reach the transport in order; large ones go at once; nothing held outlives a closing transport.
 
 The transport here records the calls the Outbox makes (what is under test is which calls, in
@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingress.flow import DEFER_LIMIT, Outbox, WriteBatch
+from ingress.proxy.flow import DEFER_LIMIT, Outbox, WriteBatch
 
 
 class RecordingTransport(asyncio.Transport):

@@ -1,4 +1,5 @@
-"""Tests for ingress.http1: every rejection rule, framing, pipelining, limits and serializers.
+"""Tests for ingress.protocol.http1: every rejection rule, framing, pipelining, limits and
+serializers.
 
 Each rejection is checked fed whole and fed one byte at a time: the first path runs the checks on
 a complete head, the second the early checks on a partial one, and both must give the answer.
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ingress.http1 import (
+from ingress.protocol.http1 import (
     LAST_CHUNK,
     Data,
     EndOfMessage,

@@ -1,4 +1,4 @@
-"""ingress.http1 held to h11, the reference parser, with hypothesis.
+"""ingress.protocol.http1 held to h11, the reference parser, with hypothesis.
 
 * Valid traffic (pipelined requests, response sequences): both parsers must see the same
   messages (method, target, version, fields, body bytes, boundaries).
@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingress.http1 import (
+from ingress.protocol.http1 import (
     Data,
     EndOfMessage,
     HttpError,

@@ -1,4 +1,5 @@
-"""The fast path of ingress.http1 (``fast_request``, ``fast_response``) held to the general path.
+"""The fast path of ingress.protocol.http1 (``fast_request``, ``fast_response``) held to the
+general path.
 
 The contract: the fast path accepts a strict subset of what the general path accepts, and for
 what it accepts it builds exactly the same head (every field) and body, and leaves the parser in
@@ -33,9 +34,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ingress import http1
-from ingress.build import is_compiled
-from ingress.http1 import (
+from ingress.process.build import is_compiled
+from ingress.protocol import http1
+from ingress.protocol.http1 import (
     FORWARDED_FIELDS,
     FORWARDED_PROTO_FIELDS,
     HOP_BY_HOP,
@@ -52,7 +53,7 @@ from ingress.http1 import (
     serialize_request_head,
     serialize_response_head,
 )
-from ingress.http_proxy import forwarded_lines, forwarded_request_headers
+from ingress.proxy.http import forwarded_lines, forwarded_request_headers
 from tests.unit.test_http1_differential import (
     HOSTS,
     OWS,
@@ -69,8 +70,8 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-# The fast path looks at heads of at most this many bytes (ingress.http1._fast_limit); limits
-# below it switch the fast path off, and heads around it are generated on purpose.
+# The fast path looks at heads of at most this many bytes (ingress.protocol.http1._fast_limit);
+# limits below it switch the fast path off, and heads around it are generated on purpose.
 FAST_HEAD_MAX = 4096
 EDGE = Limits(max_request_line=FAST_HEAD_MAX, max_header_bytes=FAST_HEAD_MAX)
 LIMITS = [
@@ -202,7 +203,7 @@ def _describe(data: bytes, fast: object, general: Outcome, whole: Outcome, one: 
     )
 
 
-@pytest.mark.skipif(is_compiled("ingress.http1"),
+@pytest.mark.skipif(is_compiled("ingress.protocol.http1"),
                     reason="calls inside a compiled module do not go through its attributes; "
                            "the pure-Python unit run (`make unit COMPILE=0`, in CI) covers this")
 def test_the_general_path_runs_without_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingress import stub_http, stub_smtp
+from ingress.demo import stub_http, stub_smtp
 from loadtest import compare, traffic
 from loadtest.compare import Arrival, Sent, ServiceLog
 from tests.unit.test_stub_http import RecordingTransport

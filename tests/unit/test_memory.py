@@ -12,7 +12,7 @@ import pytest
 # large uvloop read, are alive; with the default threshold (128 KiB) each one is an mmap.
 _PROBE = """
 import ctypes, json, sys
-from ingress.memory import tune_malloc
+from ingress.process.memory import tune_malloc
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

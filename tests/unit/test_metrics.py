@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from prometheus_client.utils import floatToGoString
 
-from ingress import metrics
+from ingress.ops import metrics
 
 
 def sample(name: str, **labels: str) -> float:

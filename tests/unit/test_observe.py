@@ -16,8 +16,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ingress.observe import PIPE_BUF, AccessLog, TlsFields, quote
-from ingress.tcp_relay import termination_state
+from ingress.ops.logs import PIPE_BUF, AccessLog, TlsFields, quote
+from ingress.proxy.tcp import termination_state
 from tests.haproxy_log import CONNECTION_ERROR, HTTPLOG, TCPLOG, extras, parse
 
 

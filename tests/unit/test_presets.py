@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from ingress import config, presets
+from ingress import config
 from ingress.cli import main
-from ingress.config import Address, BackendConfig, ListenerConfig, Timeouts
+from ingress.config import Address, BackendConfig, ListenerConfig, Timeouts, presets
 
 # name: (port, mode, accept_proxy, backend, tls) -- every listener binds 0.0.0.0 (every interface)
 GREENARROW_LISTENERS: dict[str, tuple[int, str, bool, str | None, bool]] = {

@@ -1,4 +1,4 @@
-"""Tests for ingress.proxy_protocol against HAProxy's doc/proxy-protocol.txt."""
+"""Tests for ingress.protocol.proxy_protocol against HAProxy's doc/proxy-protocol.txt."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingress.proxy_protocol import (
+from ingress.protocol.proxy_protocol import (
     PP2_TYPE_ALPN,
     PP2_TYPE_AUTHORITY,
     PP2_TYPE_CRC32C,

@@ -9,7 +9,7 @@ from typing import Any
 import h11
 import pytest
 
-from ingress import stub_http, stub_smtp
+from ingress.demo import stub_http, stub_smtp
 
 
 class RecordingTransport:

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 :class:`HttpSession` is the client connection's protocol.  Bytes from the client go through the
-strict request parser (``ingress.http1``), whose events (request head, body data, end of
+strict request parser (``ingress.protocol.http1``), whose events (request head, body data, end of
 message) are queued in order; ``_pump`` takes them off the queue one exchange at a time, so that
 pipelined requests are answered in order and a request head waits while the previous exchange
 is still running.  The queue is bounded: past ``PIPELINE_LIMIT`` events, reading from the client
@@ -38,7 +38,7 @@ backend silent for ``timeouts.server`` gets the client a ``504`` (if nothing was
 pooled connection that turns out closed before any byte of the response arrived is retried once
 on a fresh connection, for requests without a body.
 
-Writes to clients and backends go through an ``Outbox`` each (``ingress.flow``): one of up to
+Writes to clients and backends go through an ``Outbox`` each (``ingress.proxy.flow``): one of up to
 16 KiB waits for the end of the loop's round of I/O callbacks and goes out with the round's
 others, so that one wake-up of a peer serves many requests; a larger one goes at once, after
 what is held. A session flushes before it closes its client connection.
@@ -56,10 +56,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from ingress import proxy_protocol
 from ingress.config import ListenerConfig, Timeouts
-from ingress.flow import WRITE_HIGH_WATER, Outbox, WriteBatch, pause_reading, resume_reading
-from ingress.http1 import (
+from ingress.ops.logs import NO_SERVER as NO_SERVER_LABEL
+from ingress.ops.logs import AccessLog, TlsFields, log_address
+from ingress.ops.metrics import Metrics
+from ingress.ops.metrics import metrics as metrics_of_this_process
+from ingress.protocol import proxy_protocol
+from ingress.protocol.http1 import (
     FORWARDED_FIELDS,
     FORWARDED_PROTO_FIELDS,
     HOP_BY_HOP,
@@ -76,10 +79,7 @@ from ingress.http1 import (
     serialize_request_head,
     serialize_response_head,
 )
-from ingress.metrics import Metrics
-from ingress.metrics import metrics as metrics_of_this_process
-from ingress.observe import NO_SERVER as NO_SERVER_LABEL
-from ingress.observe import AccessLog, TlsFields, log_address
+from ingress.proxy.flow import WRITE_HIGH_WATER, Outbox, WriteBatch, pause_reading, resume_reading
 from routing.backends import NO_SERVER, Backend, Endpoint, NoServerReachedError, connect_first
 from routing.pool import ConnectionPool
 from routing.table import READINESS, LocalAnswer, RouteTable
@@ -243,7 +243,8 @@ class HttpSession(asyncio.Protocol):
     def __init__(self, ctx: HttpContext,
                  proxied_client: tuple[str, int] | None = None) -> None:
         """``proxied_client``: the client address of a PROXY header already read (the
-        ``https-proxied`` listener reads it before the TLS handshake, see ingress.tls_accept)."""
+        ``https-proxied`` listener reads it before the TLS handshake, see
+        ingress.proxy.tls_accept)."""
         self._ctx = ctx
         self._proxied_client = proxied_client
         self._loop = ctx.loop

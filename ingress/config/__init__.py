@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from ingress import presets
+from ingress.config import presets
 from routing.backends import Balance, is_ip
 from routing.discovery import DnsName, is_dns_name, is_dns_url, parse_dns_url
 from routing.table import BUILTIN_ANSWERS, LocalAnswer, Rule

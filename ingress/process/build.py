@@ -26,7 +26,7 @@ def is_compiled(module_name: str) -> bool:
 def build_name() -> str:
     """``compiled`` when the request path's modules were loaded from C extensions, else
     ``python``; meaningful once the server (which imports them) is loaded."""
-    request_path = ("ingress.http_proxy", "ingress.http1", "ingress.tcp_relay")
+    request_path = ("ingress.proxy.http", "ingress.protocol.http1", "ingress.proxy.tcp")
     return "compiled" if all(is_compiled(name) for name in request_path) else "python"
 
 
@@ -35,7 +35,7 @@ def stale_extensions(root: Path) -> list[Path]:
     import them instead of the edited ``.py``."""
     stale = []
     for package in PACKAGES:
-        for extension in (root / package).glob("*.so"):
+        for extension in (root / package).rglob("*.so"):
             source = extension.parent / (extension.name.split(".", 1)[0] + ".py")
             if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
                 stale.append(extension)

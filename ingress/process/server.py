@@ -41,17 +41,18 @@ from pathlib import Path
 
 from dns.exception import DNSException
 
-from ingress import http_proxy, metrics
-from ingress.admin import AdminSession
-from ingress.build import build_name
 from ingress.config import Address, BackendConfig, Config, ListenerConfig
-from ingress.flow import WriteBatch
-from ingress.http1 import Limits
-from ingress.memory import tune_malloc
-from ingress.observe import AccessLog
-from ingress.tcp_relay import RelayContext, RelaySession, make_factory
-from ingress.tls_accept import ProxiedTlsListener, handshake_failure_logger
-from ingress.tls_transport import tls_factory
+from ingress.ops import metrics
+from ingress.ops.admin import AdminSession
+from ingress.ops.logs import AccessLog
+from ingress.process.build import build_name
+from ingress.process.memory import tune_malloc
+from ingress.protocol.http1 import Limits
+from ingress.proxy import http as http_proxy
+from ingress.proxy.flow import WriteBatch
+from ingress.proxy.tcp import RelayContext, RelaySession, make_factory
+from ingress.proxy.tls_accept import ProxiedTlsListener, handshake_failure_logger
+from ingress.proxy.tls_transport import tls_factory
 from routing.backends import Backend, Resolver
 from routing.discovery import Discovery, DnsName, TtlPolicy, make_resolver
 from routing.pool import ConnectionPool
@@ -476,7 +477,7 @@ class Supervisor:
         self.started_at: dict[int, float] = {}
         self.stopping: signal.Signals | None = None
         self.failed = False
-        # Before anything imports prometheus_client here or in a worker: see ingress/metrics.py.
+        # Before anything imports prometheus_client here or in a worker: see ingress/ops/metrics.py.
         self.metrics_dir = metrics.prepare_directory(config.admin.metrics_dir)
         self.tls_store = certificate_store(config)
 

@@ -1,7 +1,7 @@
 """The admin listener: ``/metrics`` (Prometheus), ``/livez`` and ``/readyz``, on its own port.
 
 Every worker binds it (``SO_REUSEPORT``, like the traffic listeners), so a scrape reaches any
-worker, which answers with every worker's metrics (see ``ingress/metrics.py``). Requests are
+worker, which answers with every worker's metrics (see ``ingress/ops/metrics.py``). Requests are
 parsed with h11: this port sees a scrape every few seconds, not traffic, and h11 is strict.
 One request per connection, answered and closed.
 """
@@ -14,7 +14,7 @@ from typing import cast
 
 import h11
 
-from ingress import metrics
+from ingress.ops import metrics
 
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 10.0

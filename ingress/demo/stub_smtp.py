@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ingress import proxy_protocol
-from ingress.observe import address_text
+from ingress.ops.logs import address_text
+from ingress.protocol import proxy_protocol
 
 MAX_LINE = 4096
 # How much of a message is kept to look for its X-Loadtest-Id: the header block of a generated

@@ -4,7 +4,7 @@
 
 - stub services, in this process on uvloop: an MTA and an Event Tracker that speak SMTP (with
   the PROXY header the greenarrow preset sends) and HTTP, and a TLS service (HTTP); each answers
-  with what it saw (``ingress/stub_smtp.py``, ``ingress/stub_http.py``);
+  with what it saw (``ingress/demo/stub_smtp.py``, ``ingress/demo/stub_http.py``);
 - the ingress itself, ``mta-ingress run`` with the greenarrow preset moved onto loopback ports
   (``demo_config_text``), as a child process;
 
@@ -50,7 +50,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ingress import config, stub_http, stub_smtp
+from ingress import config
+from ingress.demo import stub_http, stub_smtp
 from tls import selfsigned
 
 HOST = "127.0.0.1"

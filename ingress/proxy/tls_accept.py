@@ -10,7 +10,7 @@ bytes are consumed, and only then does the socket become a transport
 (``loop.connect_accepted_socket``) with TLS on it, whose first read is the ClientHello. The
 HTTP session gets the client address from the header.
 
-On both TLS listeners the handshake is driven by ``ingress.tls_transport``; one that fails is
+On both TLS listeners the handshake is driven by ``ingress.proxy.tls_transport``; one that fails is
 logged here as a rejection, with the reason ``tls-handshake-failed`` or, when the client gave
 up, ``tls-handshake-aborted``.
 
@@ -29,10 +29,10 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from ingress import proxy_protocol
-from ingress.metrics import metrics
-from ingress.observe import AccessLog, log_address
-from ingress.tls_transport import HANDSHAKE_FAILED, FailureReport, TlsServerConnection
+from ingress.ops.logs import AccessLog, log_address
+from ingress.ops.metrics import metrics
+from ingress.protocol import proxy_protocol
+from ingress.proxy.tls_transport import HANDSHAKE_FAILED, FailureReport, TlsServerConnection
 
 log = logging.getLogger("mta_ingress")
 

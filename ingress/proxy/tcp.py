@@ -41,13 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from ingress import proxy_protocol
 from ingress.config import ListenerConfig, Timeouts
-from ingress.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
-from ingress.metrics import Metrics
-from ingress.metrics import metrics as metrics_of_this_process
-from ingress.observe import NO_SERVER as NO_SERVER_LABEL
-from ingress.observe import AccessLog, address_text, log_address
+from ingress.ops.logs import NO_SERVER as NO_SERVER_LABEL
+from ingress.ops.logs import AccessLog, address_text, log_address
+from ingress.ops.metrics import Metrics
+from ingress.ops.metrics import metrics as metrics_of_this_process
+from ingress.protocol import proxy_protocol
+from ingress.proxy.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
 from routing.backends import Backend, Endpoint, NoServerReachedError, connect_first
 
 log = logging.getLogger("mta_ingress.tcp")

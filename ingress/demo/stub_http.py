@@ -19,7 +19,7 @@ service answers.  Health-check connections (connect, close) count as connections
 requests.
 
 Identities (opt-in, for the load test's exactly-once check): a ``StubService`` given an
-``IdLog`` (``ingress/stub_smtp.py``, shared with its SMTP stub) logs every request's
+``IdLog`` (``ingress/demo/stub_smtp.py``, shared with its SMTP stub) logs every request's
 ``X-Loadtest-Id`` with its ``client``, and counts requests without one.  ``GET /_stub/received``
 answers ``{"service": ..., "entries": [[kind, id, client], ...], "unidentified": {...},
 "dropped": n}`` (404 without a log), ``DELETE /_stub/received`` empties it; neither is logged.
@@ -40,8 +40,8 @@ from typing import Any, cast
 
 import httptools
 
-from ingress.observe import address_text
-from ingress.stub_smtp import ID_HEADER, IdLog, StubStats, valid_id
+from ingress.demo.stub_smtp import ID_HEADER, IdLog, StubStats, valid_id
+from ingress.ops.logs import address_text
 
 COUNTS_PATH = b"/_stub/counts"
 RECEIVED_PATH = b"/_stub/received"

@@ -1,0 +1,1 @@
+"""The single-node demo and the stand-in SMTP and HTTP servers it runs."""
