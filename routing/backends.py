@@ -28,10 +28,7 @@ import socket
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
-
-if TYPE_CHECKING:
-    from routing.discovery import Target
+from typing import Literal, Protocol, TypeVar
 
 log = logging.getLogger("mta_ingress.backends")
 
@@ -47,6 +44,17 @@ class Endpoint:
     host: str
     port: int
     server: str
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Target:
+    """One discovered server: an address and port, with the SRV priority and weight it came
+    with (0 and 1 for dns+a)."""
+
+    priority: int
+    host: str
+    port: int
+    weight: int = 1
 
 
 def is_ip(host: str) -> bool:

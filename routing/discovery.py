@@ -45,7 +45,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from routing.backends import is_ip
+from routing.backends import Target, is_ip
 
 log = logging.getLogger("mta_ingress.discovery")
 
@@ -130,17 +130,6 @@ def parse_dns_url(text: str) -> DnsName:
 
 
 # --- the answers of one refresh, as plain data ---------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Target:
-    """One discovered server: an address and port, with the SRV priority and weight it came
-    with (0 and 1 for dns+a)."""
-
-    priority: int
-    host: str
-    port: int
-    weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)

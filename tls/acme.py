@@ -52,6 +52,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tls.settings import AcmeConfig
+
 log = logging.getLogger("mta_ingress.acme")
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
@@ -309,22 +311,10 @@ class AcmeError(Exception):
     """An order could not be completed; the message says where it stopped."""
 
 
-@dataclass(frozen=True, slots=True)
-class AcmeSettings:
-    directory: str
-    email: str | None
-    domains: tuple[str, ...]
-    ca_bundle: str | None
-    key_type: str = "ecdsa"
-    expected_addresses: tuple[str, ...] = ()
-    retry_initial: float = 60.0
-    retry_max: float = 6 * 3600.0
-
-
 class AcmeClient:
     """One account at one CA. Every method blocks: call them from a thread."""
 
-    def __init__(self, settings: AcmeSettings, key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(self, settings: AcmeConfig, key: ec.EllipticCurvePrivateKey) -> None:
         from acme import client, errors, messages
         from josepy.jwa import ES256
         from josepy.jwk import JWKEC
@@ -412,13 +402,13 @@ async def resolve_addresses(name: str, nameservers: Sequence[tuple[str, int]],
 
 # --- the manager -------------------------------------------------------------------------------
 
-Connect = Callable[[AcmeSettings], AcmeClient]
+Connect = Callable[[AcmeConfig], AcmeClient]
 
 
 class AcmeManager:
     """Keeps ``<cert_dir>/acme-<name>.pem`` current; runs in worker 0 of every replica."""
 
-    def __init__(self, settings: AcmeSettings, cert_dir: Path, *,
+    def __init__(self, settings: AcmeConfig, cert_dir: Path, *,
                  nameservers: Sequence[tuple[str, int]] = (), dns_timeout: float = 5.0,
                  connect: Connect | None = None,
                  on_order: Callable[[str], None] = lambda outcome: None) -> None:
@@ -435,7 +425,7 @@ class AcmeManager:
         self._client: AcmeClient | None = None
         self.failures = 0
 
-    def _default_connect(self, settings: AcmeSettings) -> AcmeClient:
+    def _default_connect(self, settings: AcmeConfig) -> AcmeClient:
         return AcmeClient(settings, account_key(self.cert_dir))
 
     async def run_forever(self) -> None:

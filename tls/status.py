@@ -9,8 +9,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ingress.config import TlsConfig
 from tls import acme
+from tls.settings import TlsConfig
 from tls.store import CertificateError, candidate_files, load_certificate_file
 
 # Exit statuses of `certs status` (1 is every command's invalid configuration, 2 argparse's

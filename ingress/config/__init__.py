@@ -28,6 +28,7 @@ from ingress.config import presets
 from routing.backends import Balance, is_ip
 from routing.discovery import DnsName, is_dns_name, is_dns_url, parse_dns_url
 from routing.table import BUILTIN_ANSWERS, LocalAnswer, Rule
+from tls.settings import ACME_DIRECTORY_ALIASES, DEFAULT_CERT_DIR, AcmeConfig, TlsConfig
 
 ENV_PREFIX = "MTA_INGRESS_"
 DEFAULT_PRESET = "greenarrow"
@@ -107,45 +108,6 @@ class Timeouts:
     http_request: float = 10.0
     http_keep_alive: float = 60.0
     server: float = 60.0
-
-
-# Where the KRA chart mounts the TLS pod's certificates for HAProxy (``ssl crt``).
-DEFAULT_CERT_DIR = "/mnt/tls/haproxy"
-
-
-ACME_DIRECTORY_ALIASES = {
-    "production": "https://acme-v02.api.letsencrypt.org/directory",
-    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class AcmeConfig:
-    """Certificates obtained by the ingress itself (``[tls.acme]``), where no TLS pod exists."""
-
-    enabled: bool = False
-    directory: str = ACME_DIRECTORY_ALIASES["production"]
-    email: str | None = None
-    domains: tuple[str, ...] = ()
-    ca_bundle: str | None = None  # CA file for a private ACME server's HTTPS
-    expected_addresses: tuple[str, ...] = ()
-    key_type: str = "ecdsa"
-    retry_initial: float = 60.0
-    retry_max: float = 6 * 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class TlsConfig:
-    """The certificate store shared by every TLS listener (``[tls]``)."""
-
-    cert_dir: str = DEFAULT_CERT_DIR
-    default_cert: str | None = None  # a file name in cert_dir; else the first file loaded
-    poll_interval: float = 5.0
-    # Names of the self-signed certificate served while cert_dir holds none; the loaded
-    # configuration always has some (default_self_signed_names when none are configured).
-    self_signed_names: tuple[str, ...] = ()
-    handshake_timeout: float = 10.0
-    acme: AcmeConfig = AcmeConfig()
 
 
 DEFAULT_ADMIN_PORT = 10081

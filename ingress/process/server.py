@@ -58,7 +58,7 @@ from routing.discovery import Discovery, DnsName, TtlPolicy, make_resolver
 from routing.pool import ConnectionPool
 from routing.table import RouteTable
 from tls import selfsigned
-from tls.acme import AcmeManager, AcmeSettings, ChallengeDirectory
+from tls.acme import AcmeManager, ChallengeDirectory
 from tls.store import CertificateStore, ReloadReport
 
 log = logging.getLogger("mta_ingress.server")
@@ -126,12 +126,7 @@ def acme_manager(config: Config) -> AcmeManager:
     acme = config.tls.acme
     cert_dir = Path(config.tls.cert_dir)
     cert_dir.mkdir(parents=True, exist_ok=True)
-    settings = AcmeSettings(
-        directory=acme.directory, email=acme.email, domains=acme.domains,
-        ca_bundle=acme.ca_bundle, key_type=acme.key_type,
-        expected_addresses=acme.expected_addresses, retry_initial=acme.retry_initial,
-        retry_max=acme.retry_max)
-    return AcmeManager(settings, cert_dir,
+    return AcmeManager(acme, cert_dir,
                        nameservers=[(a.host, a.port) for a in config.dns.nameservers],
                        dns_timeout=config.dns.timeout,
                        on_order=metrics.metrics().acme_order)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routing.backends import Backend, Balancer, Endpoint, Group, Resolver, make_groups
+from routing.backends import Backend, Balancer, Endpoint, Group, Resolver, Target, make_groups
 from routing.discovery import (
     MAX_RETRY,
     Addresses,
@@ -23,7 +23,6 @@ from routing.discovery import (
     SrvAnswer,
     SrvRecord,
     State,
-    Target,
     TtlPolicy,
     address_outcome,
     advance,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ingress.cli import main
-from ingress.config import AcmeConfig, TlsConfig
 from tls import selfsigned, status
+from tls.settings import AcmeConfig, TlsConfig
 
 
 def test_rows_for_served_refused_and_acme_files(tmp_path: Path) -> None:
