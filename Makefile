@@ -12,9 +12,10 @@ LOADTEST_ARGS ?=  # e.g. LOADTEST_ARGS="--duration 120 --users 80 --fault rollin
 # 1 compiles before the tests and the benchmark, and fails without a C compiler and the Python
 # headers; 0 removes the compiled modules and tests pure Python; auto compiles when both exist.
 COMPILE ?= auto
-PACKAGE_SOURCES := $(wildcard ingress/*.py ingress/*/*.py routing/*.py tls/*.py)
+PACKAGE_SOURCES := $(shell find ingress routing tls -name '*.py')
 COMPILED_STAMP := build/.compiled-in-place
-IN_PLACE_EXTENSIONS = ingress/*.so ingress/*/*.so routing/*.so tls/*.so
+# at any depth: ingress/ has sub-packages (docs/architecture.md)
+IN_PLACE_EXTENSIONS = $(shell find ingress routing tls -name '*.so')
 # What tests/conftest.py requires to be loaded: no guess when COMPILE says which.
 EXPECT_BUILD := $(if $(filter 1,$(COMPILE)),compiled,$(if $(filter 0,$(COMPILE)),python,))
 
@@ -36,7 +37,7 @@ install: $(VENV)/.installed
 $(COMPILED_STAMP): $(VENV)/.installed $(PACKAGE_SOURCES) pyproject.toml setup.py
 	rm -f $(IN_PLACE_EXTENSIONS)
 	MTA_INGRESS_COMPILE=1 $(VENV)/bin/python setup.py --quiet build_ext --inplace
-	@find ingress routing tls -maxdepth 2 -name "*.so" -exec touch {} +
+	@find ingress routing tls -name "*.so" -exec touch {} +
 	@mkdir -p $(dir $@) && touch $@
 
 compile: $(COMPILED_STAMP)

@@ -26,7 +26,7 @@ def is_compiled(module_name: str) -> bool:
 def build_name() -> str:
     """``compiled`` when the request path's modules were loaded from C extensions, else
     ``python``; meaningful once the server (which imports them) is loaded."""
-    request_path = ("ingress.proxy.http", "ingress.protocol.http1", "ingress.proxy.tcp")
+    request_path = ("ingress.proxy.http", "ingress.protocol.http1.parser", "ingress.proxy.tcp")
     return "compiled" if all(is_compiled(name) for name in request_path) else "python"
 
 

@@ -35,7 +35,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ingress.process.build import is_compiled
-from ingress.protocol import http1
 from ingress.protocol.http1 import (
     FORWARDED_FIELDS,
     FORWARDED_PROTO_FIELDS,
@@ -48,8 +47,11 @@ from ingress.protocol.http1 import (
     RequestParser,
     ResponseHead,
     ResponseParser,
+    fast,
     fast_request,
     fast_response,
+    parser,
+    rules,
     serialize_request_head,
     serialize_response_head,
 )
@@ -70,7 +72,7 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-# The fast path looks at heads of at most this many bytes (ingress.protocol.http1._fast_limit);
+# The fast path looks at heads of at most this many bytes (ingress.protocol.http1.fast._fast_limit);
 # limits below it switch the fast path off, and heads around it are generated on purpose.
 FAST_HEAD_MAX = 4096
 EDGE = Limits(max_request_line=FAST_HEAD_MAX, max_header_bytes=FAST_HEAD_MAX)
@@ -203,7 +205,7 @@ def _describe(data: bytes, fast: object, general: Outcome, whole: Outcome, one: 
     )
 
 
-@pytest.mark.skipif(is_compiled("ingress.protocol.http1"),
+@pytest.mark.skipif(is_compiled("ingress.protocol.http1.parser"),
                     reason="calls inside a compiled module do not go through its attributes; "
                            "the pure-Python unit run (`make unit COMPILE=0`, in CI) covers this")
 def test_the_general_path_runs_without_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,8 +222,8 @@ def test_the_general_path_runs_without_the_fast_path(monkeypatch: pytest.MonkeyP
         seen.append(data)
         return fast_response(data, method, limits)
 
-    monkeypatch.setattr(http1, "fast_request", spy_request)
-    monkeypatch.setattr(http1, "fast_response", spy_response)
+    monkeypatch.setattr(parser, "fast_request", spy_request)
+    monkeypatch.setattr(parser, "fast_response", spy_response)
     request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     assert run_requests(request, DEFAULT, whole_general).outcome.error is None
@@ -1189,7 +1191,7 @@ def test_a_remembered_host_does_not_admit_another() -> None:
     assert fast_request(good) is not None
     # the general path's check of a target's authority is the same function: an empty one is
     # never taken for the one remembered
-    assert not http1._valid_host(b"")
+    assert not rules.valid_host(b"")
     empty_authority = b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n"
     assert run_requests(empty_authority, DEFAULT, single).outcome.error == (400, "bad-target")
 
@@ -1232,13 +1234,13 @@ def test_a_remembered_field_line_does_not_stand_for_another(other: bytes) -> Non
 
 
 def test_the_remembered_field_lines_stay_bounded() -> None:
-    remembered = http1._MATCHED_LINES
-    long_value = b"v" * http1._MATCHED_LINE_BYTES
-    for number in range(2 * http1._MATCHED_LINES_MAX + 3):
+    remembered = fast._MATCHED_LINES
+    long_value = b"v" * fast._MATCHED_LINE_BYTES
+    for number in range(2 * fast._MATCHED_LINES_MAX + 3):
         assert fast_request(b"GET / HTTP/1.1\r\nHost: a\r\nX-N: %d\r\n\r\n" % number) is not None
-        assert len(remembered) <= http1._MATCHED_LINES_MAX
+        assert len(remembered) <= fast._MATCHED_LINES_MAX
     head = fast_request(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: " + long_value + b"\r\n\r\n")
     assert head is not None
     assert head.headers[1] == (b"X-Long", long_value)
     assert b"X-Long: " + long_value not in remembered  # longer than the lines kept
-    assert b"X-N: %d" % (2 * http1._MATCHED_LINES_MAX + 2) in remembered
+    assert b"X-N: %d" % (2 * fast._MATCHED_LINES_MAX + 2) in remembered
