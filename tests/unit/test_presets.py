@@ -16,6 +16,7 @@ import pytest
 from ingress import config
 from ingress.cli import main
 from ingress.config import Address, BackendConfig, ListenerConfig, Timeouts, presets
+from routing.discovery import is_dns_name
 
 # name: (port, mode, accept_proxy, backend, tls) -- every listener binds 0.0.0.0 (every interface)
 GREENARROW_LISTENERS: dict[str, tuple[int, str, bool, str | None, bool]] = {
@@ -394,7 +395,7 @@ def test_kumomta_service_problem_names_the_environment() -> None:
 @pytest.mark.parametrize("name", ["kumod", "KUMOD", "k", "kumod-0.kumod-headless.mail.svc.",
                                   "a" * 63, ".".join(["a" * 63] * 3) + "." + "b" * 61])
 def test_dns_names_accepted(name: str) -> None:
-    assert config.is_dns_name(name)
+    assert is_dns_name(name)
 
 
 def test_release_plays_no_part_in_kumomta(write: Any) -> None:
