@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ingress.demo import stub_http, stub_smtp
 from loadtest import compare, traffic
 from loadtest.compare import Arrival, Sent, ServiceLog
-from tests.unit.test_stub_http import RecordingTransport
+from tests.unit.demo.test_stub_http import RecordingTransport
 
 
 def sent(ident: str, *, ok: bool = True, service: str = "mta", kind: str = "http",

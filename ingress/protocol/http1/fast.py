@@ -9,7 +9,7 @@ they accept a subset of what the general path accepts and build the same head; a
 falls through to the general path, so every rejection in ``rules`` is still the general path's.
 ``take_whole`` is that path alone, for a caller that handles a whole message itself without
 events (the proxy does, on every read): it takes what ``feed`` would take there, or nothing.
-tests/unit/test_http1_fast.py holds the two paths to that with hypothesis. A response head
+tests/unit/protocol/http1/test_fast.py holds the two paths to that with hypothesis. A response head
 the fast path takes also keeps its bytes (``ResponseHead.raw``) when a proxy could forward them
 unchanged: HTTP/1.1 and no hop-by-hop field but one Content-Length; the same test checks that a
 client reads those bytes as it reads the proxy's re-serialisation of the head. A request head
@@ -55,7 +55,7 @@ from ingress.protocol.http1.rules import (
 # frame, a '_' or a byte outside printable ASCII, an absolute-form target, a Content-Length on
 # a request, Transfer-Encoding, Expect, a limit approached, a split or pipelined read, ...)
 # goes to the general path, which then accepts it or names what is wrong.
-# tests/unit/test_http1_fast.py holds the two paths to that with hypothesis.
+# tests/unit/protocol/http1/test_fast.py holds the two paths to that with hypothesis.
 
 # A field line without its CRLF: a token name without '_' (so no name can be read as a framing
 # field by a CGI gateway), ':', OWS, a value of printable ASCII, SP and HTAB starting and ending

@@ -56,7 +56,7 @@ from ingress.protocol.http1 import (
     serialize_response_head,
 )
 from ingress.proxy.http import forwarded_lines, forwarded_request_headers
-from tests.unit.test_http1_differential import (
+from tests.unit.protocol.http1.test_differential import (
     HOSTS,
     OWS,
     coalesce,
