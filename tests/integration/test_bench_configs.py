@@ -1,5 +1,6 @@
-"""The HAProxy configurations bench.py writes are ones HAProxy accepts (``haproxy -c``), with
-and without the contract's per-request log (--haproxy-log), for TCP, HTTP and HTTPS."""
+"""The HAProxy configurations the benchmark writes (loadtest/bench_targets.py) are ones HAProxy
+accepts (``haproxy -c``), with and without the contract's per-request log (--haproxy-log), for
+TCP, HTTP and HTTPS."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import bench
+from loadtest.bench_targets import certificate_dir, haproxy_setup
 from tests.integration.peers import require_binary
 
 
@@ -16,8 +17,8 @@ from tests.integration.peers import require_binary
 @pytest.mark.parametrize("kind", ["tcp", "http", "https"])
 def test_haproxy_accepts_the_bench_configuration(tmp_path: Path, kind: str, log: str) -> None:
     haproxy = require_binary("haproxy")
-    certs = bench.certificate_dir(tmp_path, "https-handshake-ecdsa") if kind == "https" else None
-    setup = bench.haproxy_setup(tmp_path, 30000, 30001, None, http=kind != "tcp", certs=certs,
+    certs = certificate_dir(tmp_path, "https-handshake-ecdsa") if kind == "https" else None
+    setup = haproxy_setup(tmp_path, 30000, 30001, None, http=kind != "tcp", certs=certs,
                                 log=log)
     result = subprocess.run([haproxy, "-c", "-f", str(setup.config_path)], capture_output=True,
                             text=True, timeout=30, check=False)

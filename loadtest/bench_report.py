@@ -1,0 +1,335 @@
+"""The benchmark's report: a line per round, the medians and ratios of each scenario, its verdict
+against the target and what limited each proxy."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from loadtest.bench_scenarios import (
+    COMPARED,
+    DISTURBED,
+    HTTP_SCENARIOS,
+    LATENCY_MAX_RATIO,
+    SATURATED,
+    TARGETS,
+    WRK_SCENARIOS,
+    Layout,
+    Measurement,
+    Run,
+    abnormal_ends,
+    describe_scenario,
+)
+
+UNITS = {"sessions": ("sessions/s", "sessions per proxy-CPU-s"),
+         "bulk": ("MB/s", "MB per proxy-CPU-s"),
+         "http-keepalive": ("requests/s", "requests per proxy-CPU-s"),
+         "http-close": ("requests/s", "requests per proxy-CPU-s"),
+         "http-1mib": ("MB/s", "MB per proxy-CPU-s"),
+         "https-handshake-ecdsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
+         "https-handshake-rsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
+         "https-keepalive": ("requests/s", "requests per proxy-CPU-s"),
+         "http-latency": ("ms p99", ""),
+         "idle": ("KiB RSS per connection", "")}
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def number(value: float | None, digits: int = 0) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def round_line(run: Run, m: Measurement) -> str:
+    errors = ", ".join(f"{k}={v}" for k, v in sorted(m.errors.items())) or "none"
+    odd_ends = abnormal_ends(m)
+    ends = ("" if not m.ingress_ends else
+            "  ends: " + ", ".join(f"{k}={v}" for k, v in sorted(m.ingress_ends.items()))
+            + ("  <-- abnormal" if odd_ends else ""))
+    exit_note = "" if m.exit_code in (0, None) else f"  exit={m.exit_code}"
+    if m.stderr_alarms:
+        exit_note += f"  stderr: {len(m.stderr_alarms)} alarming line(s), first: " \
+                     f"{m.stderr_alarms[0][:160]}"
+    if run.scenario == "idle":
+        d = m.detail
+        return (f"  round {m.round} {m.proxy:<11}  established {d['established']:,}/"
+                f"{d['target']:,}  failed {d['failed']}  lost {d['lost_while_holding']}  "
+                f"backend sessions {d['backend_sessions_opened']:,}  RSS "
+                f"{d['rss_before_kib'] / 1024:,.1f} -> {d['rss_holding_kib'] / 1024:,.1f} MiB "
+                f"(PSS {d['pss_before_kib'] / 1024:,.1f} -> {d['pss_holding_kib'] / 1024:,.1f})"
+                f"  = {number(m.value, 2)} KiB/conn  (opened in {d['open_s']:.1f}s)  "
+                f"errors: {errors}{exit_note}{ends}")
+    unit = UNITS[run.scenario][0]
+    latency = ""
+    if m.detail.get("latency_ms"):
+        lat = m.detail["latency_ms"]
+        latency = f"  latency p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms"
+    if run.scenario == "http-latency":
+        d = m.detail
+        lat = d["latency_ms"] or {"p50": float("nan"), "p99": float("nan")}
+        return (f"  round {m.round} {m.proxy:<11} p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms"
+                f"  at {number(d['rate_achieved'])}/{number(d['rate_asked'])} requests/s "
+                f"(achieved/asked)  max queued {d['max_queue']}  CPU {_cpu_text(m.cpu)}  "
+                f"errors: {errors}{exit_note}{ends}")
+    return (f"  round {m.round} {m.proxy:<11} {number(m.value):>9} {unit}  "
+            f"CPU {_cpu_text(m.cpu)}  "
+            f"per proxy-CPU-s {number(m.per_cpu)}"
+            f"{latency}  errors: {errors}{exit_note}{ends}")
+
+
+def _cpu_text(cpu: dict[str, Any]) -> str:
+    text = (f"proxy {percent(cpu.get('proxy'))} (sys {percent(cpu.get('proxy_sys'))}"
+            + (f", core {percent(cpu['proxy_core'])}" if cpu.get("proxy_core") is not None else "")
+            + f") loadgen {percent(cpu.get('loadgen'))} backend {percent(cpu.get('backend'))}")
+    if cpu.get("load_core") is not None:
+        text += f" (core {percent(cpu['load_core'])})"
+    if cpu.get("machine") is not None:
+        text += f" (all CPUs {percent(cpu['machine'])})"
+    if (cpu.get("other") or 0.0) >= DISTURBED:
+        text += (f"  DISTURBED: {percent(cpu['other'])} of a CPU busy outside the bench's "
+                 "processes")
+    return text
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [value for value in values if value is not None and value == value]
+    return statistics.median(present) if present else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
+    per_proxy: dict[str, dict[str, Any]] = {}
+    # haproxy and mta-ingress, then the references of --floor, if measured
+    for proxy in dict.fromkeys([*COMPARED, *(m.proxy for m in measurements)]):
+        mine = [m for m in measurements if m.proxy == proxy]
+        per_proxy[proxy] = {
+            "value": _median([m.value for m in mine]),
+            "per_cpu": _median([m.per_cpu for m in mine]),
+            "cpu": {part: _median([m.cpu.get(part) for m in mine])
+                    for part in ("proxy", "proxy_sys", "proxy_core", "loadgen", "backend",
+                                 "load_core", "machine")},
+            "errors": sum(sum(m.errors.values()) for m in mine),
+            "abnormal_ends": sum(sum(abnormal_ends(m).values()) for m in mine),
+            "stderr_alarms": sum(len(m.stderr_alarms) for m in mine),
+            "disturbed_rounds": sum((m.cpu.get("other") or 0.0) >= DISTURBED for m in mine),
+            "bad_exits": sum(m.exit_code not in (0, None) for m in mine),
+            "rounds": len(mine),
+        }
+        if run.scenario == "sessions":
+            for key in ("proxy_us_per_session", "proxy_sys_us_per_session"):
+                per_proxy[proxy][key] = _median([m.detail.get(key) for m in mine])
+        if run.scenario in WRK_SCENARIOS:
+            for key in ("proxy_us_per_request", "proxy_sys_us_per_request"):
+                per_proxy[proxy][key] = _median([m.detail.get(key) for m in mine])
+        if run.scenario in HTTP_SCENARIOS:
+            for cut in ("p50", "p99"):
+                per_proxy[proxy][f"latency_{cut}_ms"] = _median(
+                    [m.detail.get("latency_ms", {}).get(cut) for m in mine])
+        if run.scenario == "http-latency":
+            per_proxy[proxy]["rate_asked"] = _median([m.detail["rate_asked"] for m in mine])
+            per_proxy[proxy]["rate_achieved"] = _median([m.detail["rate_achieved"]
+                                                         for m in mine])
+            per_proxy[proxy]["max_queue"] = max((m.detail["max_queue"] for m in mine), default=0)
+        if run.scenario == "idle":
+            per_proxy[proxy]["rss_before_kib"] = _median([m.detail["rss_before_kib"]
+                                                          for m in mine])
+            per_proxy[proxy]["rss_holding_kib"] = _median([m.detail["rss_holding_kib"]
+                                                           for m in mine])
+            per_proxy[proxy]["pss_before_kib"] = _median([m.detail["pss_before_kib"]
+                                                          for m in mine])
+            per_proxy[proxy]["pss_holding_kib"] = _median([m.detail["pss_holding_kib"]
+                                                           for m in mine])
+            per_proxy[proxy]["pss_per_connection"] = _median([
+                (m.detail["pss_holding_kib"] - m.detail["pss_before_kib"]) / m.detail["established"]
+                for m in mine if m.detail["established"]])
+            per_proxy[proxy]["established"] = min((m.detail["established"] for m in mine),
+                                                  default=0)
+    haproxy, ingress = per_proxy["haproxy"], per_proxy["mta-ingress"]
+    compared = [haproxy, ingress]  # what the targets are about; references are not
+    # Rounds alternate, so round i of each proxy ran under the same conditions, drift of
+    # the machine included: the spread of these paired ratios shows how firm the ratio is.
+    pairs = [(h, i) for h in measurements for i in measurements
+             if h.proxy == "haproxy" and i.proxy == "mta-ingress" and h.round == i.round]
+    summary: dict[str, Any] = {
+        "medians": per_proxy,
+        "ratio": _ratio(ingress["value"], haproxy["value"]),
+        "ratio_per_cpu": _ratio(ingress["per_cpu"], haproxy["per_cpu"]),
+        "round_ratios": [_ratio(i.value, h.value) for h, i in pairs],
+        "round_ratios_per_cpu": [_ratio(i.per_cpu, h.per_cpu) for h, i in pairs],
+        "references": {name: {"ratio": _ratio(part["value"], haproxy["value"]),
+                              "ratio_per_cpu": _ratio(part["per_cpu"], haproxy["per_cpu"])}
+                       for name, part in per_proxy.items() if name not in COMPARED},
+    }
+    target = TARGETS.get(run.scenario)
+    if target is not None:
+        saturated = all(_proxy_busy(p) >= SATURATED for p in compared)
+        if run.layout.proxy is None:
+            # Unpinned, the proxies share the CPUs with the load: CPU shares say little about
+            # capacity, so throughput decides, and the verdict is only indicative.
+            decisive = "throughput (unpinned run: indicative)"
+        else:
+            decisive = "throughput" if saturated else "per-cpu"
+        figure = summary["ratio"] if decisive != "per-cpu" else summary["ratio_per_cpu"]
+        verdict = _pass(figure, target)
+        if not all(_clean(p) for p in compared):
+            # A fast proxy that loses sessions has not met anything.
+            verdict = "FAIL (errors, see the rounds)"
+        elif any(p["disturbed_rounds"] for p in compared):
+            verdict += " (unreliable: DISTURBED rounds, re-run on a quiet machine)"
+        summary["target"] = {
+            "min_ratio": target,
+            "throughput": _pass(summary["ratio"], target),
+            "per_cpu": _pass(summary["ratio_per_cpu"], target),
+            "decided_by": decisive,
+            "verdict": verdict,
+        }
+    elif run.scenario == "http-latency":
+        ratio = summary["ratio"]
+        verdict = ("n/a" if ratio is None else "PASS" if ratio <= LATENCY_MAX_RATIO
+                   else "FAIL")
+        if not all(_clean(p) for p in per_proxy.values()):
+            verdict = "FAIL (errors, see the rounds)"
+        elif any(p["disturbed_rounds"] for p in per_proxy.values()):
+            verdict += " (unreliable: DISTURBED rounds, re-run on a quiet machine)"
+        summary["target"] = {"max_ratio": LATENCY_MAX_RATIO, "verdict": verdict,
+                             "rule": f"ingress p99 <= {LATENCY_MAX_RATIO:g}x haproxy p99"}
+    elif run.scenario == "idle":
+        clean = all(_clean(p) and p["established"] == run_target(measurements)
+                    for p in per_proxy.values())
+        summary["target"] = {"verdict": "PASS" if clean else "FAIL",
+                             "rule": "every connection established and held, none failed"}
+    return summary
+
+
+def _clean(part: dict[str, Any]) -> bool:
+    return not any(part[key] for key in ("errors", "abnormal_ends", "stderr_alarms",
+                                         "bad_exits"))
+
+
+def run_target(measurements: list[Measurement]) -> int:
+    return int(measurements[0].detail["target"]) if measurements else 0
+
+
+def _pass(ratio: float | None, target: float) -> str:
+    if ratio is None:
+        return "n/a"
+    return "PASS" if ratio >= target else "FAIL"
+
+
+def _proxy_busy(part: dict[str, Any]) -> float:
+    # The process's own share: the core's may include another program (see DISTURBED).
+    return float(part["cpu"]["proxy"] or 0.0)
+
+
+def _bottleneck(part: dict[str, Any], layout: Layout) -> str:
+    cpu = part["cpu"]
+    proxy = _proxy_busy(part)
+    load_side = cpu.get("load_core") or (cpu["loadgen"] or 0.0) + (cpu["backend"] or 0.0)
+    if layout.proxy is None:
+        machine = cpu.get("machine") or 0.0
+        busy = (f"all CPUs {machine * 100:.0f}% busy: proxy {(cpu['proxy'] or 0) * 100:.0f}%, "
+                f"load generator and backend "
+                f"{((cpu['loadgen'] or 0) + (cpu['backend'] or 0)) * 100:.0f}% of one CPU")
+        if machine >= SATURATED:
+            return f"the machine ({busy})"
+        return f"neither the proxy nor the machine ({busy})"
+    if proxy >= SATURATED:
+        return "the proxy (its CPU is saturated)"
+    if load_side >= SATURATED:
+        return (f"the load generator side (its CPU is {load_side * 100:.0f}% busy: "
+                f"loadgen + backend); the proxy used {proxy * 100:.0f}% of its CPU")
+    return "neither CPU is saturated (latency or concurrency bound)"
+
+
+def _rounds(ratios: list[float | None]) -> str:
+    return f" (rounds: {', '.join(number(r, 2) for r in ratios)})" if len(ratios) > 1 else ""
+
+
+def _trouble(part: dict[str, Any]) -> str:
+    notes = [f"{part[key]} {label}" for key, label in (
+        ("abnormal_ends", "abnormal session ends"), ("stderr_alarms", "alarming stderr lines"),
+        ("bad_exits", "non-zero exits")) if part.get(key)]
+    text = ("  TROUBLE: " + ", ".join(notes)) if notes else ""
+    if part.get("disturbed_rounds"):
+        text += f"  DISTURBED rounds: {part['disturbed_rounds']} (another program used the CPUs)"
+    return text
+
+
+def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace) -> list[str]:
+    medians = summary["medians"]
+    h, i = medians["haproxy"], medians["mta-ingress"]
+    lines = [f"{run.key}: {describe_scenario(run, options)}"]
+    if run.scenario == "idle":
+        for name, part in medians.items():
+            lines.append(
+                f"  {name:<11} established {part['established']:,} (min over rounds)  "
+                f"failed/lost {part['errors']}{_trouble(part)}  "
+                f"RSS {number(part['rss_before_kib'] / 1024, 1)} -> "
+                f"{number(part['rss_holding_kib'] / 1024, 1)} MiB (PSS "
+                f"{number(part['pss_before_kib'] / 1024, 1)} -> "
+                f"{number(part['pss_holding_kib'] / 1024, 1)})  "
+                f"{number(part['value'], 2)} KiB RSS per connection (median; by PSS "
+                f"{number(part['pss_per_connection'], 2)})")
+        lines.append(f"  ratio ingress/haproxy RSS per connection: {number(summary['ratio'], 2)}x"
+                     f"{_rounds(summary['round_ratios'])}")
+        lines.append(f"  target: {summary['target']['rule']}: {summary['target']['verdict']}")
+        return lines
+    if run.scenario == "http-latency":
+        for name, part in medians.items():
+            lines.append(
+                f"  {name:<11} p50 {number(part['latency_p50_ms'], 2)} ms  p99 "
+                f"{number(part['latency_p99_ms'], 2)} ms (medians)  at "
+                f"{number(part['rate_achieved'])}/{number(part['rate_asked'])} requests/s "
+                f"(achieved/asked)  max queued {part['max_queue']}  CPU {_cpu_text(part['cpu'])}"
+                f"  errors {part['errors']}{_trouble(part)}")
+        lines.append(f"  ratio ingress/haproxy p99: {number(summary['ratio'], 2)}x"
+                     f"{_rounds(summary['round_ratios'])}; p50: "
+                     f"{number(_ratio(i['latency_p50_ms'], h['latency_p50_ms']), 2)}x")
+        lines.append(f"  target: {summary['target']['rule']}: {summary['target']['verdict']}")
+        return lines
+    unit, per_cpu_unit = UNITS[run.scenario]
+    for name, part in medians.items():
+        cpu = part["cpu"]
+        lines.append(
+            f"  {name:<11} {number(part['value']):>9} {unit} (median)  CPU {_cpu_text(cpu)}  "
+            f"{number(part['per_cpu'])} {per_cpu_unit}  "
+            f"errors {part['errors']}"
+            + _trouble(part))
+        for what in ("session", "request"):
+            if part.get(f"proxy_us_per_{what}") is not None:
+                total, kernel = part[f"proxy_us_per_{what}"], part[f"proxy_sys_us_per_{what}"]
+                lines.append(f"  {'':<11} proxy CPU per {what} {total:.0f} us: user "
+                             f"{total - kernel:.0f} us, kernel {kernel:.0f} us"
+                             + (f"; wrk latency p50 {number(part['latency_p50_ms'], 2)} ms p99 "
+                                f"{number(part['latency_p99_ms'], 2)} ms (closed loop)"
+                                if what == "request" else ""))
+    lines.append(f"  ratio ingress/haproxy: {number(summary['ratio'], 2)}x {unit}"
+                 f"{_rounds(summary['round_ratios'])}; {number(summary['ratio_per_cpu'], 2)}x "
+                 f"{per_cpu_unit}{_rounds(summary['round_ratios_per_cpu'])}")
+    references = summary.get("references", {})
+    for name, reference in references.items():
+        lines.append(f"  reference {name}/haproxy: {number(reference['ratio'], 2)}x {unit}; "
+                     f"{number(reference['ratio_per_cpu'], 2)}x {per_cpu_unit}")
+    if references:
+        lines.append("  (references: loadtest/floor.py, uvloop and httptools without "
+                     "mta-ingress's work; +N us: that much busy CPU added per request)")
+    lines.append(f"  limited by: haproxy: {_bottleneck(h, run.layout)}; "
+                 f"mta-ingress: {_bottleneck(i, run.layout)}")
+    target = summary.get("target")
+    if target:
+        why = {"throughput": "both proxies saturated their CPU, so throughput compares capacity",
+               "per-cpu": "a proxy did not saturate its CPU, so its throughput measured the load "
+                          "generator; the per-CPU figure estimates capacity"
+               }.get(target["decided_by"], "the proxies shared the CPUs with the load")
+        lines.append(f"  target ingress >= {target['min_ratio']}x haproxy: throughput "
+                     f"{target['throughput']}, per proxy-CPU-s {target['per_cpu']} -> "
+                     f"{target['verdict']} (decided by {target['decided_by']}: {why})")
+    return lines

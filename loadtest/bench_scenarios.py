@@ -1,0 +1,195 @@
+"""The benchmark's scenarios: what is measured, on which CPUs, against which targets; the runs a
+command line plans and the measurement each round yields."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+SCENARIOS = ("sessions", "bulk", "idle", "http-keepalive", "http-close", "http-1mib",
+             "http-latency", "https-handshake-ecdsa", "https-handshake-rsa", "https-keepalive")
+
+
+# HTTPS: the same origin and routing behind the https listener, a certificate of the key type
+# in the name (https-keepalive: ECDSA P-256); handshakes are new connections with one request.
+TLS_SCENARIOS = ("https-handshake-ecdsa", "https-handshake-rsa", "https-keepalive")
+
+
+# Measured with wrk (closed loop: each connection sends its next request when the last ends).
+WRK_SCENARIOS = ("http-keepalive", "http-close", "http-1mib", *TLS_SCENARIOS)
+
+
+HTTP_SCENARIOS = (*WRK_SCENARIOS, "http-latency")
+
+
+# Where --floor measures the reference relay (loadtest/floor.py) too, over TLS in
+# https-keepalive. Not http-close nor the handshakes: the relay opens a backend connection per
+# client connection (mta-ingress pools them), so it would measure more work than the proxy it is
+# a floor for.
+FLOOR_SCENARIOS = ("http-keepalive", "https-keepalive")
+
+
+COMPARED = ("haproxy", "mta-ingress")
+
+
+# A click-tracking-like path: no route but the default one matches it, on both proxies.
+HTTP_PATH = "/click/abc?x=1"
+
+
+HTTP_LARGE_PATH = "/1m/click/abc?x=1"  # the origin answers /1m... with 1 MiB
+
+
+# Proxies below this CPU utilisation were not the bottleneck of their measurement.
+SATURATED = 0.90
+
+
+# Busy time outside the bench's processes (see _cpu_figures), as a fraction of one CPU, above
+# which a measurement is flagged: something else was competing for the CPUs.
+DISTURBED = 0.15
+
+
+TARGETS = {"sessions": 0.9, "bulk": 1.2, "http-keepalive": 0.75, "http-close": 0.85,
+           "http-1mib": 1.0, "https-handshake-ecdsa": 0.9, "https-handshake-rsa": 0.9,
+           "https-keepalive": 0.75}
+
+
+# http-latency: ingress p99 at most this multiple of HAProxy's, at half HAProxy's peak rate.
+LATENCY_MAX_RATIO = 2.0
+
+
+# Taken before the bench pins itself, which it does per run.
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Who runs where.  ``proxy`` None: the proxies may use every CPU."""
+
+    load: set[int] | None
+    proxy: set[int] | None
+
+    def describe(self) -> str:
+        if self.proxy is None:
+            return "unpinned: proxy, load generator and backend share every CPU"
+        return (f"proxy pinned to CPU {cpu_list(self.proxy)}; load generator and backend "
+                f"pinned to CPU {cpu_list(self.load or set())}")
+
+
+def cpu_list(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    scenario: str
+    workers: int
+    layout: Layout
+
+    @property
+    def key(self) -> str:
+        return self.scenario if self.workers == 1 else f"{self.scenario}-w{self.workers}"
+
+
+@dataclass(slots=True)
+class Measurement:
+    """One proxy, one round: the figures of the summary, and everything else in ``detail``."""
+
+    proxy: str
+    round: int
+    value: float  # the scenario's headline figure (sessions/s, MB/s, KiB per connection)
+    per_cpu: float | None  # value per proxy-CPU-second (sessions, MB), where it means something
+    cpu: dict[str, float]  # utilisation of proxy / loadgen / backend, 1.0 = one core
+    errors: dict[str, int]
+    exit_code: int | None
+    ingress_ends: dict[str, int]
+    detail: dict[str, Any] = field(default_factory=dict)
+    stderr_alarms: list[str] = field(default_factory=list)
+
+
+NORMAL_ENDS = {"closed", "client-closed", "server-closed", "ok"}
+
+
+# Lines of a proxy's stderr that mean something went wrong, except HAProxy's soft stop, which
+# says "Proxy NAME stopped (cumulated conns: ...)" as a [WARNING].
+ALARMING = ("[ALERT]", "[WARNING]", "level=ERROR", "level=WARNING", "Traceback", "crashed")
+
+
+ROUTINE = ("stopped (cumulated conns",)
+
+
+# A client that left: in the middle of a response, or of a TLS handshake
+CLIENT_LEFT_ENDS = ("client-aborted", "rejected:tls-handshake-aborted")
+
+
+def abnormal_ends(m: Measurement) -> dict[str, int]:
+    """Ends other than the normal ones.  wrk closes its connections when its run ends, in the
+    middle of the responses or handshakes in flight: up to one such end per connection and wrk
+    run (warm-up and measured) is the load's doing, not the proxy's."""
+    allowed = int(m.detail.get("expected_client_aborts", 0))
+    odd = {k: v for k, v in m.ingress_ends.items() if k not in NORMAL_ENDS}
+    if 0 < sum(odd.get(end, 0) for end in CLIENT_LEFT_ENDS) <= allowed:
+        for end in CLIENT_LEFT_ENDS:
+            odd.pop(end, None)
+    return odd
+
+
+def describe_scenario(run: Run, options: argparse.Namespace) -> str:
+    workers = f"mta-ingress workers={run.workers}; {run.layout.describe()}"
+    if run.scenario == "sessions":
+        return (f"new SMTP sessions/s (connect, 220, QUIT, 221, close), {options.concurrency} "
+                f"clients in flight, {options.duration:g}s window after {options.warmup:g}s "
+                f"warm-up; {workers}")
+    if run.scenario == "bulk":
+        return (f"DATA throughput, {options.bulk_connections} connection(s) streaming "
+                f"{options.bulk_chunk // 1024} KiB sends to a discarding sink, "
+                f"{options.duration:g}s window after {options.warmup:g}s warm-up; {workers}")
+    http = (f"{options.http_duration:g}s window after {options.warmup:g}s warm-up "
+            f"(a separate wrk run); {workers}")
+    if run.scenario == "http-keepalive":
+        return (f"HTTP requests/s, ~100-byte responses, wrk -t1 -c{options.http_connections} "
+                f"keep-alive, GET {HTTP_PATH}, {http}")
+    if run.scenario == "http-close":
+        return (f"HTTP requests/s, one request per connection (Connection: close), wrk -t1 "
+                f"-c{options.http_connections}, GET {HTTP_PATH}, {http}")
+    if run.scenario == "http-1mib":
+        return (f"HTTP MB/s of 1 MiB responses, wrk -t1 -c{options.http_1mib_connections} "
+                f"keep-alive, GET {HTTP_LARGE_PATH}, {http}")
+    if run.scenario.startswith("https-handshake"):
+        key = "RSA-2048" if run.scenario.endswith("-rsa") else "ECDSA P-256"
+        return (f"new TLS connections/s, {key} certificate, one request each (Connection: "
+                f"close, no session resumption: wrk does not resume), wrk -t1 "
+                f"-c{options.http_connections}, GET {HTTP_PATH}, {http}")
+    if run.scenario == "https-keepalive":
+        return (f"HTTPS requests/s, ~100-byte responses, ECDSA P-256 certificate, wrk -t1 "
+                f"-c{options.http_connections} keep-alive, GET {HTTP_PATH}, {http}")
+    if run.scenario == "http-latency":
+        rate = (f"{options.http_rate:,.0f} requests/s" if options.http_rate
+                else "half HAProxy's http-keepalive peak")
+        return (f"HTTP latency at {rate}, open loop (latency from each request's scheduled "
+                f"time), {options.http_connections} keep-alive connections, GET {HTTP_PATH}, "
+                f"{options.http_duration:g}s window after {options.warmup:g}s warm-up; {workers}")
+    lowered = (f" (lowered from {options.idle_requested:,}: descriptor limit, see the note at "
+               "the top)" if options.idle_note else "")
+    return (f"{options.idle_connections:,} idle SMTP connections{lowered} (each past its 220 "
+            f"banner), opened {options.idle_batch} at a time, held {options.idle_hold:g}s; "
+            f"{workers}")
+
+
+def plan(options: argparse.Namespace) -> list[Run]:
+    cpus = sorted(ALL_CPUS)
+    pinned = (Layout({cpus[0]}, {cpus[1]}) if len(cpus) >= 2 and not options.no_pin
+              else Layout(None, None))
+    unpinned = Layout(None, None)
+    runs = []
+    for scenario in options.scenarios:
+        if options.workers == 1:
+            runs.append(Run(scenario, 1, pinned))
+        else:
+            # The contract comparison (one worker against one HAProxy thread, each with a core)
+            # stays for sessions; the N-worker figure comes on top of it, unpinned.
+            if scenario == "sessions":
+                runs.append(Run(scenario, 1, pinned))
+            runs.append(Run(scenario, options.workers, unpinned))
+    return runs

@@ -1,0 +1,47 @@
+"""loadtest/bench_report.py: the summary with the --floor references, reported beside the
+comparison, never part of its verdict."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from loadtest.bench_report import summarise, summary_text
+from loadtest.bench_scenarios import Layout, Measurement, Run
+
+CPU = {"proxy": 1.0, "proxy_sys": 0.5, "proxy_core": 1.0, "loadgen": 0.5, "backend": 0.5,
+       "load_core": 1.0, "machine": None, "other": 0.0}
+RUN = Run("http-keepalive", 1, Layout({0}, {1}))
+
+
+def measurement(proxy: str, round_number: int, value: float,
+                errors: dict[str, int] | None = None) -> Measurement:
+    return Measurement(proxy, round_number, value, value, dict(CPU), errors or {}, 0, {},
+                             {"latency_ms": {"p50": 1.0, "p99": 2.0}})
+
+
+def test_references_are_ratios_to_haproxy_and_stay_out_of_the_verdict() -> None:
+    rounds = [measurement(name, r, value) for r in (1, 2, 3) for name, value in
+              (("haproxy", 50_000.0), ("mta-ingress", 40_000.0), ("floor", 55_000.0),
+               ("floor+8us", 30_000.0))]
+    # a reference's trouble is its own: the comparison stays clean
+    rounds.append(measurement("floor+8us", 4, 1.0, {"connect": 3}))
+    summary = summarise(RUN, rounds)
+    assert summary["ratio"] == pytest.approx(0.8)
+    assert summary["references"]["floor"]["ratio"] == pytest.approx(1.1)
+    assert summary["references"]["floor+8us"]["ratio"] == pytest.approx(0.6)
+    assert summary["target"]["verdict"] == "PASS"
+    assert len(summary["round_ratios"]) == 3
+    text = "\n".join(summary_text(RUN, summary, argparse.Namespace(
+        http_connections=64, http_duration=3.0, warmup=1.0, floor=[0.0, 8.0])))
+    assert "reference floor/haproxy: 1.10x" in text
+    assert "reference floor+8us/haproxy: 0.60x" in text
+
+
+def test_without_references_the_summary_is_the_comparison() -> None:
+    summary = summarise(RUN, [measurement("haproxy", 1, 10.0),
+                                    measurement("mta-ingress", 1, 5.0)])
+    assert summary["references"] == {}
+    assert set(summary["medians"]) == {"haproxy", "mta-ingress"}
+    assert summary["target"]["verdict"].startswith("FAIL")
