@@ -39,6 +39,7 @@ from loadtest.bench_targets import (
     BENCH_VENV,
     FD_MARGIN,
     HAPROXY,
+    ROOT,
     WANTED_NOFILE,
     Backend,
     Child,
@@ -50,9 +51,6 @@ from loadtest.bench_targets import (
     ingress_setup,
     taskset,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 T = TypeVar("T")
 

@@ -45,8 +45,8 @@ HTTP_LARGE_PATH = "/1m/click/abc?x=1"  # the origin answers /1m... with 1 MiB
 SATURATED = 0.90
 
 
-# Busy time outside the bench's processes (see _cpu_figures), as a fraction of one CPU, above
-# which a measurement is flagged: something else was competing for the CPUs.
+# Busy time outside the bench's processes (bench_runner._cpu_figures), as a fraction of one
+# CPU, above which a measurement is flagged: something else was competing for the CPUs.
 DISTURBED = 0.15
 
 
@@ -106,33 +106,6 @@ class Measurement:
     ingress_ends: dict[str, int]
     detail: dict[str, Any] = field(default_factory=dict)
     stderr_alarms: list[str] = field(default_factory=list)
-
-
-NORMAL_ENDS = {"closed", "client-closed", "server-closed", "ok"}
-
-
-# Lines of a proxy's stderr that mean something went wrong, except HAProxy's soft stop, which
-# says "Proxy NAME stopped (cumulated conns: ...)" as a [WARNING].
-ALARMING = ("[ALERT]", "[WARNING]", "level=ERROR", "level=WARNING", "Traceback", "crashed")
-
-
-ROUTINE = ("stopped (cumulated conns",)
-
-
-# A client that left: in the middle of a response, or of a TLS handshake
-CLIENT_LEFT_ENDS = ("client-aborted", "rejected:tls-handshake-aborted")
-
-
-def abnormal_ends(m: Measurement) -> dict[str, int]:
-    """Ends other than the normal ones.  wrk closes its connections when its run ends, in the
-    middle of the responses or handshakes in flight: up to one such end per connection and wrk
-    run (warm-up and measured) is the load's doing, not the proxy's."""
-    allowed = int(m.detail.get("expected_client_aborts", 0))
-    odd = {k: v for k, v in m.ingress_ends.items() if k not in NORMAL_ENDS}
-    if 0 < sum(odd.get(end, 0) for end in CLIENT_LEFT_ENDS) <= allowed:
-        for end in CLIENT_LEFT_ENDS:
-            odd.pop(end, None)
-    return odd
 
 
 def describe_scenario(run: Run, options: argparse.Namespace) -> str:

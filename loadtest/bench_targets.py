@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import IO
 
 from loadtest import procstat
-from loadtest.bench_scenarios import ALARMING, ROUTINE, cpu_list
+from loadtest.bench_scenarios import cpu_list
 from tls import selfsigned
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Lines of a proxy's stderr that mean something went wrong, except HAProxy's soft stop, which
+# says "Proxy NAME stopped (cumulated conns: ...)" as a [WARNING].
+ALARMING = ("[ALERT]", "[WARNING]", "level=ERROR", "level=WARNING", "Traceback", "crashed")
+ROUTINE = ("stopped (cumulated conns",)
 
 
 HAPROXY = "/usr/sbin/haproxy"
