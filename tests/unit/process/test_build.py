@@ -10,7 +10,7 @@ from pathlib import Path
 import ingress.process.server  # noqa: F401  (loads the request path)
 from ingress.process.build import PACKAGES, build_name, is_compiled, stale_extensions
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def compiled_module_paths() -> list[str]:
