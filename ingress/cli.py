@@ -1,8 +1,10 @@
-"""Command line: ``mta-ingress run | check-config | print-config | certs status | demo``."""
+"""Command line: ``mta-ingress run | check-config | print-config | certs status | demo |
+hash-password``."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import sys
 from collections.abc import Sequence
@@ -47,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
                                                       description=help_text))
 
     with_config("run", "Run the ingress.")
-    with_config("check-config", "Validate the configuration; exit 1 listing every problem.")
+    check = with_config("check-config",
+                        "Validate the configuration; exit 1 listing every problem.")
+    check.add_argument("--strict", action="store_true",
+                       help="also fail on warnings: an egress source that is not an address of "
+                            "this host")
     with_config("print-config", "Print the effective configuration as TOML.")
     certs = commands.add_parser("certs", help="Inspect the certificate directory.",
                                 description="Inspect the certificate directory.")
@@ -61,13 +67,69 @@ def _parser() -> argparse.ArgumentParser:
                                description="Run the single-node demo on loopback.")
     demo.add_argument("--base-port", type=int, default=20000,
                       help="first port of the block the demo uses (default 20000)")
+    hash_password = commands.add_parser(
+        "hash-password", help="Print a password's scrypt hash for a SOCKS5 listener's users_file.",
+        description="Read a password from the terminal (asked twice) or the first line of stdin "
+                    "and print its scrypt hash, or NAME:hash with --user: the line that goes "
+                    "into the egress SOCKS5 listener's users_file, which never accepts a "
+                    "plain-text password.")
+    hash_password.add_argument("--user", metavar="NAME",
+                               help="print NAME:hash, the whole line of the users_file")
     return parser
+
+
+def _hash_password(user: str | None) -> int:
+    """``hash-password``: 0 and the line on stdout, or 2 and the reason on stderr."""
+    from ingress.config import users
+
+    if user is not None and (problem := users.user_name_problem(user)) is not None:
+        print(f"hash-password: --user: {problem}", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        try:
+            typed = getpass.getpass("Password: ")
+            again = getpass.getpass("Password again: ")
+        except EOFError:
+            typed = again = ""
+        if typed != again:
+            print("hash-password: the two passwords differ", file=sys.stderr)
+            return 2
+        password = typed.encode("utf-8")
+    else:
+        # The bytes as they come, as RFC 1929 carries them; only the line's end is not the
+        # password's.
+        password = sys.stdin.buffer.readline().removesuffix(b"\n").removesuffix(b"\r")
+    if not password:
+        print("hash-password: the password is empty", file=sys.stderr)
+        return 2
+    if len(password) > users.MAX_PASSWORD_BYTES:
+        print(f"hash-password: the password has {len(password)} bytes; RFC 1929 carries at most "
+              f"{users.MAX_PASSWORD_BYTES}", file=sys.stderr)
+        return 2
+    hashed = users.hash_password(password)
+    print(hashed if user is None else f"{user}:{hashed}")
+    return 0
 
 
 def _load(args: argparse.Namespace) -> config.Config:
     overrides: dict[str, Any] = {"preset": args.preset, "release": args.release,
                                  "workers": args.workers}
     return config.load(args.config, overrides=overrides, assignments=args.assignments)
+
+
+def _check_config(effective: config.Config, *, strict: bool) -> int:
+    """What cannot be wrong in any file but is wrong on this host: warnings, or with --strict
+    problems (a DaemonSet's init container can refuse to start on a node without the
+    addresses)."""
+    from ingress.proxy.egress import source_warnings
+
+    warnings = source_warnings(effective.enabled_listeners)
+    for warning in warnings:
+        print(f"{'error' if strict else 'warning'}: {warning}", file=sys.stderr)
+    if strict and warnings:
+        return 1
+    print("configuration ok")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ingress.demo import single_node as demo
 
         return demo.main(base_port=args.base_port)
+    if args.command == "hash-password":
+        return _hash_password(args.user)
     try:
         effective = _load(args)
     except config.ConfigError as error:
@@ -84,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return 1
     if args.command == "check-config":
-        print("configuration ok")
-        return 0
+        return _check_config(effective, strict=args.strict)
     if args.command == "print-config":
         sys.stdout.write(config.to_toml(effective))
         return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import io
 import logging
 import os
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 
 from ingress import __version__, config
 from ingress.cli import main
+from ingress.config.users import parse_users, verify_password
 
 BROKEN = (
     "workers = -1\n"
@@ -110,7 +113,7 @@ def test_check_config_lists_an_unknown_backend_beside_an_invalid_mode(
     path = write(tmp_path, '[listeners.smtp25]\nmode = "udp"\nbackend = "mta"\n')
     assert main(["check-config", "--config", str(path)]) == 1
     assert lines(capsys.readouterr().err) == [
-        f"{path}: listeners.smtp25.mode: must be one of 'tcp', 'http', not 'udp'",
+        f"{path}: listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'",
         f"{path}: listeners.smtp25.backend: no backend named 'mta' (event-tracker-http, "
         "event-tracker-smtp, mta-http, mta-smtp, tls-http)",
     ]
@@ -125,7 +128,7 @@ def test_check_config_names_environment_and_flags(
                  "--set", "broken"]) == 1
     assert sorted(lines(capsys.readouterr().err)) == sorted([
         "--set: broken: write key.path=value",
-        "flags: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, none",
+        "flags: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, egress, none",
         f"{tmp_path / 'ingress.toml'}: workers: must be a whole number from 0 (one per CPU) "
         "to 1024, not 2000",
         "environment: timeouts.grace: must be longer than zero",
@@ -194,7 +197,8 @@ def test_print_config_applies_file_environment_and_flags(
     assert parsed["workers"] == 3
     assert parsed["timeouts"] == {"connect": "2s", "tcp_idle": "5m", "proxy_header": "5s",
                                   "drain": "10s", "grace": "30s", "http_request": "10s",
-                                  "http_keep_alive": "1m", "server": "1m"}
+                                  "http_keep_alive": "1m", "server": "1m",
+                                  "socks_handshake": "10s"}
     assert parsed["listeners"]["smtp587"] == {
         "enabled": True, "bind": ["127.0.0.1:2587"], "mode": "tcp", "accept_proxy": False,
         "backend": "mta-smtp", "tls": False, "on_backend_down": "smtp-421",
@@ -233,6 +237,114 @@ def test_print_config_with_broken_configuration(
         "flags: workers: must be a whole number from 0 (one per CPU) to 1024, not -1"]
 
 
+# --- hash-password -------------------------------------------------------------------------------
+
+
+def stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    """Standard input from a pipe, as ``printf ... | mta-ingress hash-password``."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def test_hash_password_from_stdin(monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    stdin(monkeypatch, "s3cret p\u00e4ss\nnot this line\n".encode())
+    assert main(["hash-password"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    (line,) = lines(captured.out)
+    assert line.startswith("scrypt$15$8$1$")
+    assert verify_password(line, "s3cret p\u00e4ss".encode())
+    assert not verify_password(line, "s3cret p\u00e4ss\n".encode())
+
+
+def test_hash_password_without_a_final_newline(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    stdin(monkeypatch, b"s3cret\r\n")
+    assert main(["hash-password"]) == 0
+    assert verify_password(capsys.readouterr().out.strip(), b"s3cret")
+    stdin(monkeypatch, b"s3cret")
+    assert main(["hash-password"]) == 0
+    assert verify_password(capsys.readouterr().out.strip(), b"s3cret")
+
+
+def test_hash_password_user_prints_a_users_file_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    stdin(monkeypatch, b"s3cret\n")
+    assert main(["hash-password", "--user", "mta-1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mta-1:scrypt$")
+    (stored,) = parse_users(out, "stdout").values()
+    assert parse_users(out, "stdout") == {b"mta-1": stored}
+    assert verify_password(stored, b"s3cret")
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b"\nsecond line\n"])
+def test_hash_password_refuses_an_empty_password(
+        data: bytes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    stdin(monkeypatch, data)
+    assert main(["hash-password", "--user", "mta-1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert lines(captured.err) == ["hash-password: the password is empty"]
+
+
+def test_hash_password_refuses_what_rfc_1929_cannot_carry(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    stdin(monkeypatch, b"x" * 256 + b"\n")
+    assert main(["hash-password"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert lines(captured.err) == [
+        "hash-password: the password has 256 bytes; RFC 1929 carries at most 255"]
+
+
+@pytest.mark.parametrize(("user", "problem"), [
+    ("", "empty user name"),
+    ("a:b", "a user name cannot hold ':' (it ends the name)"),
+    ("#mta", "a user name cannot start with '#' (the line would be a comment)"),
+    ("x" * 256, "the user name has 256 bytes; RFC 1929 carries at most 255"),
+])
+def test_hash_password_refuses_a_user_the_file_could_not_hold(
+        user: str, problem: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    stdin(monkeypatch, b"s3cret\n")
+    assert main(["hash-password", "--user", user]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert lines(captured.err) == [f"hash-password: --user: {problem}"]
+
+
+def test_hash_password_asks_twice_on_a_terminal(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts: list[str] = []
+    answers = iter(["s3cret", "s3cret", "s3cret", "s3creT"])
+
+    def typed(prompt: str = "Password: ") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    stdin(monkeypatch, b"")
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(getpass, "getpass", typed)
+    assert main(["hash-password", "--user", "mta-1"]) == 0
+    assert prompts == ["Password: ", "Password again: "]
+    user, stored = capsys.readouterr().out.strip().split(":", 1)
+    assert user == "mta-1"
+    assert verify_password(stored, b"s3cret")
+
+    assert main(["hash-password"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert lines(captured.err) == ["hash-password: the two passwords differ"]
+
+
+def test_hash_password_help_names_the_users_file(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["hash-password", "--help"])
+    assert caught.value.code == 0
+    assert "users_file" in " ".join(capsys.readouterr().out.split())
+
+
 # --- the installed entry points, in a real process -------------------------------------------
 
 
@@ -253,3 +365,15 @@ def test_console_script_and_module(tmp_path: Path) -> None:
     problems = lines(check.stderr)
     assert len(problems) == 4
     assert all(problem.startswith(f"{broken}: ") for problem in problems)
+
+
+def test_hash_password_in_a_real_process() -> None:
+    environ = {name: value for name, value in os.environ.items()
+               if not name.startswith("MTA_INGRESS_")}
+    script = Path(sys.executable).parent / "mta-ingress"
+    done = subprocess.run([str(script), "hash-password", "--user", "mta-1"],
+                          input=b"s3cret\n", capture_output=True, env=environ, timeout=60,
+                          check=False)
+    assert (done.returncode, done.stderr) == (0, b"")
+    (stored,) = parse_users(done.stdout.decode(), "stdout").values()
+    assert verify_password(stored, b"s3cret")
