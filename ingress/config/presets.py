@@ -7,6 +7,10 @@ backends behind the release's ClusterIP Services, PROXY v1 towards the SMTP serv
 ``kumomta`` fronts a KumoMTA (kumod) StatefulSet through its Service ``kumomta_service``: the same
 listener ports, SMTP to kumod's ESMTP listener with a PROXY v2 header, HTTP and HTTPS to its HTTP
 listener (the injection API); see "The kumomta preset" in docs/configuration.md.
+
+``egress`` is the proxy tier that sends the MTAs' outbound mail from the host's public addresses:
+a SOCKS5 listener (as KumoMTA's KumoProxy) and a PROXY-header forward listener (as HAProxy in
+KumoMTA's and GreenArrow's proxy mode), no ingress listener; see docs/egress.md.
 """
 
 from __future__ import annotations
@@ -110,13 +114,29 @@ def _kumomta(settings: Settings) -> Tree:
     }
 
 
+def _egress(settings: Settings) -> Tree:
+    # The sending addresses and the MTAs' networks are this host's and this cluster's: no
+    # default could be right, so the file must name them (validation says so) and until it does
+    # nothing is relayed. KumoProxy's customary port for SOCKS5; 2526 for the PROXY-header mode.
+    return {
+        "preset": "egress",
+        "release": settings.release,
+        "listeners": {
+            "egress-socks": {"bind": ["0.0.0.0:5000"], "mode": "socks5"},
+            "egress-forward": {"bind": ["0.0.0.0:2526"], "mode": "forward"},
+        },
+        "backends": {},
+        "routes": {},
+    }
+
+
 def _none(settings: Settings) -> Tree:
     return {"preset": "none", "release": settings.release, "listeners": {}, "backends": {},
             "routes": {}}
 
 
 _PRESETS: dict[str, Callable[[Settings], Tree]] = {
-    "greenarrow": _greenarrow, "kumomta": _kumomta, "none": _none}
+    "greenarrow": _greenarrow, "kumomta": _kumomta, "egress": _egress, "none": _none}
 NAMES = tuple(_PRESETS)
 
 

@@ -60,8 +60,16 @@ def to_toml(config: Config) -> str:
         lines += ["", f"[listeners.{_toml_key(listener.name)}]",
                   f"enabled = {_toml(listener.enabled)}",
                   f"bind = {_toml([str(a) for a in listener.bind])}",
-                  f"mode = {_toml(listener.mode)}",
-                  f"accept_proxy = {_toml(listener.accept_proxy)}"]
+                  f"mode = {_toml(listener.mode)}"]
+        if listener.egress:
+            lines += [f"egress_sources = {_toml(list(listener.egress_sources))}",
+                      f"egress_ports = {_toml(list(listener.egress_ports))}",
+                      f"allow_clients = {_toml(list(listener.allow_clients))}",
+                      f"deny_destinations = {_toml(list(listener.deny_destinations))}"]
+            if listener.users_file is not None:
+                lines.append(f"users_file = {_toml(listener.users_file)}")
+            continue
+        lines.append(f"accept_proxy = {_toml(listener.accept_proxy)}")
         if listener.backend is not None:
             lines.append(f"backend = {_toml(listener.backend)}")
         if listener.routes is not None:

@@ -10,6 +10,7 @@ from typing import Literal
 from ingress.config import presets
 from routing.backends import Balance
 from routing.discovery import DnsName
+from routing.egress import DEFAULT_DENY_DESTINATIONS, DEFAULT_PORTS
 from routing.table import Rule
 from tls.settings import TlsConfig
 
@@ -17,7 +18,9 @@ DEFAULT_PRESET = "greenarrow"
 DEFAULT_RELEASE = "ga1"
 DEFAULT_KUMOMTA_SERVICE = presets.DEFAULT_KUMOMTA_SERVICE
 
-Mode = Literal["tcp", "http"]
+Mode = Literal["tcp", "http", "socks5", "forward"]
+# The listener modes of the egress tier (docs/egress.md): no backend, a policy instead.
+EGRESS_MODES = ("socks5", "forward")
 SendProxy = Literal["v1", "v2", "none"]
 BackendDown = Literal["smtp-421", "close"]
 LogFormat = Literal["logfmt", "json"]
@@ -55,6 +58,19 @@ class ListenerConfig:
     forwarded_for: ForwardedFor = "append"
     max_body: int | None = None
     forwarded_proto: bool = False
+    # Egress modes only (routing/egress.py says what each check refuses).
+    egress_sources: tuple[str, ...] = ()
+    egress_ports: tuple[int, ...] = DEFAULT_PORTS
+    allow_clients: tuple[str, ...] = ()
+    deny_destinations: tuple[str, ...] = DEFAULT_DENY_DESTINATIONS
+    users_file: str | None = None
+    # The users_file's table as loaded (user -> scrypt hash): read once, at load, so that
+    # check-config reports its problems and every worker starts from the same table.
+    users: Mapping[bytes, str] | None = field(default=None, compare=False)
+
+    @property
+    def egress(self) -> bool:
+        return self.mode in EGRESS_MODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +106,7 @@ class Timeouts:
     http_request: float = 10.0
     http_keep_alive: float = 60.0
     server: float = 60.0
+    socks_handshake: float = 10.0
 
 
 DEFAULT_ADMIN_PORT = 10081

@@ -12,6 +12,7 @@ from ingress.config.schema import (
     DEFAULT_KUMOMTA_SERVICE,
     DEFAULT_PRESET,
     DEFAULT_RELEASE,
+    EGRESS_MODES,
     Address,
     AdminConfig,
     BackendConfig,
@@ -25,6 +26,7 @@ from ingress.config.schema import (
     SendProxy,
     Timeouts,
 )
+from ingress.config.users import UsersFileError, load_users
 from ingress.config.values import (
     HOSTNAME_RE,
     NAME_RE,
@@ -36,6 +38,7 @@ from ingress.config.values import (
 )
 from routing.backends import Balance, is_ip
 from routing.discovery import DnsName, is_dns_url, parse_dns_url
+from routing.egress import DEFAULT_DENY_DESTINATIONS, DEFAULT_PORTS, normalised, parse_network
 from routing.table import BUILTIN_ANSWERS, LocalAnswer, Rule
 from tls.settings import ACME_DIRECTORY_ALIASES, DEFAULT_CERT_DIR, AcmeConfig, TlsConfig
 
@@ -175,14 +178,17 @@ _TLS_KEYS = {"cert_dir", "default_cert", "poll_interval", "self_signed_names",
              "handshake_timeout", "acme"}
 _ACME_KEYS = {"enabled", "directory", "email", "domains", "ca_bundle", "expected_addresses",
               "key_type", "retry_initial", "retry_max"}
+_EGRESS_KEYS = {"egress_sources", "egress_ports", "allow_clients", "deny_destinations",
+                "users_file"}
 _LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_down", "enabled",
-                  "routes", "forwarded_for", "max_body", "forwarded_proto"}
+                  "routes", "forwarded_for", "max_body", "forwarded_proto"} | _EGRESS_KEYS
 _RULE_KEYS = {"path_prefix", "host", "backend", "return"}
 _ANSWER_KEYS = {"status", "content_type", "body"}
 _BACKEND_KEYS = {"servers", "send_proxy", "check", "check_interval", "rise", "fall", "balance",
                  "dns_min_ttl", "dns_max_ttl", "dns_grace"}
 TIMEOUT_DEFAULTS = {"connect": "5s", "tcp_idle": "5m", "proxy_header": "5s", "drain": "10s",
-                    "grace": "5m", "http_request": "10s", "http_keep_alive": "1m", "server": "1m"}
+                    "grace": "5m", "http_request": "10s", "http_keep_alive": "1m", "server": "1m",
+                    "socks_handshake": "10s"}
 
 
 def validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Config | None:
@@ -286,7 +292,8 @@ def _validate_listeners(check: _Checker, tree: Tree, backends: Mapping[str, Back
             continue
         enabled = check.boolean(body, path, "enabled", True)
         before = len(check.problems)
-        mode = cast(Mode, check.string(body, path, "mode", "tcp", ("tcp", "http")))
+        mode = cast(Mode, check.string(body, path, "mode", "tcp",
+                                       ("tcp", "http", *EGRESS_MODES)))
         binds = check.addresses(body, path, "bind", allow_hostname=False)
         backend = body.get("backend")
         if backend is not None and not isinstance(backend, str):
@@ -306,7 +313,11 @@ def _validate_listeners(check: _Checker, tree: Tree, backends: Mapping[str, Back
         if enabled and route_name is not None and route_name not in routes:
             known = ", ".join(sorted(routes)) or "none are defined"
             check.problem(f"{path}.routes", f"no route table named {route_name!r} ({known})")
-        if guess:
+        if guess and mode in EGRESS_MODES:
+            _refuse_ingress_keys(check, body, path, mode)
+        elif guess:
+            for key in sorted(_EGRESS_KEYS & set(body)):
+                check.problem(f"{path}.{key}", "applies to socks5 and forward listeners only")
             if backend is None and mode == "tcp":
                 check.problem(f"{path}.backend", "a tcp listener needs a backend")
             elif route_name is not None and mode == "tcp":
@@ -337,8 +348,109 @@ def _validate_listeners(check: _Checker, tree: Tree, backends: Mapping[str, Back
                 body, path, "forwarded_for", "append", ("append", "replace"))),
             max_body=check.size(body, path, "max_body"),
             forwarded_proto=check.boolean(body, path, "forwarded_proto", False),
+            **(_validate_egress(check, body, path, mode, enabled) if mode in EGRESS_MODES
+               else {}),
         )
     return listeners, seen_binds
+
+
+def _refuse_ingress_keys(check: _Checker, body: Mapping[str, Any], path: str, mode: str) -> None:
+    """An egress listener has a policy, not a backend: the ingress keys would mean nothing."""
+    for key in ("backend", "routes", "max_body", "forwarded_for", "forwarded_proto",
+                "on_backend_down"):
+        if key in body:
+            check.problem(f"{path}.{key}", f"does not apply to a {mode} listener")
+    if body.get("tls") is True:
+        check.problem(f"{path}.tls", f"a {mode} listener relays the MTA's own STARTTLS end to end")
+    if body.get("accept_proxy") is True:
+        check.problem(f"{path}.accept_proxy",
+                      "a forward listener reads its PROXY header by definition; a socks5 "
+                      "listener takes none" if mode == "forward" else
+                      "a socks5 listener takes no PROXY header (its clients are the MTAs)")
+    if mode == "forward" and "users_file" in body:
+        check.problem(f"{path}.users_file", "applies to socks5 listeners only: a PROXY header "
+                                            "carries no credentials")
+
+
+def _validate_egress(check: _Checker, body: Mapping[str, Any], path: str, mode: str,
+                     enabled: bool) -> dict[str, Any]:
+    """The egress keys, each checked; nothing about the host (whether a source is one of its
+    addresses is a warning at start: ingress/proxy/egress.py, source_warnings)."""
+    sources: list[str] = []
+    for item_path, item in _text_list(check, body, path, "egress_sources", required=enabled,
+                                      what="IP addresses"):
+        address = normalised(item)
+        if address is None:
+            check.problem(item_path, f"{item!r} is not an IP address")
+        elif str(address) in sources:
+            check.problem(item_path, f"{item} is listed twice")
+        else:
+            sources.append(str(address))
+    ports: list[int] = []
+    raw_ports = body.get("egress_ports", list(DEFAULT_PORTS))
+    if not isinstance(raw_ports, list) or not raw_ports:
+        check.problem(f"{path}.egress_ports", "must be a non-empty list of port numbers")
+        raw_ports = []
+    for index, port in enumerate(raw_ports):
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            check.problem(f"{path}.egress_ports[{index}]",
+                          f"must be a port number from 1 to 65535, not {port!r}")
+        elif port not in ports:
+            ports.append(port)
+    clients = _networks(check, body, path, "allow_clients", required=enabled,
+                        default=None)
+    denied = _networks(check, body, path, "deny_destinations", required=False,
+                       default=DEFAULT_DENY_DESTINATIONS)
+    users_file = body.get("users_file")
+    users: dict[bytes, str] | None = None
+    if users_file is not None:
+        if not isinstance(users_file, str) or not users_file:
+            check.problem(f"{path}.users_file", "must be the path of a users file")
+            users_file = None
+        elif enabled and mode == "socks5":
+            try:
+                users = load_users(users_file)
+            except UsersFileError as error:
+                for problem in error.problems:
+                    check.problem(f"{path}.users_file", problem)
+    return {"egress_sources": tuple(sources), "egress_ports": tuple(ports),
+            "allow_clients": clients, "deny_destinations": denied,
+            "users_file": users_file if isinstance(users_file, str) else None, "users": users}
+
+
+def _text_list(check: _Checker, body: Mapping[str, Any], path: str, key: str, *,
+               required: bool, what: str) -> list[tuple[str, str]]:
+    value = body.get(key)
+    full = f"{path}.{key}"
+    if value is None:
+        if required:
+            check.problem(full, f"must list the {what} (none is assumed: an egress listener "
+                                "refuses by default)")
+        return []
+    if not isinstance(value, list) or (required and not value):
+        check.problem(full, f"must be a non-empty list of {what}")
+        return []
+    result = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            check.problem(f"{full}[{index}]", f"must be a string, not {_kind(item)}")
+            continue
+        result.append((f"{full}[{index}]", item))
+    return result
+
+
+def _networks(check: _Checker, body: Mapping[str, Any], path: str, key: str, *,
+              required: bool, default: tuple[str, ...] | None) -> tuple[str, ...]:
+    if key not in body and default is not None:
+        return default
+    networks: list[str] = []
+    for item_path, item in _text_list(check, body, path, key, required=required,
+                                      what="networks (CIDR, like 10.0.0.0/8)"):
+        try:
+            networks.append(str(parse_network(item)))
+        except ValueError as error:
+            check.problem(item_path, str(error))
+    return tuple(networks)
 
 
 def _validate_admin(check: _Checker, raw: Any, listener_binds: Mapping[Address, str]

@@ -192,6 +192,27 @@ class AccessLog:
             line = f"{line} detail={quote(detail)}"
         self._append(line)
 
+    def egress_session(self, *, listener: str, client: str, user: str, source: str,
+                       destination: str, bytes_to_remote: int, bytes_to_client: int,
+                       connect_ms: int, duration_ms: int, end: str, reason: str, worker: int,
+                       detail: str) -> None:
+        """One line per egress session (HAProxy has no layout for what a SOCKS5 session
+        carries): who, as whom, from which source to which remote, the bytes each way, how long
+        and how it ended; ``reason`` when it was refused, ``detail`` when there is more to say.
+        ``user`` is the RFC 1929 name, ``-`` without one. logfmt (or JSON) like the program's
+        own lines: a session is a negotiation and a connect, so the generic quoting costs
+        little beside them."""
+        fields: dict[str, Any] = {
+            "kind": "egress", "listener": listener, "client": client, "user": user,
+            "source": source, "destination": destination, "bytes_to_remote": bytes_to_remote,
+            "bytes_to_client": bytes_to_client, "connect_ms": connect_ms,
+            "duration_ms": duration_ms, "end": end, "worker": worker}
+        if reason:
+            fields["reason"] = reason
+        if detail:
+            fields["detail"] = detail
+        self.record(fields)
+
     def connection_error(self, *, frontend: str, client: str, end: str, reason: str,
                          detail: str, worker: int, age_ms: int = 0) -> None:
         """A connection that ended before it carried a request or a session (a bad or late

@@ -32,6 +32,9 @@ from typing import Any
 ENVIRONMENT = "PROMETHEUS_MULTIPROC_DIR"
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 30.0, 60.0)
+# An egress connect is a TCP handshake to a remote MX: milliseconds near, seconds far or failing.
+CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0)
 TCP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
@@ -111,6 +114,17 @@ def _add_duration(pending: dict[str, _Durations], listener: str,
     durations.add(seconds)
 
 
+def _move_durations(histogram: Any, durations: _Durations) -> None:
+    # observe() per event would be the cost this batching avoids; the histogram's own sum and
+    # buckets are what observe() adds to.
+    histogram._sum.inc(durations.total)
+    for bucket, observed in zip(histogram._buckets, durations.counts, strict=True):
+        if observed:
+            bucket.inc(observed)
+    durations.total = 0.0
+    durations.counts = [0] * len(durations.counts)
+
+
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else "none"
 
@@ -178,6 +192,21 @@ class Metrics:
         self.dns_refreshes = Counter(
             "mta_ingress_dns_refreshes", "DNS discovery refreshes, by backend and outcome.",
             ["backend", "outcome"])
+        # Egress: sources are configuration (the listener's egress_sources, or "-" when a
+        # session never got one), never destinations, so the series stay bounded.
+        self.egress_sessions = Counter(
+            "mta_ingress_egress_sessions", "Egress sessions ended, by source and how they ended.",
+            ["listener", "source", "outcome"])
+        self.egress_bytes = Counter(
+            "mta_ingress_egress_bytes", "Bytes relayed by egress sessions, by source and "
+            "direction (to-remote, to-client).", ["listener", "source", "direction"])
+        self.egress_connect = Histogram(
+            "mta_ingress_egress_connect_seconds",
+            "From an egress session's connect request to the remote's answer (failures too).",
+            ["listener", "source"], buckets=CONNECT_BUCKETS)
+        self.egress_refusals = Counter(
+            "mta_ingress_egress_refusals", "Egress clients and requests refused, by reason.",
+            ["listener", "reason"])
         self._children: dict[tuple[Any, ...], Any] = {}
         self._http_children: dict[tuple[str, str, str, int], Any] = {}
         # Not yet flushed (see flush): requests per label set; per listener the duration sum
@@ -189,6 +218,8 @@ class Metrics:
         self._pending_closed: dict[str, list[int]] = {}
         self._pending_sessions: dict[tuple[str, str, str], int] = {}
         self._pending_session_durations: dict[str, _Durations] = {}
+        self._pending_egress: dict[tuple[str, str, str], list[int]] = {}
+        self._pending_connects: dict[tuple[str, str], _Durations] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -248,20 +279,27 @@ class Metrics:
             self._child(self.tcp_sessions, *labels).inc(count)
         self._pending_sessions.clear()
         self._flush_durations(self.tcp_duration, self._pending_session_durations)
+        if self._pending_egress or self._pending_connects:
+            self._flush_egress()
+
+    def _flush_egress(self) -> None:
+        for (listener, source, outcome), (count, to_remote, to_client) in (
+                self._pending_egress.items()):
+            self._child(self.egress_sessions, listener, source, outcome).inc(count)
+            if to_remote:
+                self._child(self.egress_bytes, listener, source, "to-remote").inc(to_remote)
+            if to_client:
+                self._child(self.egress_bytes, listener, source, "to-client").inc(to_client)
+        self._pending_egress.clear()
+        for (listener, source), durations in self._pending_connects.items():
+            if any(durations.counts):
+                _move_durations(self._child(self.egress_connect, listener, source), durations)
 
     def _flush_durations(self, metric: Any, pending: dict[str, _Durations]) -> None:
         for listener, durations in pending.items():
             if not any(durations.counts):
                 continue
-            histogram = self._child(metric, listener)
-            # observe() per event would be the cost this batching avoids; the histogram's
-            # own sum and buckets are what observe() adds to.
-            histogram._sum.inc(durations.total)
-            for bucket, observed in zip(histogram._buckets, durations.counts, strict=True):
-                if observed:
-                    bucket.inc(observed)
-            durations.total = 0.0
-            durations.counts = [0] * len(durations.counts)
+            _move_durations(self._child(metric, listener), durations)
 
     def http_rejected(self, listener: str, reason: str) -> None:
         self._child(self.http_rejections, listener, reason).inc()
@@ -275,6 +313,26 @@ class Metrics:
         _add_duration(self._pending_session_durations, listener, TCP_BUCKETS, seconds)
         if "proxy-header" in end:
             self._child(self.proxy_header_errors, listener, end).inc()
+
+    def egress_session(self, listener: str, source: str, outcome: str, to_remote: int,
+                       to_client: int) -> None:
+        key = (listener, source, outcome)
+        totals = self._pending_egress.get(key)
+        if totals is None:
+            totals = self._pending_egress[key] = [0, 0, 0]
+        totals[0] += 1
+        totals[1] += to_remote
+        totals[2] += to_client
+
+    def egress_connected(self, listener: str, source: str, seconds: float) -> None:
+        key = (listener, source)
+        durations = self._pending_connects.get(key)
+        if durations is None:
+            durations = self._pending_connects[key] = _Durations(CONNECT_BUCKETS)
+        durations.add(seconds)
+
+    def egress_refused(self, listener: str, reason: str) -> None:
+        self._child(self.egress_refusals, listener, reason).inc()
 
     # --- rarer events --------------------------------------------------------------------------
 

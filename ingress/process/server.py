@@ -42,12 +42,14 @@ from pathlib import Path
 from dns.exception import DNSException
 
 from ingress.config import Address, BackendConfig, Config, ListenerConfig
+from ingress.config.users import Authenticator, UsersFileError, load_users
 from ingress.ops import metrics
 from ingress.ops.admin import AdminSession
 from ingress.ops.logs import AccessLog
 from ingress.process.build import build_name
 from ingress.process.memory import tune_malloc
 from ingress.protocol.http1 import Limits
+from ingress.proxy import egress
 from ingress.proxy import http as http_proxy
 from ingress.proxy.flow import WriteBatch
 from ingress.proxy.tcp import RelayContext, RelaySession, make_factory
@@ -159,6 +161,9 @@ class Worker:
         self.access_log = AccessLog(config.log_format)
         self.sessions: set[RelaySession] = set()
         self.http_sessions: set[http_proxy.HttpSession] = set()
+        self.egress_sessions: set[egress.EgressSession] = set()
+        # Egress listeners with a users_file, by listener name: SIGHUP reloads their tables.
+        self.authenticators: dict[str, Authenticator] = {}
         self.state = http_proxy.WorkerState()
         self.pool = ConnectionPool(idle_timeout=config.timeouts.http_keep_alive)
         self.write_batch: WriteBatch | None = None  # made on the worker's loop
@@ -291,6 +296,8 @@ class Worker:
             session.check_timeouts(now)
         for http_session in list(self.http_sessions):
             http_session.check_timeouts(now)
+        for egress_session in list(self.egress_sessions):
+            egress_session.check_timeouts(now)
         self.pool.expire()
         metrics.metrics().flush()
         if not self._stopped.is_set():
@@ -326,6 +333,8 @@ class Worker:
 
     def _factory(self, listener: ListenerConfig,
                  backends: dict[str, Backend]) -> Callable[[], asyncio.Protocol]:
+        if listener.egress:
+            return egress.make_factory(self._egress_context(listener))
         if listener.mode == "http":
             return http_proxy.make_factory(self._http_context(listener, backends))
         if listener.backend is None:
@@ -342,6 +351,16 @@ class Worker:
             worker=self.index,
         )
         return make_factory(ctx)
+
+    def _egress_context(self, listener: ListenerConfig) -> egress.EgressContext:
+        authenticator = None
+        if listener.users is not None:
+            authenticator = self.authenticators[listener.name] = Authenticator(
+                dict(listener.users))
+        return egress.EgressContext(
+            listener=listener, policy=egress.policy_of(listener), authenticator=authenticator,
+            timeouts=self.config.timeouts, access_log=self.access_log,
+            sessions=self.egress_sessions, loop=asyncio.get_running_loop(), worker=self.index)
 
     def begin_shutdown(self, fast: bool) -> None:
         if self.stopping:
@@ -369,17 +388,20 @@ class Worker:
         deadline = time.monotonic() + self.config.timeouts.grace
         # Polling, only during shutdown, spares every session end a callback in normal running;
         # it also closes HTTP keep-alive connections as soon as they fall idle.
-        while (self.sessions or self.http_sessions) and time.monotonic() < deadline:
+        while ((self.sessions or self.http_sessions or self.egress_sessions)
+               and time.monotonic() < deadline):
             for http_session in list(self.http_sessions):
                 http_session.close_if_idle()
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
             session.abort("shutdown-grace-expired")
+        for egress_session in list(self.egress_sessions):
+            egress_session.abort("shutdown-grace-expired")
         for http_session in list(self.http_sessions):
             if http_session.transport is not None:
                 http_session.transport.abort()
         self.pool.close_all()
-        if self.sessions or self.http_sessions:
+        if self.sessions or self.http_sessions or self.egress_sessions:
             await asyncio.sleep(0.05)  # let the aborts' connection_lost callbacks run
         self.access_log.flush()
         metrics.metrics().flush()
@@ -411,14 +433,33 @@ class Worker:
         return True, "ready"
 
     def _reload(self) -> None:
+        self._reload_users()
         if self.tls_store is None:
-            log.info("msg=\"SIGHUP received: nothing to reload\" worker=%d", self.index)
+            if not self.authenticators:
+                log.info("msg=\"SIGHUP received: nothing to reload\" worker=%d", self.index)
             return
         report = self.tls_store.reload()
         self._record_certificates(report)
         log.info("msg=\"SIGHUP: certificates reloaded\" worker=%d loaded=%d failed=%d "
                  "removed=%d", self.index, len(report.loaded), len(report.failed),
                  len(report.removed))
+
+    def _reload_users(self) -> None:
+        """Each users_file read again; one that no longer reads or parses keeps the table it
+        replaces (as a certificate that fails to load keeps the last good one)."""
+        for name, authenticator in self.authenticators.items():
+            path = self.config.listeners[name].users_file
+            if path is None:
+                continue
+            try:
+                users = load_users(path)
+            except UsersFileError as error:
+                log.error("msg=\"users file not reloaded; the last good one stays\" worker=%d "
+                          "listener=%s error=%r", self.index, name, "; ".join(error.problems))
+                continue
+            authenticator.replace(users)
+            log.info("msg=\"SIGHUP: users file reloaded\" worker=%d listener=%s users=%d",
+                     self.index, name, len(users))
 
     async def _poll_certificates(self, store: CertificateStore) -> None:
         # Metadata polling, not inotify: NFS and EFS volumes deliver no change events.
@@ -510,6 +551,8 @@ class Supervisor:
             return 1
         listeners = [f"{listener.name}={','.join(map(str, listener.bind))}"
                      for listener in self.config.enabled_listeners]
+        for warning in egress.source_warnings(self.config.enabled_listeners):
+            log.warning("msg=\"egress source not on this host\" warning=%r", warning)
         log.info("msg=\"ready\" workers=%d build=%s listeners=%s", self.count, build_name(),
                  " ".join(listeners))
         return self._watch()

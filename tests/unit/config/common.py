@@ -16,8 +16,9 @@ PRESET_BACKENDS = "event-tracker-http, event-tracker-smtp, mta-http, mta-smtp, t
 TOP_KEYS = ("admin, backends, dns, kumomta_service, listeners, log_format, preset, release, "
             "routes, timeouts, tls, workers")
 LISTENER_KEYS = (
-    "accept_proxy, backend, bind, enabled, forwarded_for, forwarded_proto, max_body, mode, "
-    "on_backend_down, routes, tls")
+    "accept_proxy, allow_clients, backend, bind, deny_destinations, egress_ports, egress_sources, "
+    "enabled, forwarded_for, forwarded_proto, max_body, mode, on_backend_down, routes, tls, "
+    "users_file")
 WORKERS = "must be a whole number from 0 (one per CPU) to 1024, not"
 
 

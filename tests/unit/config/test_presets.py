@@ -80,7 +80,7 @@ DEFAULT_TIMEOUTS = Timeouts(connect=5.0, tcp_idle=300.0, proxy_header=5.0, drain
 
 
 def test_preset_names() -> None:
-    assert presets.NAMES == ("greenarrow", "kumomta", "none")
+    assert presets.NAMES == ("greenarrow", "kumomta", "egress", "none")
     assert config.DEFAULT_PRESET == "greenarrow"
     assert config.DEFAULT_RELEASE == "ga1"
 

@@ -38,7 +38,8 @@ def test_to_toml_of_default_is_valid_toml_and_loads_back(write: Any) -> None:
     assert parsed["dns"] == {"nameservers": [], "timeout": "2s"}
     assert parsed["timeouts"] == {"connect": "5s", "tcp_idle": "5m", "proxy_header": "5s",
                                   "drain": "10s", "grace": "5m", "http_request": "10s",
-                                  "http_keep_alive": "1m", "server": "1m"}
+                                  "http_keep_alive": "1m", "server": "1m",
+                                  "socks_handshake": "10s"}
     _assert_same(config.load(write(text, "printed.toml"), environ={}), effective)
 
 

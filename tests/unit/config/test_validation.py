@@ -70,7 +70,7 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
      "dns_grace, dns_max_ttl, dns_min_ttl, fall, rise, send_proxy, servers"),
     ("unknown-timeout-key", '[timeouts]\nclient = "1m"\n',
      "timeouts.client: unknown key; known keys here: connect, drain, grace, http_keep_alive, "
-     "http_request, proxy_header, server, tcp_idle"),
+     "http_request, proxy_header, server, socks_handshake, tcp_idle"),
     ("workers-negative", "workers = -1\n", f"workers: {WORKERS} -1"),
     ("workers-string", 'workers = "x"\n', f"workers: {WORKERS} 'x'"),
     ("workers-bool", "workers = true\n", f"workers: {WORKERS} True"),
@@ -97,7 +97,7 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
      "release: must be a name like ga1, not 'bad release'"),
     ("release-number", "release = 7\n", "release: must be a name like ga1, not 7"),
     ("unknown-preset", 'preset = "haproxy"\n',
-     "preset: unknown preset 'haproxy'; choose one of greenarrow, kumomta, none"),
+     "preset: unknown preset 'haproxy'; choose one of greenarrow, kumomta, egress, none"),
     ("bind-no-port", '[listeners.smtp25]\nbind = ["0.0.0.0"]\n',
      "listeners.smtp25.bind[0]: '0.0.0.0' has no port: write host:port"),
     ("bind-port-0", '[listeners.smtp25]\nbind = ["0.0.0.0:0"]\n',
@@ -140,7 +140,7 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
     ("backend-not-table", "[backends]\nspare = 5\n",
      "backends.spare: must be a table, not a number"),
     ("mode-udp", '[listeners.smtp25]\nmode = "udp"\n',
-     "listeners.smtp25.mode: must be one of 'tcp', 'http', not 'udp'"),
+     "listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'"),
     ("accept-proxy-string", '[listeners.smtp25]\naccept_proxy = "yes"\n',
      "listeners.smtp25.accept_proxy: must be true or false, not a string"),
     ("enabled-number", "[listeners.smtp25]\nenabled = 1\n",
@@ -249,7 +249,7 @@ def test_set_without_equals(assignment: str, expected: str) -> None:
         ({"MTA_INGRESS_WORKERS": "-1"}, f"environment: workers: {WORKERS} -1"),
         ({"MTA_INGRESS_WORKERS": "true"}, f"environment: workers: {WORKERS} True"),
         ({"MTA_INGRESS_PRESET": "bogus"},
-         "environment: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, none"),
+         "environment: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, egress, none"),
         ({"MTA_INGRESS_RELEASE": "no good"},
          "environment: release: must be a name like ga1, not 'no good'"),
         ({"MTA_INGRESS_LOG_FORMAT": "xml"},
@@ -259,7 +259,7 @@ def test_set_without_equals(assignment: str, expected: str) -> None:
         ({"MTA_INGRESS_TIMEOUTS_GRACE": "5 parsecs"},
          "environment: timeouts.grace: '5 parsecs' is not a duration like 500ms, 5s, 1m or 1h"),
         ({"MTA_INGRESS_SET": "listeners.smtp25.mode=udp"},
-         "environment: listeners.smtp25.mode: must be one of 'tcp', 'http', not 'udp'"),
+         "environment: listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'"),
         ({"MTA_INGRESS_SET": "listeners.smtp25.bind=localhost:25"},
          "environment: listeners.smtp25.bind[0]: 'localhost:25': a listener binds an IP "
          "address, not 'localhost'"),
@@ -279,7 +279,7 @@ def test_problem_from_environment(environ: dict[str, str], expected: str) -> Non
         ({"workers": -1}, None, f"flags: workers: {WORKERS} -1"),
         ({"workers": 2000}, None, f"flags: workers: {WORKERS} 2000"),
         ({"preset": "bogus"}, None,
-         "flags: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, none"),
+         "flags: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, egress, none"),
         ({"release": "a b"}, None, "flags: release: must be a name like ga1, not 'a b'"),
         (None, ["workers=x"], f"flags: workers: {WORKERS} 'x'"),
         (None, ["timeouts.grace=forever"],
@@ -352,7 +352,7 @@ def test_problems_of_every_layer_are_reported_together(write: Any) -> None:
         "flags: release: must be a name like ga1, not 'a b'",
         f"{path}: workers: {WORKERS} -1",
         "environment: timeouts.grace: 'never' is not a duration like 500ms, 5s, 1m or 1h",
-        "flags: listeners.smtp25.mode: must be one of 'tcp', 'http', not 'udp'",
+        "flags: listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'",
     ])
 
 
@@ -388,7 +388,7 @@ def test_numeric_release_from_flag_is_accepted() -> None:
     ("text", "expected"),
     [
         ('[listeners.http]\nmode = "udp"\n',
-         "listeners.http.mode: must be one of 'tcp', 'http', not 'udp'"),
+         "listeners.http.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'"),
         ("[listeners.smtp25]\nbackend = 5\n",
          "listeners.smtp25.backend: must be a backend name, not a number"),
     ],
@@ -403,10 +403,10 @@ def test_one_bad_value_is_one_problem(write: Any, text: str, expected: str) -> N
     ("text", "expected"),
     [
         ('[listeners.smtp25]\nmode = "udp"\nbackend = "nope"\n',
-         ["listeners.smtp25.mode: must be one of 'tcp', 'http', not 'udp'",
+         ["listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'",
           f"listeners.smtp25.backend: no backend named 'nope' ({PRESET_BACKENDS})"]),
         ('[listeners.http]\nmode = "udp"\nroutes = "nope"\n',
-         ["listeners.http.mode: must be one of 'tcp', 'http', not 'udp'",
+         ["listeners.http.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'",
           "listeners.http.routes: no route table named 'nope' (greenarrow)"]),
         ('[listeners.smtp25]\nbind = ["localhost:25"]\nbackend = "nope"\n',
          ["listeners.smtp25.bind[0]: 'localhost:25': a listener binds an IP address, not "

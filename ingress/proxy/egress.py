@@ -1,0 +1,629 @@
+"""The egress tier: an MTA's outbound SMTP relayed from the public address it asks for.
+
+Theory of operation
+-------------------
+Two listener modes, one session class. The MTA (KumoMTA, GreenArrow) connects and says which of
+this host's addresses to send from and which remote MX to reach:
+
+``socks5``    as KumoMTA's KumoProxy speaks it (RFC 1928, RFC 1929): greeting, then
+              username/password when the listener has a users_file, then a BIND request
+              carrying the source address and a CONNECT on the same connection (a CONNECT
+              alone leaves from the listener's default source of the destination's family).
+              Every request gets its reply; a refused one gets the RFC 1928 code that says why.
+``forward``   a PROXY v1 or v2 header whose source is the address to send from and whose
+              destination is the remote, as HAProxy's ``accept-proxy`` with ``usesrc clientip``
+              reads it for KumoMTA's ``ha_proxy_server`` and GreenArrow's ``proxy_server``.
+              There is no reply channel: a refusal or a failed connect closes the connection.
+
+States, in order::
+
+    NEGOTIATING  (socks5) the client's messages are parsed as they arrive; nothing reaches
+                 any remote before a CONNECT is allowed.
+    AWAIT_PROXY  (forward) bytes are buffered until the PROXY header is complete.
+    CONNECTING   a socket bound to the source connects to the destination, within
+                 timeouts.connect; client bytes that arrive meanwhile are kept.
+    RELAY        bytes flow both ways, as in the ingress's TCP relay (ingress/proxy/tcp.py):
+                 flow control by the other side's write buffer, half-close passed on.
+    CLOSED       both transports are gone; one access line and the session's metrics.
+
+Every decision (client, source, port, destination) is routing/egress.py's, checked before any
+socket is made: a refused session never opens a connection to anyone. The source socket is
+bound with IP_BIND_ADDRESS_NO_PORT, so the kernel picks its port at connect time from the whole
+four-tuple space: one source can hold more sessions to distinct MXs than it has ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from ingress.config import ListenerConfig, Timeouts
+from ingress.config.users import Authenticator
+from ingress.ops.logs import AccessLog, address_text
+from ingress.ops.metrics import Metrics
+from ingress.ops.metrics import metrics as metrics_of_this_process
+from ingress.protocol import proxy_protocol, socks5
+from ingress.proxy.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
+from routing import egress
+from routing.egress import EgressPolicy
+
+log = logging.getLogger("mta_ingress.egress")
+
+# Client bytes kept while the remote connection is being opened (an SMTP client waits for the
+# banner, so this is only ever a pipelining client's first bytes).
+PENDING_LIMIT = 256 * 1024
+# Linux: bind() takes the address only and the port is chosen by connect(); the constant is
+# in the socket module from Python 3.12.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+NEGOTIATING, AWAIT_PROXY, CONNECTING, RELAY, CLOSED = range(5)
+# The SOCKS5 negotiation's steps: what the next client message is.
+GREETING, CREDENTIALS, CHECKING, REQUEST = range(4)
+
+# Refusal reasons beyond routing/egress.py's (a fixed set: they are metric labels).
+AUTH_REQUIRED = "auth-required"
+AUTH_FAILED = "auth-failed"
+COMMAND_NOT_SUPPORTED = "command-not-supported"
+MALFORMED = "malformed"
+OUT_OF_ORDER = "out-of-order"
+
+# RFC 1928's reply for each connect error; KumoProxy's mapping, with "not allowed" for a
+# firewall's refusal (EACCES, EPERM from a local rule).
+_CONNECT_REPLIES = {
+    errno.ECONNREFUSED: socks5.REP_CONNECTION_REFUSED,
+    errno.ENETUNREACH: socks5.REP_NETWORK_UNREACHABLE,
+    errno.EHOSTUNREACH: socks5.REP_HOST_UNREACHABLE,
+    errno.ETIMEDOUT: socks5.REP_TTL_EXPIRED,
+    errno.EACCES: socks5.REP_NOT_ALLOWED,
+    errno.EPERM: socks5.REP_NOT_ALLOWED,
+}
+
+
+def connect_reply(error: OSError) -> int:
+    return _CONNECT_REPLIES.get(error.errno or 0, socks5.REP_GENERAL_FAILURE)
+
+
+@dataclass(slots=True)
+class EgressContext:
+    """What every session of one egress listener shares."""
+
+    listener: ListenerConfig
+    policy: EgressPolicy
+    authenticator: Authenticator | None
+    timeouts: Timeouts
+    access_log: AccessLog
+    sessions: set[EgressSession]
+    loop: asyncio.AbstractEventLoop
+    worker: int = 0
+    metrics: Metrics = field(default_factory=metrics_of_this_process)
+
+
+def policy_of(listener: ListenerConfig) -> EgressPolicy:
+    return EgressPolicy.build(listener.egress_sources, listener.egress_ports,
+                              listener.allow_clients, listener.deny_destinations)
+
+
+def bound_socket(source: str, port: int = 0) -> socket.socket:
+    """A non-blocking TCP socket bound to ``source`` (raises OSError: EADDRNOTAVAIL when the
+    address is not this host's)."""
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if port == 0:
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            except OSError:
+                pass  # not Linux: bind picks the port now, which works, with fewer of them
+        sock.bind((source, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def source_warnings(listeners: list[ListenerConfig]) -> list[str]:
+    """``listeners.NAME.egress_sources[i]: ...`` for every source this host cannot bind: a
+    warning at start (an address may be plumbed later, or float to this node), an error for
+    ``check-config --strict``."""
+    warnings = []
+    for listener in listeners:
+        if not listener.egress:
+            continue
+        for index, source in enumerate(listener.egress_sources):
+            try:
+                bound_socket(source).close()
+            except OSError as error:
+                warnings.append(
+                    f"listeners.{listener.name}.egress_sources[{index}]: {source} is not an "
+                    f"address of this host (bind: {error.strerror}); sessions from it will "
+                    "fail until it is")
+    return warnings
+
+
+class EgressSession(asyncio.Protocol):
+    __slots__ = (
+        "_buffer", "_checking", "_client_eof", "_connect_started", "_connect_task",
+        "_connected_at", "_ctx", "_destination", "_detail", "_end", "_inbound", "_last_activity",
+        "_loop", "_pending", "_pending_paused", "_pending_size", "_reason", "_remote",
+        "_remote_eof", "_socket", "_source", "_started", "_state", "_step", "bytes_to_client",
+        "bytes_to_remote", "client_address", "transport", "user",
+    )
+
+    def __init__(self, ctx: EgressContext) -> None:
+        self._ctx = ctx
+        self._loop = ctx.loop
+        self._state = NEGOTIATING if ctx.listener.mode == "socks5" else AWAIT_PROXY
+        self._step = GREETING
+        self.transport: asyncio.Transport | None = None
+        self._remote: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._inbound = proxy_protocol.HeaderReader()
+        self._socket: socket.socket | None = None
+        self._source = "-"
+        self._destination: tuple[str, int] | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._checking: asyncio.Future[bool] | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._pending_paused = False
+        self._client_eof = False
+        self._remote_eof = False
+        self._end = ""
+        self._reason = ""
+        self._detail = ""
+        self.user = "-"
+        self.bytes_to_remote = 0
+        self.bytes_to_client = 0
+        self.client_address: tuple[str, int] | None = None
+        self._connect_started = -1.0
+        self._connected_at = -1.0
+        self._started = self._last_activity = self._loop.time()
+
+    # --- client side ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.client_address = (peer[0], peer[1]) if peer else None
+        ctx = self._ctx
+        ctx.sessions.add(self)
+        ctx.metrics.connection_opened(ctx.listener.name)
+        ctx.access_log.connection_opened(ctx.listener.name)
+        if self.client_address is None or not ctx.policy.client_allowed(self.client_address[0]):
+            self._refuse(egress.CLIENT_NOT_ALLOWED)
+
+    def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state == RELAY:
+            self.bytes_to_remote += len(data)
+            self._last_activity = self._loop.time()
+            self._remote.write(data)  # type: ignore[union-attr]
+        elif state == NEGOTIATING:
+            self._buffer += data
+            self._negotiate()
+        elif state == AWAIT_PROXY:
+            self._read_proxy_header(data)
+        elif state == CONNECTING:
+            self._keep(data)
+
+    def eof_received(self) -> bool:
+        self._client_eof = True
+        if self._state in (NEGOTIATING, AWAIT_PROXY):
+            self._finish("client-closed-before-request")
+            return False
+        if self._state == RELAY:
+            if self._remote_eof:
+                self._end = self._end or "closed"
+                self._close_both()
+                return False
+            self._end = self._end or "client-closed"
+            if self._remote is not None and self._remote.can_write_eof():
+                self._remote.write_eof()
+        return True  # CONNECTING: passed on once the remote connection exists
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self._end:
+            self._end = "client-reset" if exc is not None else "client-closed"
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        if self._checking is not None:
+            self._checking.cancel()
+        self._close_socket()
+        if self._remote is not None and not self._remote.is_closing():
+            self._remote.close()
+        self._maybe_done()
+
+    def pause_writing(self) -> None:
+        pause_reading(self._remote)
+
+    def resume_writing(self) -> None:
+        resume_reading(self._remote)
+
+    # --- SOCKS5 negotiation --------------------------------------------------------------------
+
+    def _negotiate(self) -> None:
+        buffer = self._buffer
+        while self._state == NEGOTIATING and buffer:
+            step = self._step
+            try:
+                if step == GREETING:
+                    greeting = socks5.parse_greeting(buffer)
+                    if greeting is None:
+                        return
+                    del buffer[:greeting[1]]
+                    self._choose_method(greeting[0])
+                elif step == CREDENTIALS:
+                    credentials = socks5.parse_credentials(buffer)
+                    if credentials is None:
+                        return
+                    del buffer[:credentials[1]]
+                    self._check_credentials(credentials[0])
+                elif step == REQUEST:
+                    request = socks5.parse_request(buffer)
+                    if request is None:
+                        return
+                    del buffer[:request[1]]
+                    self._request(request[0])
+                else:
+                    return  # CHECKING: the rest waits for the password's verdict
+            except socks5.Socks5Error as error:
+                self._refuse(MALFORMED, reply=error.reply if step == REQUEST else None,
+                             detail=f"{error.reason}: {error}")
+                return
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _choose_method(self, greeting: socks5.Greeting) -> None:
+        # With a users file, RFC 1929 is required even of a client that also offers "none"
+        # (KumoMTA offers both whenever it has credentials).
+        wanted = (socks5.METHOD_USERPASS if self._ctx.authenticator is not None
+                  else socks5.METHOD_NO_AUTH)
+        if wanted not in greeting.methods:
+            self._write(socks5.encode_method_choice(socks5.METHOD_NONE_ACCEPTABLE))
+            self._refuse(AUTH_REQUIRED if wanted == socks5.METHOD_USERPASS else MALFORMED,
+                         detail=f"methods offered: {list(greeting.methods)}")
+            return
+        self._write(socks5.encode_method_choice(wanted))
+        self._step = CREDENTIALS if wanted == socks5.METHOD_USERPASS else REQUEST
+
+    def _check_credentials(self, credentials: socks5.Credentials) -> None:
+        authenticator = self._ctx.authenticator
+        if authenticator is None:  # not reached: the method chosen was "none"
+            self._refuse(OUT_OF_ORDER)
+            return
+        self.user = credentials.username.decode("utf-8", "replace")
+        self._step = CHECKING
+        # scrypt takes tens of milliseconds on purpose: off the loop, which serves every other
+        # session meanwhile (the authenticator caches what it has verified).
+        self._checking = self._loop.run_in_executor(
+            None, authenticator.check, credentials.username, credentials.password)
+        self._checking.add_done_callback(self._credentials_checked)
+
+    def _credentials_checked(self, verdict: asyncio.Future[bool]) -> None:
+        self._checking = None
+        if verdict.cancelled() or self.transport is None:
+            return
+        if verdict.exception() is not None or not verdict.result():
+            self._write(socks5.encode_auth_status(False))
+            self._refuse(AUTH_FAILED, detail=f"user {self.user!r}")
+            return
+        self._write(socks5.encode_auth_status(True))
+        self._step = REQUEST
+        self._negotiate()  # a client may have sent its request already
+
+    def _request(self, request: socks5.Request) -> None:
+        if request.command == socks5.CMD_BIND:
+            self._bind(request)
+        elif request.command == socks5.CMD_CONNECT:
+            self._connect_request(request)
+        else:
+            self._refuse(COMMAND_NOT_SUPPORTED, reply=socks5.REP_COMMAND_NOT_SUPPORTED,
+                         detail=f"command {request.command}")
+
+    def _bind(self, request: socks5.Request) -> None:
+        """KumoMTA's way of naming the source: BIND to it, then CONNECT."""
+        if self._socket is not None:
+            self._refuse(OUT_OF_ORDER, reply=socks5.REP_GENERAL_FAILURE, detail="second BIND")
+            return
+        if request.address_type == socks5.ATYP_DOMAIN:
+            self._refuse(egress.NOT_AN_ADDRESS, reply=socks5.REP_ADDRESS_TYPE_NOT_SUPPORTED,
+                         detail=f"BIND to a name: {request.host!r}")
+            return
+        choice = self._ctx.policy.source_for(request.host)
+        if choice.address is None:
+            self._refuse(choice.refusal or egress.SOURCE_NOT_ALLOWED,
+                         reply=socks5.REP_NOT_ALLOWED, detail=f"source {request.host}")
+            return
+        try:
+            self._socket = bound_socket(choice.address, request.port)
+        except OSError as error:
+            self._source = choice.address
+            self._fail("bind-failed", socks5.REP_GENERAL_FAILURE,
+                       f"bind {choice.address}: {error.strerror}")
+            return
+        self._source = choice.address
+        host, port = self._socket.getsockname()[:2]
+        self._write(socks5.encode_reply(socks5.REP_SUCCEEDED, (host, port)))
+
+    def _connect_request(self, request: socks5.Request) -> None:
+        if request.address_type == socks5.ATYP_DOMAIN:
+            # Resolving MX hosts is the MTA's job (KumoProxy refuses names too); a name here
+            # would also let a client pick a destination past the deny list by DNS.
+            self._refuse(egress.NOT_AN_ADDRESS, reply=socks5.REP_ADDRESS_TYPE_NOT_SUPPORTED,
+                         detail=f"CONNECT to a name: {request.host!r}")
+            return
+        leftover = bytes(self._buffer)
+        self._buffer.clear()
+        self._open(None if self._socket is not None else "", request.host, request.port,
+                   reply=socks5.REP_NOT_ALLOWED)
+        if leftover and self._state == CONNECTING:
+            self._keep(leftover)
+
+    # --- forward mode: the PROXY header --------------------------------------------------------
+
+    def _read_proxy_header(self, data: bytes) -> None:
+        try:
+            parsed = self._inbound.feed(data)
+        except proxy_protocol.ProxyProtocolError as error:
+            self._refuse(MALFORMED, detail=f"{error.reason}: {error}")
+            return
+        if parsed is None:
+            return
+        header, payload = parsed
+        source, destination = header.client_address, header.destination
+        if source is None or destination is None:
+            self._refuse(egress.NOT_AN_ADDRESS,
+                         detail="LOCAL or UNKNOWN header: no source and destination to use")
+            return
+        self._open(source[0], destination[0], destination[1], reply=None)
+        if payload and self._state == CONNECTING:
+            self._keep(payload)
+
+    # --- the remote connection -----------------------------------------------------------------
+
+    def _open(self, requested: str | None, host: str, port: int, *, reply: int | None) -> None:
+        """Check the destination and the source, then connect. ``requested``: the source the
+        client named (forward mode), "" for the default one of the destination's family (a
+        SOCKS5 CONNECT without BIND), None for the socket bound by BIND."""
+        policy = self._ctx.policy
+        self._destination = (host, port)
+        refusal = policy.destination_refusal(host, port)
+        if refusal is not None:
+            self._refuse(refusal, reply=reply, detail=f"destination {address_text((host, port))}")
+            return
+        version = policy.destination_version(host)
+        if requested is None:
+            sock = self._socket
+            if sock is None or (sock.family == socket.AF_INET6) != (version == 6):
+                self._refuse(egress.NO_SOURCE_FOR_FAMILY, reply=reply,
+                             detail=f"bound {self._source}, destination {host}")
+                return
+        else:
+            choice = policy.source_for(requested or None, version)
+            if choice.address is None:
+                self._refuse(choice.refusal or egress.SOURCE_NOT_ALLOWED, reply=reply,
+                             detail=f"source {requested or '(default)'}")
+                return
+            self._source = choice.address
+            try:
+                self._socket = bound_socket(choice.address)
+            except OSError as error:
+                self._fail("bind-failed", socks5.REP_GENERAL_FAILURE if reply is not None
+                           else None, f"bind {choice.address}: {error.strerror}")
+                return
+        self._state = CONNECTING
+        self._connect_started = self._loop.time()
+        self._connect_task = self._loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        sock, destination = self._socket, self._destination
+        if sock is None or destination is None:
+            return
+        try:
+            async with asyncio.timeout(self._ctx.timeouts.connect):
+                await self._loop.sock_connect(sock, destination)
+                self._socket = None  # the transport owns it from here
+                await self._loop.create_connection(self._remote_factory, sock=sock)
+        except TimeoutError:
+            self._connect_done()
+            self._fail("connect-failed", socks5.REP_TTL_EXPIRED,
+                       f"connect timeout after {self._ctx.timeouts.connect:g}s")
+        except OSError as error:
+            self._connect_done()
+            self._fail("connect-failed", connect_reply(error),
+                       f"connect {address_text(destination)}: {error.strerror or error}")
+
+    def _connect_done(self) -> None:
+        self._close_socket()
+        self._ctx.metrics.egress_connected(self._ctx.listener.name, self._source,
+                                           self._loop.time() - self._connect_started)
+
+    def _remote_factory(self) -> _RemoteSide:
+        return _RemoteSide(self)
+
+    def remote_connected(self, transport: asyncio.Transport) -> None:
+        if self.transport is None or self._state != CONNECTING:
+            transport.abort()  # the client left while we were connecting
+            return
+        self._remote = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._state = RELAY
+        now = self._loop.time()
+        self._connected_at = self._last_activity = now
+        ctx = self._ctx
+        ctx.metrics.egress_connected(ctx.listener.name, self._source, now - self._connect_started)
+        if ctx.listener.mode == "socks5":
+            local = transport.get_extra_info("sockname")
+            self._write(socks5.encode_reply(socks5.REP_SUCCEEDED, (local[0], local[1])))
+        if self._pending:
+            data = b"".join(self._pending)
+            self.bytes_to_remote += len(data)
+            transport.write(data)
+            self._pending.clear()
+            self._pending_size = 0
+            if self._pending_paused:
+                self._pending_paused = False
+                self.transport.resume_reading()
+        if self._client_eof and transport.can_write_eof():
+            self._end = "client-closed"
+            transport.write_eof()
+
+    def _keep(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > PENDING_LIMIT and self.transport is not None:
+            self._pending_paused = True
+            self.transport.pause_reading()
+
+    # --- remote side events (from _RemoteSide) -------------------------------------------------
+
+    def remote_data(self, data: bytes) -> None:
+        self.bytes_to_client += len(data)
+        self._last_activity = self._loop.time()
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def remote_eof(self) -> bool:
+        self._remote_eof = True
+        if self._client_eof:
+            self._end = self._end or "closed"
+            self._close_both()
+            return False
+        self._end = self._end or "server-closed"
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+        return True
+
+    def remote_lost(self, exc: Exception | None) -> None:
+        self._remote = None
+        if not self._end:
+            self._end = "server-reset" if exc is not None else "server-closed"
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._maybe_done()
+
+    def remote_pause_writing(self) -> None:
+        pause_reading(self.transport)
+
+    def remote_resume_writing(self) -> None:
+        resume_reading(self.transport)
+
+    # --- ending --------------------------------------------------------------------------------
+
+    def _refuse(self, reason: str, *, reply: int | None = None, detail: str = "") -> None:
+        """Refused by policy or for malformed input: counted by reason, the SOCKS5 reply sent
+        when there is a reply channel, the client closed; nothing was sent anywhere else."""
+        ctx = self._ctx
+        self._reason = reason
+        ctx.metrics.egress_refused(ctx.listener.name, reason)
+        if reply is not None:
+            self._write(socks5.encode_reply(reply))
+        self._finish("refused", detail)
+
+    def _fail(self, end: str, reply: int | None, detail: str) -> None:
+        """The remote could not be reached (or the source bound): an error, not a refusal."""
+        if self._ctx.listener.mode == "socks5" and reply is not None:
+            self._write(socks5.encode_reply(reply))
+        self._finish(end, detail)
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second by the worker's sweep, like the TCP relay's sessions."""
+        state = self._state
+        timeouts = self._ctx.timeouts
+        if state == NEGOTIATING:
+            if now - self._started >= timeouts.socks_handshake:
+                self._finish("handshake-timeout")
+        elif state == AWAIT_PROXY:
+            if now - self._started >= timeouts.proxy_header:
+                self._finish("proxy-header-timeout")
+        elif state == RELAY and now - self._last_activity >= timeouts.tcp_idle:
+            self._finish("idle-timeout")
+
+    def _finish(self, end: str, detail: str = "") -> None:
+        self._end = end
+        self._detail = detail
+        self._close_both()
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def _close_both(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        if self._remote is not None and not self._remote.is_closing():
+            self._remote.close()
+
+    def abort(self, end: str) -> None:
+        """End the session at once (shutdown grace expired)."""
+        self._end = end
+        for transport in (self.transport, self._remote):
+            if transport is not None:
+                transport.abort()
+
+    def _maybe_done(self) -> None:
+        if self.transport is not None or self._remote is not None or self._state == CLOSED:
+            return
+        connected = self._state == RELAY
+        self._state = CLOSED
+        ctx = self._ctx
+        ctx.sessions.discard(self)
+        name = ctx.listener.name
+        seconds = self._loop.time() - self._started
+        outcome = self._end
+        ctx.metrics.connection_closed(name, self.bytes_to_remote, self.bytes_to_client)
+        ctx.metrics.egress_session(name, self._source, outcome, self.bytes_to_remote,
+                                   self.bytes_to_client)
+        connect_ms = (_ms(self._connected_at - self._connect_started) if connected
+                      else -1)
+        ctx.access_log.egress_session(
+            listener=name, client=address_text(self.client_address), user=self.user,
+            source=self._source, destination=address_text(self._destination),
+            bytes_to_remote=self.bytes_to_remote, bytes_to_client=self.bytes_to_client,
+            connect_ms=connect_ms, duration_ms=_ms(seconds), end=outcome, reason=self._reason,
+            worker=ctx.worker, detail=self._detail[:200])
+        ctx.access_log.connection_closed(name)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000 + 0.5)
+
+
+class _RemoteSide(asyncio.Protocol):
+    __slots__ = ("_session",)
+
+    def __init__(self, session: EgressSession) -> None:
+        self._session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._session.remote_connected(cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        self._session.remote_data(data)
+
+    def eof_received(self) -> bool:
+        return self._session.remote_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._session.remote_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._session.remote_pause_writing()
+
+    def resume_writing(self) -> None:
+        self._session.remote_resume_writing()
+
+
+def make_factory(ctx: EgressContext) -> Callable[[], EgressSession]:
+    return lambda: EgressSession(ctx)
