@@ -40,7 +40,6 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 from ingress.config import ListenerConfig, Timeouts
 from ingress.config.users import Authenticator
@@ -48,20 +47,24 @@ from ingress.ops.logs import AccessLog, address_text
 from ingress.ops.metrics import Metrics
 from ingress.ops.metrics import metrics as metrics_of_this_process
 from ingress.protocol import proxy_protocol, socks5
-from ingress.proxy.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
+from ingress.proxy.relay import (
+    AWAIT_PROXY,
+    CLOSED,
+    CONNECTING,
+    NEGOTIATING,
+    RELAY,
+    Relay,
+    ServerSide,
+)
 from routing import egress
 from routing.egress import EgressPolicy
 
 log = logging.getLogger("mta_ingress.egress")
 
-# Client bytes kept while the remote connection is being opened (an SMTP client waits for the
-# banner, so this is only ever a pipelining client's first bytes).
-PENDING_LIMIT = 256 * 1024
 # Linux: bind() takes the address only and the port is chosen by connect(); the constant is
 # in the socket module from Python 3.12.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
-NEGOTIATING, AWAIT_PROXY, CONNECTING, RELAY, CLOSED = range(5)
 # The SOCKS5 negotiation's steps: what the next client message is.
 GREETING, CREDENTIALS, CHECKING, REQUEST = range(4)
 
@@ -146,22 +149,16 @@ def source_warnings(listeners: list[ListenerConfig]) -> list[str]:
     return warnings
 
 
-class EgressSession(asyncio.Protocol):
+class EgressSession(Relay):
     __slots__ = (
-        "_buffer", "_checking", "_client_eof", "_connect_started", "_connect_task",
-        "_connected_at", "_ctx", "_destination", "_detail", "_end", "_inbound", "_last_activity",
-        "_loop", "_pending", "_pending_paused", "_pending_size", "_reason", "_remote",
-        "_remote_eof", "_socket", "_source", "_started", "_state", "_step", "bytes_to_client",
-        "bytes_to_remote", "client_address", "transport", "user",
+        "_buffer", "_checking", "_connect_started", "_connect_task", "_ctx", "_destination",
+        "_inbound", "_reason", "_socket", "_source", "_step", "client_address", "user",
     )
 
     def __init__(self, ctx: EgressContext) -> None:
+        super().__init__(ctx.loop, NEGOTIATING if ctx.listener.mode == "socks5" else AWAIT_PROXY)
         self._ctx = ctx
-        self._loop = ctx.loop
-        self._state = NEGOTIATING if ctx.listener.mode == "socks5" else AWAIT_PROXY
         self._step = GREETING
-        self.transport: asyncio.Transport | None = None
-        self._remote: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._inbound = proxy_protocol.HeaderReader()
         self._socket: socket.socket | None = None
@@ -169,29 +166,16 @@ class EgressSession(asyncio.Protocol):
         self._destination: tuple[str, int] | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._checking: asyncio.Future[bool] | None = None
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._pending_paused = False
-        self._client_eof = False
-        self._remote_eof = False
-        self._end = ""
         self._reason = ""
-        self._detail = ""
         self.user = "-"
-        self.bytes_to_remote = 0
-        self.bytes_to_client = 0
         self.client_address: tuple[str, int] | None = None
         self._connect_started = -1.0
-        self._connected_at = -1.0
-        self._started = self._last_activity = self._loop.time()
 
     # --- client side ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        peer = transport.get_extra_info("peername")
+        client = self.take_client(transport)
+        peer = client.get_extra_info("peername")
         self.client_address = (peer[0], peer[1]) if peer else None
         ctx = self._ctx
         ctx.sessions.add(self)
@@ -203,50 +187,24 @@ class EgressSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self._state
         if state == RELAY:
-            self.bytes_to_remote += len(data)
-            self._last_activity = self._loop.time()
-            self._remote.write(data)  # type: ignore[union-attr]
+            self.relay_to_server(data)
         elif state == NEGOTIATING:
             self._buffer += data
             self._negotiate()
         elif state == AWAIT_PROXY:
             self._read_proxy_header(data)
         elif state == CONNECTING:
-            self._keep(data)
+            self.keep(data)
 
-    def eof_received(self) -> bool:
-        self._client_eof = True
-        if self._state in (NEGOTIATING, AWAIT_PROXY):
-            self._finish("client-closed-before-request")
-            return False
-        if self._state == RELAY:
-            if self._remote_eof:
-                self._end = self._end or "closed"
-                self._close_both()
-                return False
-            self._end = self._end or "client-closed"
-            if self._remote is not None and self._remote.can_write_eof():
-                self._remote.write_eof()
-        return True  # CONNECTING: passed on once the remote connection exists
+    def _before_connect_eof(self) -> str:
+        return "client-closed-before-request"
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if not self._end:
-            self._end = "client-reset" if exc is not None else "client-closed"
+    def _stop_connecting(self) -> None:
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         if self._checking is not None:
             self._checking.cancel()
         self._close_socket()
-        if self._remote is not None and not self._remote.is_closing():
-            self._remote.close()
-        self._maybe_done()
-
-    def pause_writing(self) -> None:
-        pause_reading(self._remote)
-
-    def resume_writing(self) -> None:
-        resume_reading(self._remote)
 
     # --- SOCKS5 negotiation --------------------------------------------------------------------
 
@@ -368,7 +326,7 @@ class EgressSession(asyncio.Protocol):
         self._open(None if self._socket is not None else "", request.host, request.port,
                    reply=socks5.REP_NOT_ALLOWED)
         if leftover and self._state == CONNECTING:
-            self._keep(leftover)
+            self.keep(leftover)
 
     # --- forward mode: the PROXY header --------------------------------------------------------
 
@@ -388,7 +346,7 @@ class EgressSession(asyncio.Protocol):
             return
         self._open(source[0], destination[0], destination[1], reply=None)
         if payload and self._state == CONNECTING:
-            self._keep(payload)
+            self.keep(payload)
 
     # --- the remote connection -----------------------------------------------------------------
 
@@ -449,74 +407,19 @@ class EgressSession(asyncio.Protocol):
         self._ctx.metrics.egress_connected(self._ctx.listener.name, self._source,
                                            self._loop.time() - self._connect_started)
 
-    def _remote_factory(self) -> _RemoteSide:
-        return _RemoteSide(self)
+    def _remote_factory(self) -> ServerSide:
+        return ServerSide(self)
 
-    def remote_connected(self, transport: asyncio.Transport) -> None:
-        if self.transport is None or self._state != CONNECTING:
-            transport.abort()  # the client left while we were connecting
+    def server_connected(self, transport: asyncio.Transport) -> None:
+        if not self.attach_server(transport):
             return
-        self._remote = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self._state = RELAY
-        now = self._loop.time()
-        self._connected_at = self._last_activity = now
         ctx = self._ctx
-        ctx.metrics.egress_connected(ctx.listener.name, self._source, now - self._connect_started)
+        ctx.metrics.egress_connected(ctx.listener.name, self._source,
+                                     self._connected_at - self._connect_started)
         if ctx.listener.mode == "socks5":
             local = transport.get_extra_info("sockname")
             self._write(socks5.encode_reply(socks5.REP_SUCCEEDED, (local[0], local[1])))
-        if self._pending:
-            data = b"".join(self._pending)
-            self.bytes_to_remote += len(data)
-            transport.write(data)
-            self._pending.clear()
-            self._pending_size = 0
-            if self._pending_paused:
-                self._pending_paused = False
-                self.transport.resume_reading()
-        if self._client_eof and transport.can_write_eof():
-            self._end = "client-closed"
-            transport.write_eof()
-
-    def _keep(self, data: bytes) -> None:
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size > PENDING_LIMIT and self.transport is not None:
-            self._pending_paused = True
-            self.transport.pause_reading()
-
-    # --- remote side events (from _RemoteSide) -------------------------------------------------
-
-    def remote_data(self, data: bytes) -> None:
-        self.bytes_to_client += len(data)
-        self._last_activity = self._loop.time()
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    def remote_eof(self) -> bool:
-        self._remote_eof = True
-        if self._client_eof:
-            self._end = self._end or "closed"
-            self._close_both()
-            return False
-        self._end = self._end or "server-closed"
-        if self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
-        return True
-
-    def remote_lost(self, exc: Exception | None) -> None:
-        self._remote = None
-        if not self._end:
-            self._end = "server-reset" if exc is not None else "server-closed"
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        self._maybe_done()
-
-    def remote_pause_writing(self) -> None:
-        pause_reading(self.transport)
-
-    def remote_resume_writing(self) -> None:
-        resume_reading(self.transport)
+        self.send_pending(transport)
 
     # --- ending --------------------------------------------------------------------------------
 
@@ -546,51 +449,33 @@ class EgressSession(asyncio.Protocol):
         elif state == AWAIT_PROXY:
             if now - self._started >= timeouts.proxy_header:
                 self._finish("proxy-header-timeout")
-        elif state == RELAY and now - self._last_activity >= timeouts.tcp_idle:
+        elif self.idle_expired(now, timeouts.tcp_idle):
             self._finish("idle-timeout")
-
-    def _finish(self, end: str, detail: str = "") -> None:
-        self._end = end
-        self._detail = detail
-        self._close_both()
 
     def _close_socket(self) -> None:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
 
-    def _close_both(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        if self._remote is not None and not self._remote.is_closing():
-            self._remote.close()
-
-    def abort(self, end: str) -> None:
-        """End the session at once (shutdown grace expired)."""
-        self._end = end
-        for transport in (self.transport, self._remote):
-            if transport is not None:
-                transport.abort()
-
     def _maybe_done(self) -> None:
-        if self.transport is not None or self._remote is not None or self._state == CLOSED:
+        state = self._closed_now()
+        if state == CLOSED:
             return
-        connected = self._state == RELAY
-        self._state = CLOSED
+        connected = state == RELAY
         ctx = self._ctx
         ctx.sessions.discard(self)
         name = ctx.listener.name
         seconds = self._loop.time() - self._started
         outcome = self._end
-        ctx.metrics.connection_closed(name, self.bytes_to_remote, self.bytes_to_client)
-        ctx.metrics.egress_session(name, self._source, outcome, self.bytes_to_remote,
-                                   self.bytes_to_client)
+        ctx.metrics.connection_closed(name, self.bytes_in, self.bytes_out)
+        ctx.metrics.egress_session(name, self._source, outcome, self.bytes_in,
+                                   self.bytes_out)
         connect_ms = (_ms(self._connected_at - self._connect_started) if connected
                       else -1)
         ctx.access_log.egress_session(
             listener=name, client=address_text(self.client_address), user=self.user,
             source=self._source, destination=address_text(self._destination),
-            bytes_to_remote=self.bytes_to_remote, bytes_to_client=self.bytes_to_client,
+            bytes_to_remote=self.bytes_in, bytes_to_client=self.bytes_out,
             connect_ms=connect_ms, duration_ms=_ms(seconds), end=outcome, reason=self._reason,
             worker=ctx.worker, detail=self._detail[:200])
         ctx.access_log.connection_closed(name)
@@ -598,31 +483,6 @@ class EgressSession(asyncio.Protocol):
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000 + 0.5)
-
-
-class _RemoteSide(asyncio.Protocol):
-    __slots__ = ("_session",)
-
-    def __init__(self, session: EgressSession) -> None:
-        self._session = session
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._session.remote_connected(cast(asyncio.Transport, transport))
-
-    def data_received(self, data: bytes) -> None:
-        self._session.remote_data(data)
-
-    def eof_received(self) -> bool:
-        return self._session.remote_eof()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._session.remote_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._session.remote_pause_writing()
-
-    def resume_writing(self) -> None:
-        self._session.remote_resume_writing()
 
 
 def make_factory(ctx: EgressContext) -> Callable[[], EgressSession]:

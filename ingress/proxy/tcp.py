@@ -20,17 +20,8 @@ States, in order::
                  client.
     CLOSED       both transports are gone; one log line is written.
 
-Flow control: when one side's transport reports its write buffer above the high-water mark
-(``pause_writing``), reading from the *other* side is paused until it drains.  Memory per
-session is thus bounded by two write buffers whatever the speed difference of the peers.
-
-Half-close: an EOF from one side is passed on as an EOF (``write_eof``) to the other, and the
-session keeps relaying the other direction: a client may shut down its sending side and still
-read the reply.  When both sides have sent EOF, both transports are closed.  A reset or error on
-one side closes the other after flushing what was already received from it.
-
-Why not streams: ``asyncio`` streams add a buffer copy and a task per direction; the protocol
-callbacks here hand each received ``bytes`` object straight to the other transport.
+Once connected, the relaying itself (flow control, half-close, kept bytes) is
+``ingress/proxy/relay.py``'s, shared with the egress tier's sessions.
 """
 
 from __future__ import annotations
@@ -39,7 +30,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 from ingress.config import ListenerConfig, Timeouts
 from ingress.ops.logs import NO_SERVER as NO_SERVER_LABEL
@@ -47,17 +37,12 @@ from ingress.ops.logs import AccessLog, address_text, log_address
 from ingress.ops.metrics import Metrics
 from ingress.ops.metrics import metrics as metrics_of_this_process
 from ingress.protocol import proxy_protocol
-from ingress.proxy.flow import WRITE_HIGH_WATER, pause_reading, resume_reading
+from ingress.proxy.relay import AWAIT_PROXY, CLOSED, CONNECTING, RELAY, Relay, ServerSide
 from routing.backends import Backend, Endpoint, NoServerReachedError, connect_first
 
 log = logging.getLogger("mta_ingress.tcp")
 
 SMTP_UNAVAILABLE = b"421 4.3.2 Service not available, try again later\r\n"
-# Client bytes kept while the backend connection is being opened; an SMTP client sends nothing
-# before the banner, so this only matters for pipelining clients and other TCP protocols.
-PENDING_LIMIT = 256 * 1024
-
-AWAIT_PROXY, CONNECTING, RELAY, CLOSED = range(4)
 
 
 @dataclass(slots=True)
@@ -85,53 +70,34 @@ def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int
     return b""
 
 
-class RelaySession(asyncio.Protocol):
+class RelaySession(Relay):
     __slots__ = (
-        "_backend_transport", "_client_eof", "_connect_handle", "_connect_started",
-        "_connect_task", "_connect_timed_out", "_connected_at", "_counted", "_ctx", "_detail",
-        "_end", "_failed_connects", "_inbound",
-        "_last_activity", "_loop", "_pending", "_pending_paused", "_pending_size", "_server_eof",
-        "_server_label", "_started", "_state", "bytes_in", "bytes_out", "client_address",
-        "local_address", "transport",
+        "_connect_handle", "_connect_started", "_connect_task", "_connect_timed_out", "_counted",
+        "_ctx", "_failed_connects", "_inbound", "_server_label", "client_address",
+        "local_address",
     )
 
     def __init__(self, ctx: RelayContext) -> None:
+        super().__init__(ctx.loop, AWAIT_PROXY)
         self._ctx = ctx
-        self._loop = ctx.loop
-        self._state = AWAIT_PROXY
-        self.transport: asyncio.Transport | None = None
-        self._backend_transport: asyncio.Transport | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._connect_handle: asyncio.TimerHandle | None = None
         self._connect_timed_out = False
-        self._pending: list[bytes] = []
-        self._pending_size = 0
         self._inbound = proxy_protocol.HeaderReader()
-        self._client_eof = False
-        self._server_eof = False
-        self._end = ""
-        self._detail = ""
-        self._pending_paused = False
         self._server_label = "-"
         self._counted = False  # active on _server_label until the session ends
         # For the access log's timers (HAProxy's %Tw/%Tc): -1.0 is "never".
         self._connect_started = -1.0
-        self._connected_at = -1.0
         self._failed_connects = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
         self.client_address: tuple[str, int] | None = None
         self.local_address: tuple[str, int] | None = None
-        self._started = self._last_activity = self._loop.time()
 
     # --- client side ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
+        client = self.take_client(transport)
+        peer = client.get_extra_info("peername")
+        sock = client.get_extra_info("sockname")
         self.client_address = (peer[0], peer[1]) if peer else None
         self.local_address = (sock[0], sock[1]) if sock else None
         self._ctx.sessions.add(self)
@@ -141,48 +107,21 @@ class RelaySession(asyncio.Protocol):
             self._start_connect()
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        self._last_activity = self._loop.time()
-        if self._state == RELAY:
-            self._backend_transport.write(data)  # type: ignore[union-attr]
-        elif self._state == CONNECTING:
-            self._keep(data)
-        elif self._state == AWAIT_PROXY:
+        state = self._state
+        if state == RELAY:
+            self.relay_to_server(data)
+        elif state == CONNECTING:
+            self._last_activity = self._loop.time()
+            self.keep(data)
+        elif state == AWAIT_PROXY:
             self._read_proxy_header(data)
 
-    def eof_received(self) -> bool:
-        self._client_eof = True
-        if self._state == AWAIT_PROXY:
-            self._finish("client-closed-before-proxy-header")
-            return False
-        if self._state == RELAY:
-            if self._server_eof:
-                self._end = self._end or "closed"
-                self._close_both()
-                return False
-            self._end = self._end or "client-closed"
-            backend = self._backend_transport
-            if backend is not None and backend.can_write_eof():
-                backend.write_eof()
-        # CONNECTING: the EOF is passed on once the backend connection exists.
-        return True
+    def _before_connect_eof(self) -> str:
+        return "client-closed-before-proxy-header"
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if not self._end:
-            self._end = "client-reset" if exc is not None else "client-closed"
+    def _stop_connecting(self) -> None:
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
-        backend = self._backend_transport
-        if backend is not None and not backend.is_closing():
-            backend.close()
-        self._maybe_done()
-
-    def pause_writing(self) -> None:
-        pause_reading(self._backend_transport)
-
-    def resume_writing(self) -> None:
-        resume_reading(self._backend_transport)
 
     # --- inbound PROXY header ------------------------------------------------------------------
 
@@ -199,19 +138,12 @@ class RelaySession(asyncio.Protocol):
             self.client_address = header.client_address
             if header.destination is not None:
                 self.local_address = header.destination
-        self.bytes_in = len(payload)  # the header itself is not session traffic
+        # The header itself is not session traffic: only what follows it is counted.
         self._start_connect()
         if payload:
-            self._keep(payload)
+            self.keep(payload)
 
     # --- backend connection --------------------------------------------------------------------
-
-    def _keep(self, data: bytes) -> None:
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size > PENDING_LIMIT and self.transport is not None:
-            self._pending_paused = True
-            self.transport.pause_reading()
 
     def _start_connect(self) -> None:
         self._state = CONNECTING
@@ -272,35 +204,21 @@ class RelaySession(asyncio.Protocol):
             self._connect_handle.cancel()
             self._connect_handle = None
 
-    def _backend_factory_for(self, endpoint: Endpoint) -> Callable[[], _BackendSide]:
+    def _backend_factory_for(self, endpoint: Endpoint) -> Callable[[], ServerSide]:
         return self._backend_factory
 
-    def _backend_factory(self) -> _BackendSide:
-        return _BackendSide(self)
+    def _backend_factory(self) -> ServerSide:
+        return ServerSide(self)
 
-    def backend_connected(self, transport: asyncio.Transport) -> None:
-        if self.transport is None or self._state != CONNECTING:
-            transport.abort()  # the client left while we were connecting
+    def server_connected(self, transport: asyncio.Transport) -> None:
+        if not self.attach_server(transport):
             return
-        self._backend_transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self._state = RELAY
-        self._connected_at = self._loop.time()
         client, local = self.client_address, self.local_address
         if self._ctx.send_proxy != "none" and client is not None and local is not None:
             # The header goes alone, in one write, before any payload: some receivers read
             # exactly one segment for it.
             transport.write(outbound_header(self._ctx.send_proxy, client, local))
-        if self._pending:
-            transport.write(b"".join(self._pending))
-            self._pending.clear()
-            self._pending_size = 0
-            if self._pending_paused:
-                self._pending_paused = False
-                self.transport.resume_reading()
-        if self._client_eof and transport.can_write_eof():
-            self._end = "client-closed"
-            transport.write_eof()
+        self.send_pending(transport)
 
     def _refuse(self, failure: str) -> None:
         if self.transport is None:
@@ -313,75 +231,21 @@ class RelaySession(asyncio.Protocol):
             self.bytes_out += len(SMTP_UNAVAILABLE)
         self._finish("no-backend", detail=failure)
 
-    # --- backend side events (from _BackendSide) -----------------------------------------------
-
-    def server_data(self, data: bytes) -> None:
-        self.bytes_out += len(data)
-        self._last_activity = self._loop.time()
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    def server_eof(self) -> bool:
-        self._server_eof = True
-        if self._client_eof:
-            self._end = self._end or "closed"
-            self._close_both()
-            return False
-        self._end = self._end or "server-closed"
-        if self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
-        return True
-
-    def server_lost(self, exc: Exception | None) -> None:
-        self._backend_transport = None
-        if not self._end:
-            self._end = "server-reset" if exc is not None else "server-closed"
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        self._maybe_done()
-
-    def server_pause_writing(self) -> None:
-        pause_reading(self.transport)
-
-    def server_resume_writing(self) -> None:
-        resume_reading(self.transport)
-
-    # --- ending --------------------------------------------------------------------------------
+    # --- ending ---------------------------------------------------------------------------------
 
     def check_timeouts(self, now: float) -> None:
         """Called about once a second by the worker's sweep (see ``Worker``): one periodic pass
         over the sessions costs less than a timer armed and cancelled by every session."""
-        state = self._state
-        if state == AWAIT_PROXY:
+        if self._state == AWAIT_PROXY:
             if now - self._started >= self._ctx.timeouts.proxy_header:
                 self._finish("proxy-header-timeout")
-        elif state == RELAY and now - self._last_activity >= self._ctx.timeouts.tcp_idle:
+        elif self.idle_expired(now, self._ctx.timeouts.tcp_idle):
             self._finish("idle-timeout")
 
-    def _finish(self, end: str, detail: str = "") -> None:
-        self._end = end
-        self._detail = detail
-        self._close_both()
-
-    def _close_both(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        if self._backend_transport is not None and not self._backend_transport.is_closing():
-            self._backend_transport.close()
-
-    def abort(self, end: str) -> None:
-        """End the session at once (shutdown grace expired)."""
-        self._end = end
-        for transport in (self.transport, self._backend_transport):
-            if transport is not None:
-                transport.abort()
-
     def _maybe_done(self) -> None:
-        if self.transport is not None or self._backend_transport is not None:
-            return
-        state = self._state
+        state = self._closed_now()
         if state == CLOSED:
             return
-        self._state = CLOSED
         ctx = self._ctx
         ctx.sessions.discard(self)
         if self._counted:
@@ -445,31 +309,6 @@ def termination_state(end: str, connected: bool, connect_timed_out: bool) -> str
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000 + 0.5)
-
-
-class _BackendSide(asyncio.Protocol):
-    __slots__ = ("_session",)
-
-    def __init__(self, session: RelaySession) -> None:
-        self._session = session
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._session.backend_connected(cast(asyncio.Transport, transport))
-
-    def data_received(self, data: bytes) -> None:
-        self._session.server_data(data)
-
-    def eof_received(self) -> bool:
-        return self._session.server_eof()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._session.server_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._session.server_pause_writing()
-
-    def resume_writing(self) -> None:
-        self._session.server_resume_writing()
 
 
 def make_factory(ctx: RelayContext) -> Callable[[], RelaySession]:

@@ -113,7 +113,8 @@ def test_check_config_lists_an_unknown_backend_beside_an_invalid_mode(
     path = write(tmp_path, '[listeners.smtp25]\nmode = "udp"\nbackend = "mta"\n')
     assert main(["check-config", "--config", str(path)]) == 1
     assert lines(capsys.readouterr().err) == [
-        f"{path}: listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'",
+        f"{path}: listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', "
+        "not 'udp'",
         f"{path}: listeners.smtp25.backend: no backend named 'mta' (event-tracker-http, "
         "event-tracker-smtp, mta-http, mta-smtp, tls-http)",
     ]

@@ -249,7 +249,8 @@ def test_set_without_equals(assignment: str, expected: str) -> None:
         ({"MTA_INGRESS_WORKERS": "-1"}, f"environment: workers: {WORKERS} -1"),
         ({"MTA_INGRESS_WORKERS": "true"}, f"environment: workers: {WORKERS} True"),
         ({"MTA_INGRESS_PRESET": "bogus"},
-         "environment: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, egress, none"),
+         "environment: preset: unknown preset 'bogus'; choose one of greenarrow, kumomta, egress, "
+         "none"),
         ({"MTA_INGRESS_RELEASE": "no good"},
          "environment: release: must be a name like ga1, not 'no good'"),
         ({"MTA_INGRESS_LOG_FORMAT": "xml"},
@@ -259,7 +260,8 @@ def test_set_without_equals(assignment: str, expected: str) -> None:
         ({"MTA_INGRESS_TIMEOUTS_GRACE": "5 parsecs"},
          "environment: timeouts.grace: '5 parsecs' is not a duration like 500ms, 5s, 1m or 1h"),
         ({"MTA_INGRESS_SET": "listeners.smtp25.mode=udp"},
-         "environment: listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'"),
+         "environment: listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', "
+         "not 'udp'"),
         ({"MTA_INGRESS_SET": "listeners.smtp25.bind=localhost:25"},
          "environment: listeners.smtp25.bind[0]: 'localhost:25': a listener binds an IP "
          "address, not 'localhost'"),
@@ -352,7 +354,8 @@ def test_problems_of_every_layer_are_reported_together(write: Any) -> None:
         "flags: release: must be a name like ga1, not 'a b'",
         f"{path}: workers: {WORKERS} -1",
         "environment: timeouts.grace: 'never' is not a duration like 500ms, 5s, 1m or 1h",
-        "flags: listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', not 'udp'",
+        "flags: listeners.smtp25.mode: must be one of 'tcp', 'http', 'socks5', 'forward', "
+        "not 'udp'",
     ])
 
 
