@@ -450,4 +450,48 @@ def test_check_config_warns_of_a_source_not_on_this_host(tmp_path: Path) -> None
     assert "egress_sources[0]: 192.0.2.77 is not an address of this host" in relaxed.stderr
     strict = subprocess.run([*run, "--strict"], capture_output=True, text=True, timeout=30)
     assert strict.returncode == 1
-    assert "192.0.2.77" in strict.stderr
+    assert "error: listeners.egress-socks.egress_sources[0]: 192.0.2.77" in strict.stderr
+    # At start it is a warning: the address may be plumbed, or float to this node, later.
+    with IngressProcess(tmp_path, config.read_text()) as ingress:
+        assert "egress source not on this host" in ingress.stderr()
+        assert "192.0.2.77 is not an address of this host" in ingress.stderr()
+
+
+def test_metrics_by_source_outcome_and_reason(tmp_path: Path, sink: AiosmtpdBackend) -> None:
+    from tests.integration.test_metrics import scrape, value
+
+    with running_egress(tmp_path, [sink.port]) as (ingress, socks_port, forward_port):
+        for source in ("127.0.0.7", "127.0.0.8"):
+            with client(socks_port) as sock:
+                socks5_connect(sock, (SINK_HOST, sink.port), source=source)
+                smtp_transaction(sock)
+        with client(forward_port) as sock:
+            proxy_header_connect(sock, "127.0.0.8", (SINK_HOST, sink.port))
+            smtp_transaction(sock)
+        with client(socks_port) as sock:
+            _greet(sock)
+            assert _request(sock, socks5.CMD_BIND, "127.0.0.9", 0).code == socks5.REP_NOT_ALLOWED
+        sink.wait_for_messages(3)
+        assert ingress.admin_port is not None
+        deadline = time.monotonic() + 5
+        while True:
+            samples = scrape(ingress.admin_port)
+            ended = value(samples, "mta_ingress_egress_sessions_total")
+            if ended >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        sessions = "mta_ingress_egress_sessions_total"
+        assert value(samples, sessions, listener="egress-socks", source="127.0.0.7") == 1
+        assert value(samples, sessions, listener="egress-socks", source="127.0.0.8") == 1
+        assert value(samples, sessions, listener="egress-forward", source="127.0.0.8") == 1
+        assert value(samples, sessions, listener="egress-socks", source="-",
+                     outcome="refused") == 1
+        assert value(samples, "mta_ingress_egress_refusals_total", listener="egress-socks",
+                     reason="source-not-allowed") == 1
+        assert value(samples, "mta_ingress_egress_bytes_total", source="127.0.0.8",
+                     direction="to-remote") > 0
+        assert value(samples, "mta_ingress_egress_bytes_total", source="127.0.0.8",
+                     direction="to-client") > 0
+        assert value(samples, "mta_ingress_egress_connect_seconds_count", source="127.0.0.8") == 2
+        # Destinations are never labels: the series stay bounded by the configuration.
+        assert not any(SINK_HOST in str(labels) for _, labels in samples)

@@ -277,3 +277,34 @@ def test_flush_cuts_writes_at_line_ends_within_pipe_buf(lines: list[str]) -> Non
     for write in writes[:-1]:
         taken += write.count(b"\n")
         assert len(write) + len(expected[taken]) > PIPE_BUF
+
+
+def _egress_line(log: AccessLog, **changes: object) -> None:
+    fields: dict[str, object] = dict(
+        listener="egress-socks", client="10.1.2.3:40000", user="kumo mta",
+        source="203.0.113.10", destination="198.51.100.25:25", bytes_to_remote=1200,
+        bytes_to_client=340, connect_ms=12, duration_ms=800, end="closed", reason="",
+        worker=0, detail="")
+    fields.update(changes)
+    log.egress_session(**fields)  # type: ignore[arg-type]
+
+
+def test_egress_session_line_in_logfmt() -> None:
+    [line] = _written("logfmt", _egress_line)
+    assert line.startswith("ts=")
+    assert (" kind=egress listener=egress-socks client=10.1.2.3:40000 user=\"kumo mta\" "
+            "source=203.0.113.10 destination=198.51.100.25:25 bytes_to_remote=1200 "
+            "bytes_to_client=340 connect_ms=12 duration_ms=800 end=closed worker=0") in line
+    assert "reason=" not in line
+    assert "detail=" not in line
+
+
+def test_egress_refusal_line_in_json_carries_reason_and_detail() -> None:
+    [line] = _written("json", lambda log: _egress_line(
+        log, source="-", destination="127.0.0.1:25", end="refused",
+        reason="destination-denied", detail="destination 127.0.0.1:25", connect_ms=-1))
+    record = json.loads(line)
+    assert (record["kind"], record["end"], record["reason"], record["source"]) == (
+        "egress", "refused", "destination-denied", "-")
+    assert record["detail"] == "destination 127.0.0.1:25"
+    assert record["connect_ms"] == -1
