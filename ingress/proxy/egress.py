@@ -71,6 +71,9 @@ GREETING, CREDENTIALS, CHECKING, REQUEST = range(4)
 # Refusal reasons beyond routing/egress.py's (a fixed set: they are metric labels).
 AUTH_REQUIRED = "auth-required"
 AUTH_FAILED = "auth-failed"
+# Without a users file only "no authentication" is offered: a client that insists on a method
+# this listener does not do is told so (0xFF) rather than let in on credentials nobody checks.
+NO_METHOD = "no-acceptable-method"
 COMMAND_NOT_SUPPORTED = "command-not-supported"
 MALFORMED = "malformed"
 OUT_OF_ORDER = "out-of-order"
@@ -249,7 +252,7 @@ class EgressSession(Relay):
                   else socks5.METHOD_NO_AUTH)
         if wanted not in greeting.methods:
             self._write(socks5.encode_method_choice(socks5.METHOD_NONE_ACCEPTABLE))
-            self._refuse(AUTH_REQUIRED if wanted == socks5.METHOD_USERPASS else MALFORMED,
+            self._refuse(AUTH_REQUIRED if wanted == socks5.METHOD_USERPASS else NO_METHOD,
                          detail=f"methods offered: {list(greeting.methods)}")
             return
         self._write(socks5.encode_method_choice(wanted))
@@ -391,7 +394,7 @@ class EgressSession(Relay):
         try:
             async with asyncio.timeout(self._ctx.timeouts.connect):
                 await self._loop.sock_connect(sock, destination)
-                self._socket = None  # the transport owns it from here
+                # server_connected runs inside this call: the transport owns the socket then.
                 await self._loop.create_connection(self._remote_factory, sock=sock)
         except TimeoutError:
             self._connect_done()
@@ -411,6 +414,7 @@ class EgressSession(Relay):
         return ServerSide(self)
 
     def server_connected(self, transport: asyncio.Transport) -> None:
+        self._socket = None  # the transport's now, closed with it
         if not self.attach_server(transport):
             return
         ctx = self._ctx

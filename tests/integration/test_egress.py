@@ -495,3 +495,15 @@ def test_metrics_by_source_outcome_and_reason(tmp_path: Path, sink: AiosmtpdBack
         assert value(samples, "mta_ingress_egress_connect_seconds_count", source="127.0.0.8") == 2
         # Destinations are never labels: the series stay bounded by the configuration.
         assert not any(SINK_HOST in str(labels) for _, labels in samples)
+
+
+def test_a_listener_without_users_refuses_a_client_that_insists_on_a_password(
+        tmp_path: Path, counter: ConnectionCounter) -> None:
+    with running_egress(tmp_path, [counter.port]) as (ingress, socks_port, _):
+        with client(socks_port) as sock:
+            method = _exchange(sock, socks5.encode_greeting([socks5.METHOD_USERPASS]),
+                               socks5.parse_method_choice)
+            assert method == socks5.METHOD_NONE_ACCEPTABLE
+            assert _closed(sock)
+        assert "reason=no-acceptable-method" in access_line(ingress, "kind=egress")
+        assert counter.peers == []
