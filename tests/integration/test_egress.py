@@ -507,3 +507,53 @@ def test_a_listener_without_users_refuses_a_client_that_insists_on_a_password(
             assert _closed(sock)
         assert "reason=no-acceptable-method" in access_line(ingress, "kind=egress")
         assert counter.peers == []
+
+
+def test_pipelined_and_byte_by_byte_negotiations(tmp_path: Path, sink: AiosmtpdBackend) -> None:
+    exchange = (socks5.encode_greeting([socks5.METHOD_NO_AUTH])
+                + socks5.encode_request(socks5.CMD_BIND, "127.0.0.8", 0)
+                + socks5.encode_request(socks5.CMD_CONNECT, SINK_HOST, sink.port))
+    expected_replies = 2 + 10 + 10  # method choice, BIND reply, CONNECT reply (IPv4)
+    with running_egress(tmp_path, [sink.port]) as (_, socks_port, _forward):
+        for pieces in ([exchange], [exchange[i:i + 1] for i in range(len(exchange))]):
+            with client(socks_port) as sock:
+                for piece in pieces:
+                    sock.sendall(piece)
+                    if len(pieces) > 1:
+                        time.sleep(0.005)
+                replies = b""
+                while len(replies) < expected_replies:
+                    chunk = sock.recv(expected_replies - len(replies))
+                    assert chunk, replies
+                    replies += chunk
+                assert socks5.parse_method_choice(replies) == (socks5.METHOD_NO_AUTH, 2)
+                bound = socks5.parse_reply(replies[2:])
+                connected = socks5.parse_reply(replies[12:])
+                assert bound is not None
+                assert bound[0].code == socks5.REP_SUCCEEDED
+                assert connected is not None
+                assert connected[0].host == "127.0.0.8"
+                smtp_transaction(sock)
+        assert [message.peer[0] for message in sink.wait_for_messages(2)] == ["127.0.0.8"] * 2
+
+
+def test_malformed_and_silent_clients_are_closed(tmp_path: Path) -> None:
+    socks_port, forward_port = free_port(), free_port()
+    text = egress_config(socks_port, forward_port, [25],
+                         timeouts={"socks_handshake": "1s", "proxy_header": "1s"})
+    with IngressProcess(tmp_path, text) as ingress:
+        with client(socks_port) as sock:
+            sock.sendall(b"\x04\x01\x00\x19\x7f\x00\x00\x01\x00")  # SOCKS4
+            assert _closed(sock)
+        with client(forward_port) as sock:
+            sock.sendall(b"HELO not a proxy header\r\n")
+            assert _closed(sock)
+        for port in (socks_port, forward_port):
+            with client(port) as sock:
+                started = time.monotonic()
+                assert _closed(sock)
+                assert 0.9 < time.monotonic() - started < 4
+        lines = ingress.access_lines(4)
+        assert sum("reason=malformed" in line for line in lines) == 2, lines
+        assert any("end=handshake-timeout" in line for line in lines), lines
+        assert any("end=proxy-header-timeout" in line for line in lines), lines
