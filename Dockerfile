@@ -64,8 +64,9 @@ USER 10001:10001
 WORKDIR /
 # The KRA contract's ports, all above 1024 so no capability is needed to bind them: SMTP 25 and
 # 587, HTTP and HTTPS, each plain (100xx) and behind a PROXY-protocol load balancer (110xx);
-# then the admin listener (/metrics, /livez, /readyz).
-EXPOSE 10025 11025 10587 11587 10080 11080 10443 11443 10081
+# then the admin listener (/metrics, /livez, /readyz); then the egress preset's SOCKS5 and forward
+# listeners (docs/egress.md).
+EXPOSE 10025 11025 10587 11587 10080 11080 10443 11443 10081 5000 2526
 # Exec form: the kubelet's SIGTERM reaches the supervisor itself (no shell in between to swallow
 # it), which starts the drain.
 ENTRYPOINT ["mta-ingress"]

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     def add_config_options(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("--config", metavar="FILE",
                          help="TOML configuration file (default: $MTA_INGRESS_CONFIG, or none)")
-        sub.add_argument("--preset", help="greenarrow (default), kumomta or none")
+        sub.add_argument("--preset", help="greenarrow (default), kumomta, egress or none")
         sub.add_argument("--release", help="Helm release name used by the greenarrow preset")
         sub.add_argument("--workers", type=int, help="worker processes; 0 = one per usable CPU")
         sub.add_argument("--set", dest="assignments", action="append", default=[],

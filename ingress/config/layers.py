@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
+from dataclasses import fields
 from typing import Any
+
+from ingress.config.schema import Timeouts
 
 ENV_PREFIX = "MTA_INGRESS_"
 
@@ -71,8 +74,8 @@ def _set_path(tree: Tree, dotted: str, value: Any) -> None:
 
 
 _ENV_TEXT = ("preset", "release", "kumomta_service", "log_format")
-_TIMEOUT_KEYS = ("connect", "tcp_idle", "proxy_header", "drain", "grace", "http_request",
-                 "http_keep_alive", "server")
+# Every timeout has its variable: taken from the type, so that a new one cannot be left out.
+_TIMEOUT_KEYS = tuple(timeout.name for timeout in fields(Timeouts))
 
 
 def environment_layer(environ: Mapping[str, str]) -> tuple[Tree, list[str]]:

@@ -373,7 +373,8 @@ class Worker:
         metrics.metrics().flush()
         drain = 0.0 if fast else self.config.timeouts.drain
         log.info("msg=\"shutting down\" worker=%d drain_s=%g grace_s=%g sessions=%d",
-                 self.index, drain, self.config.timeouts.grace, len(self.sessions))
+                 self.index, drain, self.config.timeouts.grace,
+                 len(self.sessions) + len(self.egress_sessions))
         task = asyncio.get_running_loop().create_task(self._shutdown(drain))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
