@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -117,7 +118,7 @@ def _load(args: argparse.Namespace) -> config.Config:
     return config.load(args.config, overrides=overrides, assignments=args.assignments)
 
 
-def _check_config(effective: config.Config, *, strict: bool) -> int:
+def _check_config(effective: config.Config, *, strict: bool, source: str | None) -> int:
     """What cannot be wrong in any file but is wrong on this host: warnings, or with --strict
     problems (a DaemonSet's init container can refuse to start on a node without the
     addresses)."""
@@ -125,7 +126,9 @@ def _check_config(effective: config.Config, *, strict: bool) -> int:
 
     warnings = source_warnings(effective.enabled_listeners)
     for warning in warnings:
-        print(f"{'error' if strict else 'warning'}: {warning}", file=sys.stderr)
+        # As a configuration problem is written: the file, the key, what is wrong.
+        print(f"{'error' if strict else 'warning'}: {source or 'configuration'}: {warning}",
+              file=sys.stderr)
     if strict and warnings:
         return 1
     print("configuration ok")
@@ -148,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return 1
     if args.command == "check-config":
-        return _check_config(effective, strict=args.strict)
+        return _check_config(effective, strict=args.strict,
+                             source=args.config or os.environ.get("MTA_INGRESS_CONFIG"))
     if args.command == "print-config":
         sys.stdout.write(config.to_toml(effective))
         return 0

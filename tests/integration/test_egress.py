@@ -450,7 +450,8 @@ def test_check_config_warns_of_a_source_not_on_this_host(tmp_path: Path) -> None
     assert "egress_sources[0]: 192.0.2.77 is not an address of this host" in relaxed.stderr
     strict = subprocess.run([*run, "--strict"], capture_output=True, text=True, timeout=30)
     assert strict.returncode == 1
-    assert "error: listeners.egress-socks.egress_sources[0]: 192.0.2.77" in strict.stderr
+    assert (f"error: {config}: listeners.egress-socks.egress_sources[0]: 192.0.2.77"
+            in strict.stderr)
     # At start it is a warning: the address may be plumbed, or float to this node, later.
     with IngressProcess(tmp_path, config.read_text()) as ingress:
         assert "egress source not on this host" in ingress.stderr()
