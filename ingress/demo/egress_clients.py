@@ -37,19 +37,15 @@ class Socks5Session:
 
 def _read(sock: socket.socket, parse: Callable[[bytes], tuple[T, int] | None], step: str) -> T:
     """One message, and not a byte more: what follows (an SMTP banner right after the CONNECT
-    reply) stays in the socket for the caller. Peeked, then taken by the length parsed."""
-    while True:
-        data = sock.recv(512, socket.MSG_PEEK)
-        if not data:
+    reply) stays in the socket for the caller. Byte by byte: a reply is at most 22 bytes for an
+    address, and a peek cannot wait for more bytes on a socket with a timeout."""
+    data = b""
+    while (parsed := parse(data)) is None:
+        byte = sock.recv(1)
+        if not byte:
             raise Socks5RefusedError(step, None)
-        parsed = parse(data)
-        if parsed is not None:
-            sock.recv(parsed[1])
-            return parsed[0]
-        # Not complete: wait for more than what is already there (a peek returns at once).
-        wanted = len(data) + 1
-        if len(sock.recv(wanted, socket.MSG_PEEK | socket.MSG_WAITALL)) < wanted:
-            raise Socks5RefusedError(step, None)
+        data += byte
+    return parsed[0]
 
 
 def socks5_connect(sock: socket.socket, destination: tuple[str, int], *,
