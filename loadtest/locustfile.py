@@ -1,7 +1,7 @@
 """The traffic of a GreenArrow cluster for locust, against mta-ingress (or any front end of the
 same ports): ``locust -f loadtest/locustfile.py --host HOST ...``; see docs/loadtesting.md.
 
-Four user classes, each with its own weight (``--weight-*``):
+Five user classes, each with its own weight (``--weight-*``):
 
 - ``TrackingUser``: clicks and opens, GET over HTTP and HTTPS, some clients on keep-alive
   connections and some on one connection per request, as mail clients and browsers do;
@@ -10,14 +10,20 @@ Four user classes, each with its own weight (``--weight-*``):
 - ``SmtpSubmissionUser``: a full SMTP session on 587 (EHLO, STARTTLS when offered and
   ``--smtp-starttls`` allows, AUTH with ``--smtp-user``, MAIL, RCPT, DATA of ``--smtp-size``
   bytes, QUIT), timed as one request (``587 message``) and its steps (``587 EHLO`` ...);
-- ``InboundSmtpUser``: bounces and feedback-loop reports on 25 (``25 message``).
+- ``InboundSmtpUser``: bounces and feedback-loop reports on 25 (``25 message``);
+- ``EgressUser``: an MTA's outbound mail through the egress tier to an MX (``--egress-to``),
+  each session asking for its source address by SOCKS5 BIND then CONNECT, by SOCKS5 CONNECT
+  alone (the listener's default source) or by a PROXY v2 header (``socks5-bind message``, ...),
+  then 1 to ``--egress-per-session`` messages; left out unless ``--egress-to`` is given.
 
 Every request and message carries a unique id (``X-Loadtest-Id``, a header of the request or of
 the message) and, with ``--ledger FILE``, its outcome is appended to FILE as one JSON line
 (``loadtest/compare.py``): what the load test's comparison checks against the counting backends.
 SMTP messages refused with 4xx, or whose connection failed, are retried with the same id for up
 to ``--smtp-retry-for`` seconds, as an MTA's queue would; HTTP requests are not retried, except
-a GET whose kept-alive connection turned out closed before any answer (what browsers do).
+a GET whose kept-alive connection turned out closed before any answer (what browsers do).  An
+outbound message's ledger ``client`` is the source the MX must see, and a refused SOCKS5 step
+is retried only when the refusal can pass (``traffic.egress_retryable``).
 
 Sockets are gevent's: locust patches the standard library when it is imported, so ``smtplib``,
 ``socket`` and ``ssl`` yield to other users while they wait.
@@ -43,6 +49,8 @@ from locust.env import Environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ingress.demo.egress_clients import Socks5RefusedError, proxy_header_connect, socks5_connect
+from ingress.demo.egress_try import endpoint
 from ingress.protocol import proxy_protocol
 from loadtest import traffic
 from loadtest.compare import Sent
@@ -56,6 +64,8 @@ def _options(parser: Any) -> None:
     group.add_argument("--weight-api", type=int, default=10, help="send.json submissions")
     group.add_argument("--weight-smtp", type=int, default=15, help="SMTP injection on 587")
     group.add_argument("--weight-inbound", type=int, default=5, help="bounces and FBL on 25")
+    group.add_argument("--weight-egress", type=int, default=10,
+                       help="outbound mail through the egress tier (with --egress-to)")
     for name, default in (("http", 80), ("https", 443), ("smtp", 587), ("inbound", 25)):
         group.add_argument(f"--{name}-port", type=int, default=default)
         group.add_argument(f"--{name}-proxied-port", type=int, default=0,
@@ -88,8 +98,53 @@ def _options(parser: Any) -> None:
     group.add_argument("--tls-ca", default="", help="CA file for --tls-verify")
     group.add_argument("--tls-server-name", default="",
                        help="SNI and name to verify; default: the host when it is a name")
+    group.add_argument("--egress-to", default="",
+                       help="HOST:PORT of the MX the egress users send to; empty: no egress users")
+    group.add_argument("--egress-host", default="",
+                       help="the egress listeners' host (default: --host)")
+    group.add_argument("--egress-socks-port", type=int, default=0,
+                       help="the socks5 listener; 0: no socks5-* sessions")
+    group.add_argument("--egress-forward-port", type=int, default=0,
+                       help="the forward listener; 0: no forward-* sessions")
+    group.add_argument("--egress-sources", default="127.0.0.5,127.0.0.7,127.0.0.8",
+                       help="the listeners' egress_sources, their default first")
+    group.add_argument("--egress-modes", default=",".join(traffic.DEFAULT_EGRESS_MODES),
+                       help=f"how sessions ask for a source: {', '.join(traffic.EGRESS_MODES)}")
+    group.add_argument("--egress-per-session", type=int, default=3,
+                       help="each egress session delivers 1 to this many messages")
+    group.add_argument("--egress-size", type=int, default=5_000,
+                       help="bytes of an outbound message")
+    group.add_argument("--egress-user", default="", help="RFC 1929 user for the socks5 listener")
+    group.add_argument("--egress-password", default="", help="with --egress-user")
     group.add_argument("--ledger", default="", help="append every outcome to this JSON-lines file")
     group.add_argument("--seed", type=int, default=0, help="0: a random run")
+
+
+@dataclass(frozen=True, slots=True)
+class EgressSettings:
+    """What ``--egress-*`` say, checked: the MX, the sources, the modes that have a port."""
+
+    host: str
+    mx: tuple[str, int]
+    ports: dict[str, int]  # by listener: "socks5", "forward"
+    sources: tuple[str, ...]
+    modes: tuple[str, ...]
+    credentials: tuple[bytes, bytes] | None
+
+    @classmethod
+    def from_options(cls, options: Any, host: str) -> EgressSettings | None:
+        """None when there are no egress users (no --egress-to, or no mode with a port)."""
+        if not options.egress_to:
+            return None
+        ports = {"socks5": options.egress_socks_port, "forward": options.egress_forward_port}
+        modes = tuple(mode for mode in traffic.egress_modes(options.egress_modes)
+                      if ports[traffic.listener_of(mode)])
+        if not modes or options.egress_per_session < 1:
+            return None
+        credentials = ((options.egress_user.encode(), options.egress_password.encode())
+                       if options.egress_user else None)
+        return cls(options.egress_host or host, endpoint(options.egress_to), ports,
+                   traffic.egress_sources(options.egress_sources), modes, credentials)
 
 
 @dataclass(slots=True)
@@ -100,6 +155,7 @@ class Settings:
     server_name: str | None
     loopback: bool
     rng: random.Random
+    egress: EgressSettings | None = None
     ids: traffic.IdSource = field(default_factory=traffic.IdSource)
 
 
@@ -124,7 +180,7 @@ def settings(environment: Environment) -> Settings:
         name = options.tls_server_name or (None if _is_ip(host) else host)
         seed = options.seed or random.SystemRandom().randrange(1, 1 << 62)
         _settings = Settings(host, options, tls, name, traffic.is_loopback(host),
-                             random.Random(seed))
+                             random.Random(seed), EgressSettings.from_options(options, host))
     return _settings
 
 
@@ -140,9 +196,11 @@ def _on_init(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     if options is None:
         return
+    egress = settings(environment).egress
     weights: dict[type[User], int] = {
         TrackingUser: options.weight_tracking, SubmissionApiUser: options.weight_api,
-        SmtpSubmissionUser: options.weight_smtp, InboundSmtpUser: options.weight_inbound}
+        SmtpSubmissionUser: options.weight_smtp, InboundSmtpUser: options.weight_inbound,
+        EgressUser: options.weight_egress if egress is not None else 0}
     for cls, weight in weights.items():
         cls.weight = weight
     # A weight of 0 leaves a class out: locust would otherwise still start one user of it.
@@ -607,6 +665,188 @@ class InboundSmtpUser(SmtpUser):
             return "", f"bounce-{ident}@return.example.com", traffic.bounce_message(ident, size)
         return ("fbl@isp.example.net", f"fbl-{ident}@return.example.com",
                 traffic.feedback_report(ident, size))
+
+
+# --- egress ------------------------------------------------------------------------------------
+
+
+class EgressSMTP(smtplib.SMTP):
+    """smtplib through an egress listener: ``connect(mx_host, mx_port)`` opens the listener,
+    asks for the plan's source and the MX (SOCKS5 or a PROXY header), then reads the MX's
+    banner, which follows on the same connection."""
+
+    def __init__(self, egress: EgressSettings, plan: traffic.EgressPlan, timeout: float) -> None:
+        self._egress = egress
+        self._plan = plan
+        super().__init__(timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        egress, plan = self._egress, self._plan
+        sock = socket.create_connection((egress.host, egress.ports[plan.listener]), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if plan.listener == "socks5":
+                socks5_connect(sock, (host, port), source=plan.requested,
+                               credentials=egress.credentials)
+            else:
+                assert plan.requested is not None
+                proxy_header_connect(sock, plan.requested, (host, port),
+                                     version=plan.proxy_version)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+@dataclass(slots=True)
+class Outbound:
+    """One message of an egress session, until it is settled."""
+
+    ident: str
+    message: bytes
+    t0: float
+    # perf_counter when a session first came to it, for locust's response time: the first
+    # message's time has the connection and the negotiation in it, a later one's starts at its
+    # MAIL, after the pause (retries are in both).
+    started: float = -1.0
+    attempts: int = 0
+    ambiguous: bool = False
+
+    def attempting(self) -> None:
+        self.attempts += 1
+        if self.started < 0:
+            self.started = time.perf_counter()
+
+
+class EgressUser(LoadtestUser):
+    """An MTA's outbound mail through the egress tier: a session asks for its source (the
+    plan's mode), delivers 1 to --egress-per-session messages to the MX with a pause of up to
+    --max-wait between them (a kept connection waiting for the queue's next message), and
+    quits.  A failed session is retried from the first message not yet accepted, with the same
+    ids, the same mode and the same source, for up to --smtp-retry-for seconds."""
+
+    weight = 10
+    service = "mx"
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        egress = self.settings.egress
+        assert egress is not None  # the class is left out without it
+        self.egress = egress
+
+    def proxied_share(self) -> float:
+        return 0.0  # the MTA is the egress tier's client: 127.0.0.1, allow_clients
+
+    def _step(self, label: str, name: str, call: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        try:
+            result = call()
+        except Exception as exc:
+            self.fire("SMTP step", f"{label} {name}", started, 0, exc)
+            raise
+        self.fire("SMTP step", f"{label} {name}", started, 0, None)
+        return result
+
+    def _settle(self, plan: traffic.EgressPlan, message: Outbound,
+                error: BaseException | None) -> None:
+        """Accepted (``error`` None) or given up on: locust's statistics and the ledger."""
+        name = f"{plan.mode} message"
+        started = message.started if message.started >= 0 else time.perf_counter()
+        self.fire("SMTP", name, started, len(message.message), error)
+        record(Sent(message.ident, "smtp", self.service, plan.expected, error is None,
+                    message.t0, time.time(), name, message.attempts, message.ambiguous,
+                    None if error is None else f"{type(error).__name__}: {error}"))
+
+    @task
+    def send_session(self) -> None:
+        if _stopping:
+            return
+        options = self.settings.options
+        plan = traffic.plan_egress(self.rng, self.egress.modes, self.egress.sources)
+        pending = []
+        for _ in range(self.rng.randint(1, options.egress_per_session)):
+            ident = self.settings.ids.next("smtp")
+            pending.append(Outbound(ident, traffic.egress_message(ident, plan.expected,
+                                                                  options.egress_size),
+                                    time.time()))
+        deadline = time.monotonic() + options.smtp_retry_for
+        sessions = 0
+        error: BaseException | None = None
+        try:
+            while pending:
+                sessions += 1
+                attempt_started = time.perf_counter()
+                outcome = self._session(plan, pending)
+                if outcome is None:
+                    break
+                retry, error = outcome
+                self.fire("SMTP", f"{plan.mode} attempt", attempt_started, 0, error)
+                pause = min(4.0, 0.25 * 2 ** sessions)
+                if not retry or time.monotonic() + pause > deadline:
+                    break
+                time.sleep(pause)  # gevent's sleep: the user yields
+        except BaseException as exc:
+            for message in pending:
+                record(Sent(message.ident, "smtp", self.service, plan.expected, False,
+                            message.t0, time.time(), f"{plan.mode} message", message.attempts,
+                            True, f"abandoned: {type(exc).__name__}"))
+            raise
+        for message in pending:  # given up on
+            self._settle(plan, message, error or RuntimeError("not sent"))
+
+    def _session(self, plan: traffic.EgressPlan, pending: list[Outbound]
+                 ) -> tuple[bool, BaseException] | None:
+        """One session for the messages of ``pending``, which loses each one the MX accepts
+        (settled then); None when all were, else (worth retrying, the error)."""
+        options = self.settings.options
+        label = plan.mode
+        smtp = EgressSMTP(self.egress, plan, options.request_timeout)
+        current = pending[0]
+        current.attempting()
+        body_sent = False
+        try:
+            code, reply = self._step(label, "connect", lambda: smtp.connect(*self.egress.mx))
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, reply)
+            self._step(label, "EHLO", lambda: _expect(smtp.ehlo("egress.loadtest"), 250))
+            first = True
+            while pending:
+                current = pending[0]
+                if not first:
+                    time.sleep(self.rng.uniform(0.0, float(options.max_wait)))
+                    current.attempting()
+                first = False
+                self._step(label, "MAIL", lambda: _expect(smtp.mail("news@example.com"), 250))
+                self._step(label, "RCPT", lambda: _expect(smtp.rcpt("reader@example.net"), 250))
+                self._step(label, "DATA", lambda: _expect(smtp.docmd("DATA"), 354))
+
+                def send_body(message: bytes = current.message) -> None:
+                    nonlocal body_sent
+                    smtp.send(message + b".\r\n")
+                    body_sent = True
+                    _expect(smtp.getreply(), 250)
+                    body_sent = False  # answered: no doubt left
+
+                self._step(label, "message", send_body)
+                self._settle(plan, pending.pop(0), None)
+            try:
+                self._step(label, "QUIT", smtp.quit)
+            except (smtplib.SMTPException, OSError):
+                pass  # every message is accepted; a lost 221 changes nothing
+            return None
+        except smtplib.SMTPResponseException as exc:
+            return 400 <= exc.smtp_code < 500, exc
+        except Socks5RefusedError as exc:
+            return traffic.egress_retryable(exc.step, exc.code), exc
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            return True, exc
+        except smtplib.SMTPException as exc:
+            return False, exc
+        finally:
+            if body_sent:
+                current.ambiguous = True
+            if smtp.sock is not None:
+                smtp.close()
 
 
 events.init_command_line_parser.add_listener(_options)  # type: ignore[no-untyped-call]

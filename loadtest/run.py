@@ -1,17 +1,24 @@
-"""``make loadtest``: the ingress, counting backends and locust on this machine, then the
-exactly-once comparison (docs/loadtesting.md).
+"""``make loadtest``: the ingress, the egress tier, counting backends and locust on this
+machine, then the exactly-once comparison (docs/loadtesting.md).
 
     python -m loadtest.run [--duration 60] [--users 40] [--spawn-rate 20]
-                           [--fault none|worker|rolling|cert|backend] [--base-port 24000]
-                           [-- extra locust options]
+                           [--scenario all|ingress|egress]
+                           [--fault none|worker|rolling|cert|backend|egress-rolling|
+                                    egress-restart]
+                           [--base-port 24000] [-- extra locust options]
 
-Everything listens on 127.0.0.1, in the demo's port layout (``ingress/demo/single_node.py``)
+Everything listens on loopback, in the demo's port layout (``ingress/demo/single_node.py``)
 moved to ``--base-port``: the ingress (``mta-ingress run``, the greenarrow preset, ``--workers``
-processes) as a child process, the stub services of the demo with their id logs on a thread of
-this process, and locust headless as a child process writing its CSV files and its ledger into
-the run's directory (``loadtest/results/loadtest-<time>/``).  When locust is done, the ingress
-is stopped (so nothing is still in flight), the stubs' id logs are read from their
-``/_stub/received`` and compared with the ledger (``loadtest/compare.py``).
+processes) and the egress tier (``mta-ingress run``, the egress preset, as many processes;
+``loadtest/egress_run.py``) as child processes, the stub services of the demo and the MX stub
+(on 127.0.0.250) with their id logs on a thread of this process, and locust headless as a child
+process writing its CSV files and its ledger into the run's directory
+(``loadtest/results/loadtest-<time>/``).  ``--scenario`` says whose traffic runs: the ingress's
+users, the egress users (an MTA's outbound mail, from several source addresses), or both (the
+default).  When locust is done, the ingress and the egress tier are stopped (so nothing is still
+in flight), the stubs' id logs are read (from their ``/_stub/received``, the MX stub's from this
+process) and compared with the ledger (``loadtest/compare.py``): for the MX, the client address
+checked is the source each message asked for.
 
 Faults, one per run, ``--fault-at`` seconds after locust starts (default: 40% of the run):
 
@@ -21,12 +28,18 @@ Faults, one per run, ``--fault-at`` seconds after locust starts (default: 40% of
 - ``cert``: the certificate file is replaced by a new one (new key) and the run waits until new
   TLS connections get it; HTTPS clients must not notice;
 - ``backend``: the MTA's SMTP and HTTP stubs stop for ``--stop-seconds`` (listeners closed,
-  connections aborted), then come back.
+  connections aborted), then come back;
+- ``egress-rolling``: the egress tier's rolling update: a second egress process starts, then
+  the first gets SIGTERM with sessions in flight, which must finish (``loadtest/egress_run.py``);
+- ``egress-restart``: the same, but the second starts once the first has closed its listeners
+  (a Recreate rollout, or one replica with no surge): connections are refused meanwhile, and the
+  MTAs' retries must still deliver each message once.
 
 Each fault has a window, from its start until the ingress is whole again; a failed HTTP
 request overlapping it is explained (``compare.py``), any other failure is not, and an SMTP
-message is never allowed to be lost.  Exit status: 0 when the comparison passed, 1 when it did
-not, 2 for a usage or set-up error.
+message is never allowed to be lost (the egress faults have no window: HTTP does not pass
+through the egress tier).  Exit status: 0 when the comparison passed, 1 when it did not, 2 for a
+usage or set-up error.
 """
 
 from __future__ import annotations
@@ -56,14 +69,21 @@ from typing import Any
 from ingress import config
 from ingress.demo import single_node as demo
 from ingress.demo import stub_http, stub_smtp
-from loadtest import compare
+from loadtest import compare, egress_run
 from tls import selfsigned
 
 HOST = demo.HOST
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_BASE_PORT = 24000
-FAULTS = ("none", "worker", "rolling", "cert", "backend")
+FAULTS = ("none", "worker", "rolling", "cert", "backend", "egress-rolling", "egress-restart")
+SCENARIOS = ("all", "ingress", "egress")
+# The faults of each tier: a fault needs its tier in the scenario.
+EGRESS_FAULTS = ("egress-rolling", "egress-restart")
+# The locust weights that leave each tier's users out.
+NO_INGRESS_USERS = ["--weight-tracking", "0", "--weight-api", "0", "--weight-smtp", "0",
+                    "--weight-inbound", "0"]
+NO_EGRESS_USERS = ["--weight-egress", "0"]
 # What the stubs of each service are called in the demo's port layout.
 SERVICE_STUBS = {"mta": ("mta-smtp", "mta-http"),
                  "event-tracker": ("event-tracker-smtp", "event-tracker-http"),
@@ -84,6 +104,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--spawn-rate", type=float, default=20.0)
+    parser.add_argument("--scenario", choices=SCENARIOS, default="all",
+                        help="whose users run: the ingress's, the egress tier's, or both (all)")
     parser.add_argument("--fault", choices=FAULTS, default="none")
     parser.add_argument("--fault-at", type=float, default=None,
                         help="seconds after the start (default: 40%% of --duration)")
@@ -101,10 +123,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.fault_at = args.duration * 0.4
     if not 0 <= args.fault_at < args.duration:
         parser.error("--fault-at must fall inside the run")
+    if args.fault in EGRESS_FAULTS and not runs_egress(args):
+        parser.error(f"--fault {args.fault} needs the egress tier: --scenario all or egress")
+    if args.fault not in (*EGRESS_FAULTS, "none") and not runs_ingress(args):
+        parser.error(f"--fault {args.fault} needs the ingress: --scenario all or ingress")
     problem = demo.base_port_problem(args.base_port)
     if problem is not None:
         parser.error(problem.replace("demo: ", ""))
     return args
+
+
+def runs_ingress(args: argparse.Namespace) -> bool:
+    return bool(args.scenario in ("all", "ingress"))
+
+
+def runs_egress(args: argparse.Namespace) -> bool:
+    return bool(args.scenario in ("all", "egress"))
 
 
 def config_text(ports: demo.Ports, cert_dir: Path, workers: int) -> str:
@@ -127,6 +161,9 @@ class Stubs:
 
     ports: demo.Ports
     services: dict[str, stub_http.StubService] = field(default_factory=dict)
+    # The MX behind the egress tier: no PROXY header, its client is its TCP peer (the source).
+    mx: stub_smtp.StubStats = field(
+        default_factory=lambda: stub_smtp.StubStats(received=stub_smtp.IdLog()))
     servers: dict[str, asyncio.Server] = field(default_factory=dict)
     transports: dict[str, set[asyncio.BaseTransport]] = field(default_factory=dict)
     loop: asyncio.AbstractEventLoop | None = None
@@ -142,7 +179,7 @@ class Stubs:
             self.services[name] = stub_http.StubService(name, smtp=smtp, received=log)
         self.thread = threading.Thread(target=self.loop.run_forever, name="stubs", daemon=True)
         self.thread.start()
-        for stub in demo.STUBS:
+        for stub in (*demo.STUBS, demo.SINK):
             self._call(self._serve(stub, sockets.pop(stub)))
 
     def _call(self, coroutine: Any) -> Any:
@@ -150,14 +187,21 @@ class Stubs:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
 
     def _factory(self, stub: str) -> Callable[[], asyncio.Protocol]:
-        service = self.services[stub.rpartition("-")[0]]
         inner: Callable[[], asyncio.Protocol]
+        if stub == demo.SINK:
+            inner = stub_smtp.factory(egress_run.MX_NAME, self.mx, expect_proxy=False)
+            return self._tracked(stub, inner)
+        service = self.services[stub.rpartition("-")[0]]
         if stub.endswith("-smtp"):
             assert service.smtp is not None
             inner = stub_smtp.factory(f"{service.name}.loadtest", service.smtp,
                                       expect_proxy=True)
         else:
             inner = stub_http.factory(service)
+        return self._tracked(stub, inner)
+
+    def _tracked(self, stub: str, inner: Callable[[], asyncio.Protocol]
+                 ) -> Callable[[], asyncio.Protocol]:
         transports = self.transports.setdefault(stub, set())
 
         def make() -> asyncio.Protocol:
@@ -188,7 +232,7 @@ class Stubs:
             self.servers[stub] = await loop.create_server(self._factory(stub), sock=sock)
         else:
             self.servers[stub] = await loop.create_server(
-                self._factory(stub), HOST, self.ports[stub], reuse_address=True)
+                self._factory(stub), demo.host_of(stub), self.ports[stub], reuse_address=True)
 
     async def _close(self, stub: str) -> None:
         server = self.servers.pop(stub, None)
@@ -204,6 +248,14 @@ class Stubs:
     def resume(self, service: str) -> None:
         for stub in SERVICE_STUBS[service]:
             self._call(self._serve(stub, None))
+
+    def mx_log(self) -> compare.ServiceLog:
+        """The MX stub's id log, read on the stubs' loop."""
+        async def snapshot() -> dict[str, Any]:
+            assert self.mx.received is not None
+            return {"service": egress_run.SERVICE, **self.mx.received.snapshot()}
+
+        return compare.ServiceLog.from_json(self._call(snapshot()))
 
     def close(self) -> None:
         if self.loop is None:
@@ -229,8 +281,11 @@ def fetch_json(port: int, path: str, timeout: float = 30.0) -> Any:
 
 @dataclass(slots=True)
 class Ingress:
+    """An ``mta-ingress run`` child: the ingress, or the egress tier (``name`` says which)."""
+
     process: subprocess.Popen[bytes]
     stderr_path: Path
+    name: str = "ingress"
 
     @classmethod
     def start(cls, config_path: Path, out: Path, name: str) -> Ingress:
@@ -242,16 +297,20 @@ class Ingress:
                 [sys.executable, "-m", "ingress", "run", "--config", str(config_path)],
                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=err, env=environ,
                 process_group=0)
-        return cls(process, stderr_path)
+        return cls(process, stderr_path, name)
+
+    @property
+    def access_log(self) -> Path:
+        return self.stderr_path.with_name(f"{self.name}.access.log")
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while b'msg="ready"' not in self.stderr_path.read_bytes():
             if self.process.poll() is not None:
-                raise RuntimeError(f"the ingress exited (code {self.process.returncode}); "
+                raise RuntimeError(f"{self.name} exited (code {self.process.returncode}); "
                                    f"see {self.stderr_path}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the ingress was not ready within {timeout:.0f} s")
+                raise RuntimeError(f"{self.name} was not ready within {timeout:.0f} s")
             time.sleep(0.1)
 
     def workers(self) -> list[int]:
@@ -305,12 +364,64 @@ def certificate_fingerprint(pem: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def egress_switch(report: FaultReport, egress: list[Ingress], ports: demo.Ports,
+                  config_path: Path, out: Path) -> None:
+    """The egress tier's update, with a session of its own in flight across it
+    (``loadtest/egress_run.py``): ``egress-rolling`` starts the second process before the
+    first gets SIGTERM (a surge), ``egress-restart`` once the first has closed its listeners,
+    so that connections are refused until it is ready.  No window: nothing is excused."""
+    first = egress[0]
+    surge = report.name == "egress-rolling"
+    # Opened before the second process exists, so that the first is the one that accepts it.
+    canary = egress_run.Canary(ports)
+    try:
+        if surge:
+            egress.append(Ingress.start(config_path, out, "egress-2"))
+            egress[-1].wait_ready()
+        pids = [first.process.pid, *first.workers()]
+        started = time.time()
+        first.process.send_signal(signal.SIGTERM)
+        listening = [ports[name] for name in egress_run.LISTENERS]
+        deadline = time.monotonic() + DRAIN + 10.0
+        while egress_run.still_listening(pids, listening):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the first egress process kept its listeners past its drain")
+            time.sleep(0.05)
+        closed = time.time()
+        egress_run.append_to_ledger(out / "ledger.jsonl", canary.finish())
+    finally:
+        canary.close()
+    if not surge:
+        egress.append(Ingress.start(config_path, out, "egress-2"))
+        egress[-1].wait_ready()
+        ready = time.time()
+    code = first.stop()
+    ended = time.time()
+    report.notes.append(
+        ("second egress process ready; the first got SIGTERM" if surge else
+         "the first egress process got SIGTERM")
+        + f", closed its listeners after {closed - started:.1f} s and exited {code} after "
+        f"{ended - started:.1f} s"
+        + ("" if surge else f"; the second was ready {ready - closed:.1f} s after the close, "
+           "connections were refused meanwhile")
+        + "; a session the first had accepted before the SIGTERM delivered its message after "
+        "its listeners closed")
+    drain = egress_run.drain_report(first.access_log.read_text().splitlines(), started)
+    report.notes.append(drain.text())
+    if code != 0:
+        report.error = f"the first egress process exited {code}"
+    elif drain.cut:
+        report.error = f"{drain.cut} egress sessions were cut at the end of the grace period"
+
+
 def run_fault(args: argparse.Namespace, report: FaultReport, ingress: list[Ingress],
               stubs: Stubs, ports: demo.Ports, config_path: Path, cert_file: Path,
-              out: Path) -> None:
+              out: Path, egress: list[Ingress], egress_config: Path) -> None:
     """Runs on its own thread, ``--fault-at`` seconds into the load; fills ``report``."""
     try:
-        if report.name == "worker":
+        if report.name in EGRESS_FAULTS:
+            egress_switch(report, egress, ports, egress_config, out)
+        elif report.name == "worker":
             first = ingress[0]
             workers = first.workers()
             if not workers:
@@ -376,14 +487,14 @@ def summary_table(stats_csv: Path) -> list[str]:
     """Locust's per-request statistics, the rows that measure whole requests and messages."""
     if not stats_csv.exists():
         return [f"(no {stats_csv.name})"]
-    lines = [f"{'type':<10} {'name':<18} {'requests':>9} {'failures':>8} {'req/s':>8} "
+    lines = [f"{'type':<10} {'name':<22} {'requests':>9} {'failures':>8} {'req/s':>8} "
              f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>8}"]
     with open(stats_csv, newline="") as handle:
         for row in csv.DictReader(handle):
             if row["Type"] == "SMTP step":
                 continue
             lines.append(
-                f"{row['Type'] or '':<10} {row['Name']:<18} {row['Request Count']:>9} "
+                f"{row['Type'] or '':<10} {row['Name']:<22} {row['Request Count']:>9} "
                 f"{row['Failure Count']:>8} {float(row['Requests/s']):>8.1f} "
                 f"{row['50%']:>7} {row['95%']:>7} {row['99%']:>7} "
                 f"{float(row['Max Response Time']):>8.0f}")
@@ -416,7 +527,10 @@ def locust_command(args: argparse.Namespace, ports: demo.Ports, out: Path) -> li
         "--https-proxied-port", str(ports["https-proxied"]),
         "--smtp-proxied-port", str(ports["smtp587-proxied"]),
         "--inbound-proxied-port", str(ports["smtp25-proxied"]),
-        "--ledger", str(out / "ledger.jsonl"), *args.locust_args,
+        "--ledger", str(out / "ledger.jsonl"),
+        *(egress_run.locust_options(ports) if runs_egress(args) else NO_EGRESS_USERS),
+        *([] if runs_ingress(args) else NO_INGRESS_USERS),
+        *args.locust_args,
     ]
 
 
@@ -441,20 +555,30 @@ def main(argv: list[str] | None = None) -> int:
     cert_file.write_bytes(selfsigned.generate(("localhost", HOST)))
     config_path = out / "ingress.toml"
     config_path.write_text(config_text(ports, cert_dir, args.workers))
-    try:
-        config.load(config_path, environ={})
-    except config.ConfigError as error:
-        print("\n".join(error.problems), file=sys.stderr)
-        return 2
+    egress_config = out / "egress.toml"
+    egress_config.write_text(egress_run.config_text(ports, workers=args.workers, drain=DRAIN,
+                                                    grace=GRACE))
+    for path in (config_path, egress_config):
+        try:
+            config.load(path, environ={})
+        except config.ConfigError as error:
+            print("\n".join(f"{path.name}: {problem}" for problem in error.problems),
+                  file=sys.stderr)
+            return 2
     stubs = Stubs(ports)
     instances: list[Ingress] = []
+    egress: list[Ingress] = []
     fault = FaultReport(args.fault)
     try:
         stubs.start(sockets)
-        instances.append(Ingress.start(config_path, out, "ingress"))
-        instances[0].wait_ready()
-        print(f"loadtest: {args.users} users for {args.duration:g} s, fault {args.fault}; "
-              f"output in {out}", flush=True)
+        if runs_ingress(args):
+            instances.append(Ingress.start(config_path, out, "ingress"))
+        if runs_egress(args):
+            egress.append(Ingress.start(egress_config, out, "egress"))
+        for instance in (*instances, *egress):
+            instance.wait_ready()
+        print(f"loadtest: {args.users} users for {args.duration:g} s, scenario "
+              f"{args.scenario}, fault {args.fault}; output in {out}", flush=True)
         with open(out / "locust.log", "wb") as locust_log:
             locust_process = subprocess.Popen(locust_command(args, ports, out), cwd=ROOT,
                                       stdin=subprocess.DEVNULL, stdout=locust_log,
@@ -462,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         fault_thread: threading.Thread | None = None
         if args.fault != "none":
             fault_thread = threading.Timer(args.fault_at, run_fault, (
-                args, fault, instances, stubs, ports, config_path, cert_file, out))
+                args, fault, instances, stubs, ports, config_path, cert_file, out, egress,
+                egress_config))
             fault_thread.start()
         try:
             code = locust_process.wait(args.duration + STOP_TIMEOUT + 60)
@@ -473,15 +598,17 @@ def main(argv: list[str] | None = None) -> int:
         if fault_thread is not None:
             fault_thread.join(DRAIN + GRACE + 60)
         # Stopped before the logs are read, so that nothing is still on its way to a stub.
-        for instance in instances:
+        for instance in (*instances, *egress):
             instance.stop()
         logs = [compare.ServiceLog.from_json(fetch_json(ports[stubs_of[-1]], "/_stub/received"))
-                for stubs_of in SERVICE_STUBS.values()]
+                for stubs_of in SERVICE_STUBS.values()] if runs_ingress(args) else []
+        if runs_egress(args):
+            logs.append(stubs.mx_log())
     except RuntimeError as error:
         print(f"loadtest: {error}", file=sys.stderr)
         return 2
     finally:
-        for instance in instances:
+        for instance in (*instances, *egress):
             instance.stop()
         stubs.close()
     ledger_path = out / "ledger.jsonl"
@@ -513,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         print("FAILED:\n  " + "\n  ".join(problems))
         return 1
     print("PASSED: every request and message counted as successful arrived exactly once, at "
-          "the right backend, with the right client address")
+          "the right backend, with the right client address"
+          + (" (for the MX, the source it asked for)" if runs_egress(args) else ""))
     return 0
 
 

@@ -185,3 +185,97 @@ def feedback_report(ident: str, size: int) -> bytes:
             ("message/feedback-report",
              "Feedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n\r\n"),
             ("message/rfc822", "")])
+
+
+# --- egress ---------------------------------------------------------------------------------
+#
+# An MTA sending outbound mail through the egress tier asks for a source address one of three
+# ways: SOCKS5 BIND to the source then CONNECT to the MX (KumoMTA's socks5_proxy_server), a
+# SOCKS5 CONNECT alone (the listener's default source: the first of its egress_sources), or a
+# PROXY header naming the source and the MX (KumoMTA's ha_proxy_server, v2 by default).  The MX
+# sees the source as its TCP peer: that is the address the comparison checks.
+
+EGRESS_MODES = ("socks5-bind", "socks5-connect", "forward-v2", "forward-v1")
+DEFAULT_EGRESS_MODES = ("socks5-bind", "socks5-connect", "forward-v2")
+SOURCE_HEADER = "X-Loadtest-Source"
+# RFC 1928 replies worth a retry, as an MTA's queue would retry them: a failure of the proxy or
+# of the path to the MX, not of the request (1 general failure, 3 network and 4 host
+# unreachable, 5 connection refused, 6 TTL expired).  A refusal by rule (2), an unsupported
+# command (7) or address type (8), and a refused greeting or password are the configuration's:
+# retrying changes nothing.
+RETRYABLE_REPLIES = frozenset({1, 3, 4, 5, 6})
+
+
+def listener_of(mode: str) -> str:
+    """Which egress listener a mode talks to: ``socks5`` or ``forward``."""
+    return "socks5" if mode.startswith("socks5") else "forward"
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPlan:
+    """One outbound session: how it asks for its source (``mode``), the source it names (None
+    for a CONNECT alone) and the address the MX must see."""
+
+    mode: str
+    requested: str | None
+    expected: str
+
+    @property
+    def listener(self) -> str:
+        return listener_of(self.mode)
+
+    @property
+    def proxy_version(self) -> int:
+        return 1 if self.mode == "forward-v1" else 2
+
+
+def egress_sources(text: str) -> tuple[str, ...]:
+    """``--egress-sources``: comma-separated addresses, the listener's default first."""
+    sources = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not sources:
+        raise ValueError("--egress-sources names no address")
+    for source in sources:
+        try:
+            ipaddress.ip_address(source)
+        except ValueError:
+            raise ValueError(f"--egress-sources: {source!r} is not an IP address") from None
+    if len(set(sources)) != len(sources):
+        raise ValueError("--egress-sources names an address twice")
+    return sources
+
+
+def egress_modes(text: str) -> tuple[str, ...]:
+    """``--egress-modes``: comma-separated names of ``EGRESS_MODES``."""
+    modes = tuple(item.strip() for item in text.split(",") if item.strip())
+    unknown = [mode for mode in modes if mode not in EGRESS_MODES]
+    if unknown or not modes:
+        raise ValueError(f"--egress-modes: {', '.join(unknown) or 'none given'}; the modes "
+                         f"are {', '.join(EGRESS_MODES)}")
+    return modes
+
+
+def plan_egress(rng: random.Random, modes: tuple[str, ...], sources: tuple[str, ...]
+                ) -> EgressPlan:
+    mode = rng.choice(modes)
+    if mode == "socks5-connect":
+        return EgressPlan(mode, None, sources[0])
+    source = rng.choice(sources)
+    return EgressPlan(mode, source, source)
+
+
+def egress_retryable(step: str, code: int | None) -> bool:
+    """Whether a refused SOCKS5 step (``ingress.demo.egress_clients.Socks5RefusedError``) is
+    worth a retry: a closed connection (None) always is (the egress process going away)."""
+    if code is None:
+        return True
+    if step in ("greeting", "authentication"):
+        return False
+    return code in RETRYABLE_REPLIES
+
+
+def egress_message(ident: str, source: str, size: int) -> bytes:
+    """An outbound message of about ``size`` bytes, naming the source it is to leave from."""
+    head = _headers(ident, "news@example.com", "reader@example.net", f"Outbound {ident}",
+                    f"{SOURCE_HEADER}: {source}\r\nContent-Type: text/plain; "
+                    "charset=us-ascii\r\n")
+    return head + _padding(max(0, size - len(head)))

@@ -1,27 +1,33 @@
-"""The single-node demo: the ingress in front of stub GreenArrow services, on loopback.
+"""The single-node demo: the ingress in front of stub GreenArrow services, and the egress tier in
+front of a stub MX, on loopback.
 
 ``mta-ingress demo [--base-port N]`` (what ``make demo`` runs) starts, on 127.0.0.1:
 
 - stub services, in this process on uvloop: an MTA and an Event Tracker that speak SMTP (with
   the PROXY header the greenarrow preset sends) and HTTP, and a TLS service (HTTP); each answers
   with what it saw (``ingress/demo/stub_smtp.py``, ``ingress/demo/stub_http.py``);
+- an MX stub on 127.0.0.250 (``SINK_HOST``): the remote MX of an outbound message, the SMTP stub
+  without a PROXY header, so that its replies name the address a session came from;
 - the ingress itself, ``mta-ingress run`` with the greenarrow preset moved onto loopback ports
   (``demo_config_text``), as a child process;
+- the egress tier, a second ``mta-ingress run`` with the egress preset (``egress_config_text``):
+  a socks5 and a forward listener sending from 127.0.0.51 or 127.0.0.52 (``EGRESS_SOURCES``) to
+  the MX stub only.  A process of its own, as in production, where it runs on the sending hosts;
 
-then prints a guide (``guide_text``) of commands to try, once the ingress reports ready.
+then prints a guide (``guide_text``) of commands to try, once both report ready.
 
 Ports are a block starting at ``--base-port`` (default 20000); see ``OFFSETS``.  Every port is
 checked before anything starts, and a taken one is reported in one line naming it and the
 option.
 
-Stopping: Ctrl-C (SIGINT), SIGTERM or SIGHUP.  The ingress child runs in its own process group,
-so a Ctrl-C on the terminal reaches only this process, which stops the ingress with one SIGTERM
-(its configured drain is 0 s, so this is the same shutdown as a SIGINT; and a SIGTERM that
-arrives while the child is still importing ends it silently, where a SIGINT would print a
-KeyboardInterrupt traceback), waits for it, then stops the stubs.  A second Ctrl-C kills the
-ingress's process group at once.  The demo exits 0 when it was stopped this way (being stopped
-is how the demo ends, and ``make`` would otherwise report an error), 1 when something failed,
-2 for a bad ``--base-port``.
+Stopping: Ctrl-C (SIGINT), SIGTERM or SIGHUP.  Each child runs in its own process group, so a
+Ctrl-C on the terminal reaches only this process, which stops the children with one SIGTERM
+each (their configured drain is 0 s, so this is the same shutdown as a SIGINT; and a SIGTERM
+that arrives while a child is still importing ends it silently, where a SIGINT would print a
+KeyboardInterrupt traceback), waits for them, then stops the stubs.  A second Ctrl-C kills the
+children's process groups at once.  The demo exits 0 when it was stopped this way (being
+stopped is how the demo ends, and ``make`` would otherwise report an error), 1 when something
+failed, 2 for a bad ``--base-port``.
 
 Under ``make demo`` that status alone is not enough: the terminal sends Ctrl-C's SIGINT to its
 foreground process group, make's, and GNU make, once its child has exited, kills itself with
@@ -38,13 +44,14 @@ import contextlib
 import ctypes
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -56,6 +63,17 @@ from tls import selfsigned
 
 HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 20000
+# The MX stub listens off 127.0.0.1: the egress listeners' client network (allow_clients,
+# 127.0.0.1/32) is on their deny list, the rest of loopback is this host's to use.
+SINK_HOST = "127.0.0.250"
+# Two of this host's loopback addresses as the sending addresses, so that the MX stub's answer
+# shows which one a session left from; the first is the default of a CONNECT without BIND.
+EGRESS_SOURCES = ("127.0.0.51", "127.0.0.52")
+# The egress listeners' default deny list (routing/egress.py) less loopback, where the demo's MX
+# is; the client's own network stays denied (allow_clients is added to the list), and
+# egress_ports lets a session reach the MX stub's port only.
+DEMO_DENY_DESTINATIONS = ("169.254.0.0/16", "fe80::/10", "10.0.0.0/8", "172.16.0.0/12",
+                          "192.168.0.0/16", "100.64.0.0/10", "0.0.0.0/8", "fc00::/7")
 
 # Port = base + offset. The listeners keep the last digits of the KRA's ports (10025 -> base+25,
 # 11025 -> base+1025, ...), so that a port number says which listener it is.
@@ -74,16 +92,25 @@ OFFSETS: dict[str, int] = {
     "event-tracker-http": 2080,
     "mta-http": 2081,
     "tls-http": 2082,
+    # The egress preset's ports, 2526 (forward) and 5000 (socks5, KumoProxy's), its admin's
+    # last digits, and the MX stub's (25) after the 5.
+    "egress-forward": 2526,
+    "egress-socks": 5000,
+    "mx-smtp": 5025,
+    "egress-admin": 5081,
 }
 LISTENERS = ("smtp25", "smtp587", "http", "https", "smtp25-proxied", "smtp587-proxied",
              "http-proxied", "https-proxied")
 # Stub ports carry the names of the greenarrow preset's backends that point at them.
 STUBS = ("event-tracker-smtp", "mta-smtp", "event-tracker-http", "mta-http", "tls-http")
+EGRESS_LISTENERS = ("egress-socks", "egress-forward")
+SINK = "mx-smtp"
+SINK_NAME = "sink.demo"
 MIN_BASE_PORT = 1024
 MAX_BASE_PORT = 65535 - max(OFFSETS.values())
 
 READY_TIMEOUT = 20.0
-# The demo's timeouts.grace is 2 s: the ingress is gone well within this after a SIGINT.
+# The demo's timeouts.grace is 2 s: the children are gone well within this after a SIGTERM.
 STOP_TIMEOUT = 8.0
 PR_SET_PDEATHSIG = 1
 
@@ -101,11 +128,20 @@ class Ports:
                       key=lambda item: item[1])
 
 
+def host_of(name: str) -> str:
+    """The address a port of ``OFFSETS`` is bound on."""
+    return SINK_HOST if name == SINK else HOST
+
+
 def describe(name: str) -> str:
     """What binds a port of ``OFFSETS``, for messages."""
     if name == "admin":
         return "the admin listener"
-    if name in LISTENERS:
+    if name == "egress-admin":
+        return "the egress tier's admin listener"
+    if name == SINK:
+        return "the MX SMTP stub"
+    if name in LISTENERS or name in EGRESS_LISTENERS:
         return f"the {name} listener"
     service, _, protocol = name.rpartition("-")
     return f"the {service} {protocol.upper()} stub"
@@ -122,8 +158,8 @@ def port_in_use_message(name: str, port: int, base_port: int) -> str:
     suggestion = base_port + 3000 if base_port + 3000 <= MAX_BASE_PORT else DEFAULT_BASE_PORT
     if suggestion == base_port:
         suggestion = 30000
-    return (f"demo: port {port} on {HOST} ({describe(name)}) is already in use; move the demo's "
-            f"ports with --base-port, e.g. mta-ingress demo --base-port {suggestion}")
+    return (f"demo: port {port} on {host_of(name)} ({describe(name)}) is already in use; move "
+            f"the demo's ports with --base-port, e.g. mta-ingress demo --base-port {suggestion}")
 
 
 def demo_config_text(ports: Ports, cert_dir: Path) -> str:
@@ -141,9 +177,26 @@ def demo_config_text(ports: Ports, cert_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def egress_config_text(ports: Ports, sources: Sequence[str] = EGRESS_SOURCES) -> str:
+    """The egress preset on loopback: its two listeners, taking MTAs' sessions from 127.0.0.1
+    only and sending them from ``sources`` (the first is the default) to the MX stub's port."""
+    lines = ['preset = "egress"', "workers = 1", "",
+             "[timeouts]", 'drain = "0s"', 'grace = "2s"', ""]
+    # JSON arrays of strings and numbers are valid TOML arrays.
+    for name in EGRESS_LISTENERS:
+        lines += [f"[listeners.{name}]", f'bind = ["{HOST}:{ports[name]}"]',
+                  f"egress_sources = {json.dumps(list(sources))}",
+                  f"egress_ports = [{ports[SINK]}]",
+                  f'allow_clients = ["{HOST}/32"]',
+                  f"deny_destinations = {json.dumps(list(DEMO_DENY_DESTINATIONS))}", ""]
+    lines += ["[admin]", f'bind = ["{HOST}:{ports["egress-admin"]}"]', ""]
+    return "\n".join(lines)
+
+
 GUIDE = """\
 mta-ingress demo: the ingress (greenarrow preset) on {host}, in front of stub GreenArrow services
-(MTA, Event Tracker, TLS) that answer with what they received. In another terminal:
+(MTA, Event Tracker, TLS) that answer with what they received, and the egress tier in front of a
+stub MX. In another terminal:
 
 A click, answered by the Event Tracker stub; "x_forwarded_for" is the address the ingress
 added (yours), "peer" the ingress's own connection to the stub:
@@ -172,20 +225,43 @@ counted:
   curl -s http://{host}:{admin}/metrics
   curl -s http://{host}:{mta_http}/_stub/counts
 
+The egress tier, a second mta-ingress (egress preset) as on the hosts that send the MTAs'
+outbound mail: an MTA asks it to send from one of the host's addresses, here {default_source}
+(the default) or {other_source}, and the MX stub at {sink_host}:{sink} answers with the address
+each session came from. A SOCKS5 CONNECT alone, as curl makes it, leaves from the default (the
+"<" lines of curl -v are the MX's replies):
+  curl -sv --socks5 {host}:{egress_socks} smtp://{sink_host}:{sink} --mail-from demo@example.org --mail-rcpt someone@example.net --upload-file {message_file}
+KumoMTA's SOCKS5 exchange, BIND to the source then CONNECT, leaves from the source it names:
+  {python} -m ingress.demo.egress_try --socks5 {host}:{egress_socks} --source {other_source} --to {sink_host}:{sink}
+The forward listener takes a PROXY header instead (KumoMTA's ha_proxy_server): the header's
+source is the address to send from, its destination the MX:
+  printf 'PROXY TCP4 {other_source} {sink_host} 40000 {sink}\\r\\nQUIT\\r\\n' | nc {host} {egress_forward}
+or without nc, with a v2 header and a whole message:
+  {python} -m ingress.demo.egress_try --forward {host}:{egress_forward} --source {other_source} --to {sink_host}:{sink}
+
 Ports: listeners {smtp25} {smtp587} {http} {https} (and +1000: -proxied), admin {admin},
-stubs {stubs}; --base-port moves them all.
-The ingress's access log follows. Ctrl-C stops everything.
+stubs {stubs}; egress listeners {egress_socks} (socks5) {egress_forward} (forward), egress admin
+{egress_admin}, MX stub {sink_host}:{sink}; --base-port moves them all.
+The access logs of the ingress and the egress tier follow; Ctrl-C stops all.
 """  # noqa: E501 (one command a line, to copy whole)
 
-GUIDE_LAST_LINE = "The ingress's access log follows. Ctrl-C stops everything."
+GUIDE_LAST_LINE = "The access logs of the ingress and the egress tier follow; Ctrl-C stops all."
+MESSAGE = (b"From: demo@example.org\r\nTo: someone@example.net\r\n"
+           b"Subject: through the egress tier\r\n\r\nHello from mta-ingress demo.\r\n")
 
 
-def guide_text(ports: Ports, cert_file: Path) -> str:
+def guide_text(ports: Ports, cert_file: Path, message_file: Path = Path("message.eml"),
+               python: str = sys.executable) -> str:
+    """``python``: the interpreter that runs the demo's own client (it has this package)."""
     return GUIDE.format(
         host=HOST, cert_file=cert_file, http=ports["http"], https=ports["https"],
         smtp25=ports["smtp25"], smtp587=ports["smtp587"],
         smtp587_proxied=ports["smtp587-proxied"], admin=ports["admin"],
-        mta_http=ports["mta-http"], stubs=" ".join(str(ports[name]) for name in STUBS))
+        mta_http=ports["mta-http"], stubs=" ".join(str(ports[name]) for name in STUBS),
+        default_source=EGRESS_SOURCES[0], other_source=EGRESS_SOURCES[1],
+        sink_host=SINK_HOST, sink=ports[SINK], egress_socks=ports["egress-socks"],
+        egress_forward=ports["egress-forward"], egress_admin=ports["egress-admin"],
+        message_file=shlex.quote(str(message_file)), python=shlex.quote(python))
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -204,7 +280,7 @@ def _bind(name: str, port: int) -> socket.socket:
     # No SO_REUSEPORT: with it, a second demo would share the ports of the first one silently.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((HOST, port))
+        sock.bind((host_of(name), port))
     except OSError as error:
         sock.close()
         raise PortInUseError(name, port) from error
@@ -212,18 +288,18 @@ def _bind(name: str, port: int) -> socket.socket:
 
 
 def claim_ports(ports: Ports) -> dict[str, socket.socket]:
-    """Check every port, in order; returns the stubs' sockets, bound and listening, and raises
-    ``PortInUseError`` for the first port that cannot be bound."""
+    """Check every port, in order; returns the stubs' sockets (the MX stub's too), bound and
+    listening, and raises ``PortInUseError`` for the first port that cannot be bound."""
     stubs: dict[str, socket.socket] = {}
     try:
         for name, port in ports.all():
             sock = _bind(name, port)
-            if name in STUBS:
+            if name in STUBS or name == SINK:
                 sock.listen(128)
                 sock.setblocking(False)
                 stubs[name] = sock
             else:
-                sock.close()  # the ingress binds it in a moment
+                sock.close()  # the ingress or the egress tier binds it in a moment
     except PortInUseError:
         for sock in stubs.values():
             sock.close()
@@ -231,14 +307,24 @@ def claim_ports(ports: Ports) -> dict[str, socket.socket]:
     return stubs
 
 
+@dataclass(frozen=True, slots=True)
+class Child:
+    """An ``mta-ingress run`` of the demo: ``name`` for messages, ``admin`` its admin port."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    admin: int
+
+
 def _child_setup() -> None:
-    # Runs in the ingress child between fork and exec: if this process dies without stopping
-    # it (SIGKILL), the kernel sends it SIGTERM instead of leaving it serving on the ports.
+    # Runs in each child between fork and exec: if this process dies without stopping it
+    # (SIGKILL), the kernel sends it SIGTERM instead of leaving it serving on the ports.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _start_ingress(config_path: Path) -> subprocess.Popen[bytes]:
+def _start_child(config_path: Path) -> subprocess.Popen[bytes]:
+    """``mta-ingress run --config config_path``, in a process group of its own."""
     # The user's MTA_INGRESS_* variables would change the demo's configuration under it.
     environ = {key: value for key, value in os.environ.items()
                if not key.startswith("MTA_INGRESS_")}
@@ -247,21 +333,29 @@ def _start_ingress(config_path: Path) -> subprocess.Popen[bytes]:
         stdin=subprocess.DEVNULL, env=environ, process_group=0, preexec_fn=_child_setup)
 
 
-def _kill_ingress(process: subprocess.Popen[bytes]) -> None:
+def _kill_child(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the group: its workers too
 
 
-def _stop_ingress(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        _kill_ingress(process)
-        return process.wait()
+def _stop_children(processes: Sequence[subprocess.Popen[bytes]],
+                   timeout: float = STOP_TIMEOUT) -> list[int]:
+    """SIGTERM to every child first, so that they stop together, then wait for each within
+    ``timeout`` in all; one still running then is killed with its process group."""
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    codes = []
+    for process in processes:
+        try:
+            codes.append(process.wait(max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            _kill_child(process)
+            codes.append(process.wait())
+    return codes
 
 
 async def _is_ready(port: int) -> bool:
@@ -279,8 +373,8 @@ async def _is_ready(port: int) -> bool:
         writer.close()
 
 
-async def _serve(ports: Ports, stub_sockets: dict[str, socket.socket],
-                 process: subprocess.Popen[bytes], cert_file: Path) -> int:
+async def _serve(ports: Ports, stub_sockets: dict[str, socket.socket], children: list[Child],
+                 cert_file: Path, message_file: Path) -> int:
     loop = asyncio.get_running_loop()
     signals = 0
     stop = asyncio.Event()
@@ -289,7 +383,8 @@ async def _serve(ports: Ports, stub_sockets: dict[str, socket.socket],
         nonlocal signals
         signals += 1
         if signals > 1:
-            _kill_ingress(process)  # a second Ctrl-C: no more waiting for open sessions
+            for child in children:  # a second Ctrl-C: no more waiting for open sessions
+                _kill_child(child.process)
         stop.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -309,37 +404,50 @@ async def _serve(ports: Ports, stub_sockets: dict[str, socket.socket],
         await stub_http.start(mta, sock=stub_sockets["mta-http"]),
         await stub_http.start(event_tracker, sock=stub_sockets["event-tracker-http"]),
         await stub_http.start(tls_service, sock=stub_sockets["tls-http"]),
+        # No PROXY header: the MX's peer is the egress tier's socket, bound to the source.
+        await loop.create_server(stub_smtp.factory(SINK_NAME, stub_smtp.StubStats(),
+                                                   expect_proxy=False),
+                                 sock=stub_sockets[SINK]),
     ]
     try:
         deadline = time.monotonic() + READY_TIMEOUT
-        while not await _is_ready(ports["admin"]):
+        waiting = list(children)
+        while waiting:
+            waiting = [child for child in waiting if not await _is_ready(child.admin)]
+            if not waiting:
+                break
             if stop.is_set():
                 print("demo: stopping", file=sys.stderr, flush=True)
-                return 0  # the caller stops the ingress
-            if process.poll() is not None:
-                print(f"demo: the ingress exited during start-up (code {process.returncode}); "
-                      "see its messages above", file=sys.stderr)
-                return 1
+                return 0  # the caller stops the children
+            for child in children:
+                if child.process.poll() is not None:
+                    print(f"demo: {child.name} exited during start-up (code "
+                          f"{child.process.returncode}); see its messages above",
+                          file=sys.stderr)
+                    return 1
             if time.monotonic() > deadline:
-                print(f"demo: the ingress was not ready within {READY_TIMEOUT:.0f} s",
+                print(f"demo: {waiting[0].name} was not ready within {READY_TIMEOUT:.0f} s",
                       file=sys.stderr)
                 return 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
-        print(guide_text(ports, cert_file), flush=True)
+        print(guide_text(ports, cert_file, message_file), flush=True)
         while not stop.is_set():
-            if process.poll() is not None:
-                print(f"demo: the ingress exited (code {process.returncode})", file=sys.stderr)
-                return 1
+            for child in children:
+                if child.process.poll() is not None:
+                    print(f"demo: {child.name} exited (code {child.process.returncode})",
+                          file=sys.stderr)
+                    return 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
         print("demo: stopping", file=sys.stderr, flush=True)
-        # The stubs keep answering while the ingress lets open sessions finish.
-        code = await loop.run_in_executor(None, _stop_ingress, process)
-        if code != 0:
-            print(f"demo: the ingress exited with code {code} while stopping", file=sys.stderr)
-            return 1
-        return 0
+        # The stubs keep answering while the children let open sessions finish.
+        codes = await loop.run_in_executor(
+            None, _stop_children, [child.process for child in children])
+        failed = [(child, code) for child, code in zip(children, codes, strict=True) if code]
+        for child, code in failed:
+            print(f"demo: {child.name} exited with code {code} while stopping", file=sys.stderr)
+        return 1 if failed else 0
     finally:
         for server in servers:
             server.close()
@@ -430,21 +538,31 @@ def _main(base_port: int) -> int:
             cert_dir.mkdir()
             cert_file = cert_dir / "localhost.pem"
             cert_file.write_bytes(selfsigned.generate(("localhost", HOST)))
+            message_file = Path(workdir) / "message.eml"
+            message_file.write_bytes(MESSAGE)
             config_path = Path(workdir) / "demo.toml"
             config_path.write_text(demo_config_text(ports, cert_dir))
-            try:
-                config.load(config_path, environ={})  # its problems, here and in one place
-            except config.ConfigError as error:
-                for line in error.problems:
-                    print(f"demo: {line}", file=sys.stderr)
-                return 1
+            egress_path = Path(workdir) / "egress.toml"
+            egress_path.write_text(egress_config_text(ports))
+            for path in (config_path, egress_path):
+                try:
+                    config.load(path, environ={})  # its problems, here and in one place
+                except config.ConfigError as error:
+                    for line in error.problems:
+                        print(f"demo: {path.name}: {line}", file=sys.stderr)
+                    return 1
             import uvloop
 
-            process = _start_ingress(config_path)
+            children: list[Child] = []
             try:
-                return uvloop.run(_serve(ports, stub_sockets, process, cert_file))
+                children.append(Child("the ingress", _start_child(config_path),
+                                      ports["admin"]))
+                children.append(Child("the egress tier", _start_child(egress_path),
+                                      ports["egress-admin"]))
+                return uvloop.run(_serve(ports, stub_sockets, children, cert_file,
+                                         message_file))
             finally:
-                _stop_ingress(process)
+                _stop_children([child.process for child in children])
     finally:
         for sock in stub_sockets.values():
             sock.close()

@@ -5,6 +5,10 @@ It answers every command, accepts any message, and says in its replies which cli
 the PROXY header gave it, so that a person trying the demo sees the address travel.  It is not
 a mail server: messages are counted (and their size and client address kept), then dropped.
 
+Without ``expect_proxy`` it is the remote MX behind the egress tier (the demo's, the load
+test's): the client address in its banner and its ``250`` is then its TCP peer, which is the
+source address the egress tier sent from.
+
 Counting: ``StubStats`` is shared by every session of one stub.  ``sessions`` counts every
 connection, the ingress's health checks included (they connect and close without a byte);
 ``session_clients`` and ``message_clients`` count, by client host, only the sessions that got

@@ -4,6 +4,12 @@ command of the guide and check that each shows what the guide promises, then Ctr
 One demo process serves the whole module (it takes a second to start); the last test stops it.
 Every command the guide prints is classified by ``command_kind`` and each kind is run by one
 test: a command the tests do not know fails ``test_every_guide_command_is_checked``.
+
+The egress commands are checked by what the MX stub answers: the address each session came
+from, the default source for curl's CONNECT, the named one for BIND and the PROXY header.  The
+``printf | nc`` line runs in ``sh`` as printed; where no ``nc`` is installed, a stand-in that does
+what ``nc HOST PORT`` does with a piped input (send it, half-close, print until the server
+closes) is put first on the PATH, so that the bytes the line sends are still the ones checked.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import random
 import re
 import select
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,11 +54,11 @@ def demo_command() -> list[str]:
 
 
 def block_is_free(base: int) -> bool:
-    for _, port in demo.Ports(base).all():
+    for name, port in demo.Ports(base).all():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind(("127.0.0.1", port))
+                sock.bind((demo.host_of(name), port))
             except OSError:
                 return False
     return True
@@ -147,6 +154,12 @@ def guide_commands(guide: str) -> list[str]:
 
 def command_kind(command: str, ports: demo.Ports) -> str:
     words = shlex.split(command)
+    if words[0] == "curl" and "--socks5" in words:
+        return "egress-curl"
+    if words[1:3] == ["-m", "ingress.demo.egress_try"]:
+        return "egress-try-socks5" if "--socks5" in words else "egress-try-forward"
+    if words[0] == "printf" and words[2:4] == ["|", "nc"]:
+        return "egress-nc"
     if words[0] == "curl":
         url = next(word for word in words[1:] if word.startswith(("http://", "https://")))
         if url.endswith("/metrics"):
@@ -168,7 +181,8 @@ def command_kind(command: str, ports: demo.Ports) -> str:
 
 
 CHECKED_KINDS = {"click", "send.json", "acme", "swaks-587", "swaks-25", "swaks-proxied",
-                 "smtplib", "metrics", "counts"}
+                 "smtplib", "metrics", "counts", "egress-curl", "egress-try-socks5", "egress-nc",
+                 "egress-try-forward"}
 
 
 def commands_of(running: Demo, kind: str) -> list[str]:
@@ -177,12 +191,37 @@ def commands_of(running: Demo, kind: str) -> list[str]:
     return found
 
 
-def run(command: str) -> str:
+def run(command: str, *, stderr: bool = False) -> str:
     """Run a guide command exactly as printed (no shell: the guide's quoting is shell quoting,
-    which shlex reproduces); it must succeed."""
+    which shlex reproduces); it must succeed. ``stderr``: its stderr after its stdout."""
     words = shlex.split(command)
     done = subprocess.run(words, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
                           stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, f"{command}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr if stderr else done.stdout
+
+
+NC_STAND_IN = """\
+import socket, sys
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+sock.sendall(sys.stdin.buffer.read())
+sock.shutdown(socket.SHUT_WR)
+while data := sock.recv(65536):
+    sys.stdout.buffer.write(data)
+"""
+
+
+def run_in_shell(command: str, tmp_path: Path) -> str:
+    """Run a guide pipeline in ``sh`` as printed, with the stand-in for a missing ``nc``."""
+    environ = dict(os.environ)
+    if shutil.which("nc") is None:
+        stand_in = tmp_path / "bin" / "nc"
+        stand_in.parent.mkdir()
+        stand_in.write_text(f"#!{sys.executable}\n{NC_STAND_IN}")
+        stand_in.chmod(0o755)
+        environ["PATH"] = f"{stand_in.parent}{os.pathsep}{environ.get('PATH', '')}"
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=environ,
+                          timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL, check=False)
     assert done.returncode == 0, f"{command}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -291,6 +330,71 @@ def test_counts_show_what_the_mta_stub_received(running_demo: Demo) -> None:
     assert (http_after["requests_by_client"]["127.0.0.1"]
             == http_before["requests_by_client"].get("127.0.0.1", 0) + 1)
     assert isinstance(after["smtp"], dict)
+
+
+MX_BANNER = re.compile(rf"220 {re.escape(demo.SINK_NAME)} ESMTP demo stub; your address is "
+                       r"(\S+):\d+")
+MX_QUEUED = re.compile(rf"250 2\.0\.0 queued by {re.escape(demo.SINK_NAME)} \(\d+ bytes, "
+                       r"client (\S+):\d+\)")
+
+
+def requested_source(command: str) -> str:
+    """The source a guide command asks for: ``--source``, the PROXY header's, or none."""
+    words = shlex.split(command)
+    if "--source" in words:
+        return words[words.index("--source") + 1]
+    if words[0] == "printf":
+        return words[1].split()[2]
+    raise AssertionError(f"no source in {command}")
+
+
+def test_egress_curl_connect_leaves_from_the_default_source(running_demo: Demo) -> None:
+    require_binary("curl")
+    [command] = commands_of(running_demo, "egress-curl")
+    output = run(command, stderr=True)  # curl -v: the MX's replies are its "<" lines
+    assert MX_BANNER.findall(output) == [demo.EGRESS_SOURCES[0]], output
+    assert MX_QUEUED.findall(output) == [demo.EGRESS_SOURCES[0]], output
+
+
+@pytest.mark.parametrize("kind", ["egress-try-socks5", "egress-try-forward"])
+def test_egress_try_leaves_from_the_source_it_names(running_demo: Demo, kind: str) -> None:
+    [command] = commands_of(running_demo, kind)
+    source = requested_source(command)
+    assert source != demo.EGRESS_SOURCES[0]  # so that the change of address shows
+    output = run(command)
+    assert MX_BANNER.findall(output) == [source], output
+    assert MX_QUEUED.findall(output) == [source], output
+    if kind == "egress-try-socks5":
+        assert f"BIND {source} granted" in output
+        assert f"the proxy's socket to the MX is {source}:" in output
+    assert "< 221 " in output
+
+
+def test_egress_raw_proxy_header_leaves_from_its_source(running_demo: Demo,
+                                                        tmp_path: Path) -> None:
+    require_binary("sh")
+    [command] = commands_of(running_demo, "egress-nc")
+    source = requested_source(command)
+    output = run_in_shell(command, tmp_path)
+    assert MX_BANNER.findall(output) == [source], output
+    assert "221 2.0.0 bye" in output
+
+
+def test_egress_sessions_are_in_the_access_log(running_demo: Demo) -> None:
+    [command] = commands_of(running_demo, "egress-try-socks5")
+    run(command)
+    wanted = f"source={demo.EGRESS_SOURCES[1]}"
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            line = running_demo.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is not None and "kind=egress" in line and wanted in line:
+            assert "listener=egress-socks" in line
+            assert f"destination={demo.SINK_HOST}:{running_demo.ports[demo.SINK]}" in line
+            return
+    pytest.fail("no egress access log line on the demo's stdout")
 
 
 def test_access_log_follows_the_guide(running_demo: Demo) -> None:

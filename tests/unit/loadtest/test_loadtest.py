@@ -1,11 +1,17 @@
 """The load test's pure parts: the exactly-once comparison, ids and client plans, the generated
-messages (read back by the SMTP stub's id parser), and the stubs' id logs."""
+messages (read back by the SMTP stub's id parser), the stubs' id logs, and the egress run's
+plans, retry rule, drain report and listener check."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
+import socket
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingress.demo import stub_http, stub_smtp
-from loadtest import compare, traffic
+from loadtest import compare, egress_run, traffic
 from loadtest.compare import Arrival, Sent, ServiceLog
 from tests.unit.demo.test_stub_http import RecordingTransport
 
@@ -237,3 +243,193 @@ def test_received_path_without_a_log_is_404() -> None:
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.data_received(b"GET /_stub/received HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.written.startswith(b"HTTP/1.1 404 ")
+
+
+# --- egress: the plans, the messages, the MX stub's log -------------------------------------
+
+
+def test_egress_sources_and_modes_are_checked() -> None:
+    assert traffic.egress_sources(" 127.0.0.5, 127.0.0.7,::1") == ("127.0.0.5", "127.0.0.7",
+                                                                    "::1")
+    for bad in ("", "127.0.0.5,mx.example", "127.0.0.5,127.0.0.5"):
+        with pytest.raises(ValueError, match="--egress-sources"):
+            traffic.egress_sources(bad)
+    assert traffic.egress_modes("socks5-bind,forward-v1") == ("socks5-bind", "forward-v1")
+    with pytest.raises(ValueError, match="socks4"):
+        traffic.egress_modes("socks4,forward-v2")
+    with pytest.raises(ValueError, match="none given"):
+        traffic.egress_modes(" , ")
+
+
+@given(st.integers(min_value=0, max_value=2**32),
+       st.lists(st.sampled_from(traffic.EGRESS_MODES), min_size=1, unique=True))
+def test_egress_plans_expect_the_source_the_session_asks_for(seed: int, modes: list[str]
+                                                             ) -> None:
+    sources = ("127.0.0.5", "127.0.0.7", "127.0.0.8")
+    plan = traffic.plan_egress(random.Random(seed), tuple(modes), sources)
+    assert plan.mode in modes
+    if plan.mode == "socks5-connect":
+        # A CONNECT alone names no source: the listener's default, the first one, is expected.
+        assert plan.requested is None
+        assert plan.expected == sources[0]
+    else:
+        assert plan.requested == plan.expected
+        assert plan.expected in sources
+    assert plan.listener == ("socks5" if plan.mode.startswith("socks5") else "forward")
+    assert plan.proxy_version == (1 if plan.mode == "forward-v1" else 2)
+
+
+@pytest.mark.parametrize(("step", "code", "retry"), [
+    ("greeting", None, True), ("connect", None, True), ("bind", 1, True), ("connect", 5, True),
+    ("connect", 6, True), ("connect", 4, True), ("bind", 2, False), ("connect", 2, False),
+    ("connect", 7, False), ("connect", 8, False), ("greeting", 0xFF, False),
+    ("authentication", 1, False)])
+def test_egress_retryable(step: str, code: int | None, retry: bool) -> None:
+    assert traffic.egress_retryable(step, code) is retry
+
+
+@given(st.integers(min_value=0, max_value=100_000))
+def test_egress_message_carries_its_id_and_source(size: int) -> None:
+    message = traffic.egress_message("abc-smtp-9", "127.0.0.7", size)
+    assert stub_smtp.loadtest_id(message[:stub_smtp.HEAD_LIMIT]) == "abc-smtp-9"
+    assert f"\r\n{traffic.SOURCE_HEADER}: 127.0.0.7\r\n".encode() in message
+    assert all(len(line) <= 998 and not line.startswith(b".")
+               for line in message.split(b"\r\n"))
+    assert len(message) >= size - 200
+
+
+def test_mx_stub_logs_each_message_with_its_tcp_peer() -> None:
+    ids = stub_smtp.IdLog()
+    stats = stub_smtp.StubStats(received=ids)
+    session = stub_smtp.StubSmtp("mx.test", stats, expect_proxy=False)
+    transport = RecordingTransport(("127.0.0.7", 41000))
+    session.connection_made(transport)  # type: ignore[arg-type]
+    assert transport.written.startswith(b"220 mx.test ESMTP demo stub; your address is "
+                                        b"127.0.0.7:41000\r\n")
+    # Something that looks like a PROXY header is just a bad command here.
+    session.data_received(b"PROXY TCP4 203.0.113.9 127.0.0.250 1 25\r\nEHLO x\r\n"
+                          b"MAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n")
+    session.data_received(traffic.egress_message("o-1", "127.0.0.7", 3000) + b".\r\n")
+    assert ids.entries == [("smtp", "o-1", "127.0.0.7")]
+    assert b"client 127.0.0.7:41000)" in transport.written
+
+
+# --- egress: the runner's pure parts ----------------------------------------------------------
+
+
+def test_egress_config_has_the_load_tests_sources_and_settings(tmp_path: Path) -> None:
+    from ingress import config
+    from ingress.demo import single_node as demo
+
+    path = tmp_path / "egress.toml"
+    ports = demo.Ports(24000)
+    path.write_text(egress_run.config_text(ports, workers=2, drain=2.0, grace=15.0))
+    loaded = config.load(path, environ={})
+    assert loaded.workers == 2
+    assert (loaded.timeouts.drain, loaded.timeouts.grace) == (2.0, 15.0)
+    for listener in loaded.enabled_listeners:
+        assert listener.egress_sources == egress_run.SOURCES
+        assert listener.egress_ports == (ports[demo.SINK],)
+    options = egress_run.locust_options(ports)
+    assert options[options.index("--egress-sources") + 1] == "127.0.0.5,127.0.0.7,127.0.0.8"
+    assert options[options.index("--egress-to") + 1] == f"127.0.0.250:{ports[demo.SINK]}"
+
+
+def test_fields_of_reads_logfmt() -> None:
+    assert egress_run.fields_of('ts=1 kind=egress detail="source 127.0.0.9" end=refused') == {
+        "ts": "1", "kind": "egress", "detail": "source 127.0.0.9", "end": "refused"}
+
+
+def test_drain_report_counts_the_sessions_that_ended_after_the_signal() -> None:
+    signalled = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+
+    def line(ended: str, duration_ms: int, end: str, kind: str = "egress") -> str:
+        return (f"ts=2026-01-02T03:04:{ended}Z kind={kind} listener=egress-socks "
+                f"source=127.0.0.7 duration_ms={duration_ms} end={end} worker=0")
+
+    report = egress_run.drain_report([
+        line("04.000", 10, "closed"),              # before the signal: not counted
+        line("05.500", 900, "server-closed"),      # open at the signal
+        line("06.000", 200, "client-closed"),      # accepted during the drain
+        line("20.000", 16000, "shutdown-grace-expired"),
+        line("06.000", 10, "-", kind="tcp"),       # not an egress line
+        "2026-01-02T03:04:06Z level=INFO msg=\"stopped\"",
+    ], signalled)
+    assert (report.open_at_signal, report.accepted_after, report.cut) == (2, 1, 1)
+    assert report.ends == {"server-closed": 1, "client-closed": 1, "shutdown-grace-expired": 1}
+    assert "2 of the first egress process's sessions were open" in report.text()
+
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:61A8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1
+   1: 0100007F:61A8 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2222 1
+   2: 0100007F:59CE 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3333 1
+   3: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1
+"""
+
+
+def test_listening_inodes_are_the_listen_sockets_of_the_ports() -> None:
+    # 0x61A8 = 25000 and 0x59CE = 22990; 8080 (0x1F90) is another port, line 1 a connection.
+    assert egress_run.listening_inodes(PROC_NET_TCP, [25000, 22990]) == {1111, 3333}
+    assert egress_run.listening_inodes(PROC_NET_TCP, [1]) == set()
+
+
+def _netlink(kind: int, body: bytes) -> bytes:
+    length = 16 + len(body)
+    return struct.pack("=IHHII", length, kind, 2, 1, 0) + body + b"\0" * (-length % 4)
+
+
+def _diag_message(port: int, inode: int) -> bytes:
+    sockid = struct.pack(">HH", port, 0) + b"\0" * 44
+    return struct.pack("=BBBB", 2, 10, 0, 0) + sockid + struct.pack("=IIIII", 0, 0, 0, 0, inode)
+
+
+def test_parse_diag_reads_ports_and_inodes_until_done() -> None:
+    data = _netlink(20, _diag_message(25000, 1111)) + _netlink(20, _diag_message(22526, 3333))
+    assert egress_run.parse_diag(data) == ([(25000, 1111), (22526, 3333)], False)
+    assert egress_run.parse_diag(_netlink(20, _diag_message(1, 2)) + _netlink(3, b"\0" * 4)) == (
+        [(1, 2)], True)
+    with pytest.raises(OSError, match="sock_diag"):
+        egress_run.parse_diag(_netlink(2, struct.pack("=i", -1) + b"\0" * 16))
+    with pytest.raises(OSError, match="malformed"):
+        egress_run.parse_diag(struct.pack("=IHHII", 4, 20, 0, 0, 0))
+
+
+def test_a_process_with_a_listening_socket_is_seen_listening() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        assert not egress_run.still_listening([os.getpid()], [port])
+        sock.listen(1)
+        assert egress_run.still_listening([os.getpid()], [port])
+    assert not egress_run.still_listening([os.getpid()], [port])
+
+
+@pytest.mark.parametrize(("argv", "ingress", "egress"), [
+    ([], True, True), (["--scenario", "ingress"], True, False),
+    (["--scenario", "egress", "--fault", "egress-rolling"], False, True)])
+def test_scenarios_choose_the_tiers_and_their_users(argv: list[str], ingress: bool,
+                                                    egress: bool, tmp_path: Path) -> None:
+    from ingress.demo import single_node as demo
+    from loadtest import run
+
+    args = run.parse_args(argv)
+    assert (run.runs_ingress(args), run.runs_egress(args)) == (ingress, egress)
+    command = run.locust_command(args, demo.Ports(24000), tmp_path)
+    assert ("--egress-to" in command) == egress
+    weight = (command[command.index("--weight-egress") + 1] if "--weight-egress" in command
+              else None)
+    assert (weight == "0") == (not egress)
+    assert ("--weight-tracking" in command) == (not ingress)
+
+
+@pytest.mark.parametrize("argv", [["--scenario", "egress", "--fault", "rolling"],
+                                  ["--scenario", "ingress", "--fault", "egress-rolling"],
+                                  ["--scenario", "both"]])
+def test_a_fault_needs_its_tier(argv: list[str]) -> None:
+    from loadtest import run
+
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(argv)
+    assert exited.value.code == 2
