@@ -6,6 +6,10 @@ proxy process per measurement.  The proxy under test has a CPU to itself; the lo
 (this process) and the backend share the other one.  CPU time of every party is read from /proc
 over the measurement window, so that the output says who was the bottleneck.
 
+The egress scenarios (``--scenarios egress-sessions,egress-bulk,egress-idle``,
+loadtest/bench_egress.py) put mta-ingress's egress listeners beside Dante and HAProxy in forward
+mode instead.
+
 See docs/benchmarks.md for what each scenario measures and how to read the output.
 """
 
@@ -29,6 +33,7 @@ if str(ROOT) not in sys.path:
     # `python loadtest/bench.py` puts loadtest/, not the repository, first on sys.path.
     sys.path.insert(0, str(ROOT))
 
+from loadtest import bench_egress  # noqa: E402
 from loadtest.bench_report import summarise, summary_text  # noqa: E402
 from loadtest.bench_runner import (  # noqa: E402
     RESULTS,
@@ -39,7 +44,14 @@ from loadtest.bench_runner import (  # noqa: E402
     machine_busy,
     raise_nofile,
 )
-from loadtest.bench_scenarios import DISTURBED, HTTP_SCENARIOS, SCENARIOS, Measurement, plan  # noqa: E402
+from loadtest.bench_scenarios import (  # noqa: E402
+    DISTURBED,
+    EGRESS_SCENARIOS,
+    HTTP_SCENARIOS,
+    SCENARIOS,
+    Measurement,
+    plan,
+)
 from loadtest.bench_targets import BENCH_VENV, HAPROXY, haproxy_maxconn, stop_all_children  # noqa: E402
 
 
@@ -54,12 +66,23 @@ def parse_burns(text: str) -> list[float]:
     return burns
 
 
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not levels or any(level < 1 for level in levels) or len(set(levels)) != len(levels):
+        raise argparse.ArgumentTypeError(f"distinct integers >= 1 wanted: {text!r}")
+    return levels
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Side-by-side benchmark of mta-ingress and HAProxy on loopback.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated, from: " + ", ".join(SCENARIOS))
+                        help="comma-separated, from: " + ", ".join(SCENARIOS) + "; and, not "
+                             "in the default run: " + ", ".join(EGRESS_SCENARIOS))
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements per proxy, alternating haproxy / mta-ingress")
     parser.add_argument("--duration", type=float, default=8.0,
@@ -101,6 +124,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="http-keepalive and https-keepalive (one worker): also measure "
                              "the reference relay loadtest/floor.py, once per value, with that "
                              "many microseconds of busy CPU added per request (0: none)")
+    parser.add_argument("--egress-concurrency", type=parse_levels, default=[16, 128],
+                        metavar="N[,N...]",
+                        help="egress-sessions: clients in flight, one run per level")
+    parser.add_argument("--egress-bulk-sessions", type=int, default=8,
+                        help="egress-bulk: sessions streaming messages at once")
+    parser.add_argument("--egress-message-mib", type=int, default=32,
+                        help="egress-bulk: MiB per message (DATA, then 250)")
+    parser.add_argument("--egress-retries", type=int, default=2,
+                        help="egress-sessions, egress-bulk: a measurement during which other "
+                             "programs used the CPUs (DISTURBED) is taken again, at most this "
+                             "many times (the discarded ones are kept in the JSON file)")
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds the whole run may take: past them, no new measurement "
+                             "starts and the run stops (SIGALRM a minute later at most)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin any process to a CPU")
     parser.add_argument("--base-port", type=int, default=24000,
                         help="first loopback port to use (below the ephemeral range)")
@@ -109,11 +146,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "loadtest/results/bench-<timestamp>.json)")
     options = parser.parse_args(argv)
     options.scenarios = [s.strip() for s in options.scenarios.split(",") if s.strip()]
-    unknown = [s for s in options.scenarios if s not in SCENARIOS]
+    known = (*SCENARIOS, *EGRESS_SCENARIOS)
+    unknown = [s for s in options.scenarios if s not in known]
     if unknown or not options.scenarios:
-        parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+        parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(known)}")
     if options.rounds < 1 or options.duration <= 0 or options.workers < 1:
         parser.error("--rounds and --workers must be at least 1, --duration positive")
+    if (options.egress_bulk_sessions < 1 or options.egress_message_mib < 1
+            or options.egress_retries < 0 or options.timeout <= 0):
+        parser.error("--egress-bulk-sessions and --egress-message-mib must be at least 1, "
+                     "--egress-retries at least 0, --timeout positive")
     return options
 
 
@@ -134,6 +176,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(binary) is None:
             print(f"bench: {binary} not found", file=sys.stderr)
             return 2
+    if any(s in EGRESS_SCENARIOS for s in options.scenarios):
+        missing = bench_egress.check_binaries()
+        if missing:
+            print(f"bench: {missing}", file=sys.stderr)
+            return 2
+    # The whole run's bound: no measurement starts past the deadline, and SIGALRM (handled as
+    # SIGTERM: every process stopped, what was measured kept) ends one that overstays.
+    options.deadline = time.monotonic() + options.timeout
+    signal.signal(signal.SIGALRM, _on_sigterm)
+    signal.setitimer(signal.ITIMER_REAL, options.timeout + 60)
     # Also when started in the background, where SIGINT is inherited as ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -145,11 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.idle_note = fit_idle_connections(options)
     env = environment(nofile)
     command = " ".join([sys.executable, "loadtest/bench.py", *(argv or sys.argv[1:])])
-    print(f"mta-ingress vs HAProxy, loopback only; {env['cpus']} CPUs ({env['cpu']}), "
-          f"kernel {env['kernel']}")
+    egress = any(s in EGRESS_SCENARIOS for s in options.scenarios)
+    if egress:
+        env["dante"] = bench_egress.dante_version()
+    print(f"mta-ingress vs HAProxy{' and Dante' if egress else ''}, loopback only; "
+          f"{env['cpus']} CPUs ({env['cpu']}), kernel {env['kernel']}")
     print(f"command: {command}")
     print(f"python {env['python']}, uvloop {env['uvloop']}, mta-ingress {env['mta_ingress']} "
-          f"({env['commit']}); {env['haproxy']}")
+          f"({env['commit']}); {env['haproxy']}" + (f"; {env['dante']}" if egress else ""))
     print(f"RLIMIT_NOFILE {nofile}")
     maxconn_note = haproxy_maxconn()[1]
     if maxconn_note:
@@ -177,13 +232,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for index, run in enumerate(runs):
             results: list[Measurement] = []
+            egress = run.scenario in EGRESS_SCENARIOS
+            if time.monotonic() > options.deadline:
+                raise RuntimeError(f"the run's time limit ({options.timeout:g}s) is up")
             try:
-                measurements, info = execute(run, options, ports, run_dir, results.append)
+                measurements, info = (bench_egress.execute if egress else execute)(
+                    run, options, ports, run_dir, results.append)
             finally:
                 report["runs"][run.key] = {"rounds": [asdict(m) for m in results]}
+            if egress:
+                if not any(r.scenario in EGRESS_SCENARIOS for r in runs[:index]):
+                    # The first egress scenario shows the three configurations.
+                    for name, path in info["configs"].items():
+                        print(f"\n   {name} config ({path}):")
+                        print(_indent(Path(path).read_text()))
+                summary = bench_egress.summarise(run, measurements)
+                report["runs"][run.key].update({
+                    "scenario": run.scenario, "workers": run.workers,
+                    "concurrency": run.concurrency, "layout": run.layout.describe(), **info,
+                    "summary": summary,
+                    "summary_text": bench_egress.summary_text(run, summary, options)})
+                continue
             http = run.scenario in HTTP_SCENARIOS
-            if index == 0 or (http and not any(r.scenario in HTTP_SCENARIOS
-                                               for r in runs[:index])):
+            first = not any(r.scenario not in EGRESS_SCENARIOS for r in runs[:index])
+            if first or (http and not any(r.scenario in HTTP_SCENARIOS
+                                          for r in runs[:index])):
                 # The first SMTP and the first HTTP scenario show their configurations.
                 print("\n   haproxy config (" + info["configs"]["haproxy"] + "):")
                 print(_indent(Path(info["configs"]["haproxy"]).read_text()))
@@ -210,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["error"] = failure
         print(f"\nbench: stopped: {failure}", file=sys.stderr)
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         stop_all_children()
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -90,15 +90,15 @@ def round_line(run: Run, m: Measurement) -> str:
         lat = d["latency_ms"] or {"p50": float("nan"), "p99": float("nan")}
         return (f"  round {m.round} {m.proxy:<11} p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms"
                 f"  at {number(d['rate_achieved'])}/{number(d['rate_asked'])} requests/s "
-                f"(achieved/asked)  max queued {d['max_queue']}  CPU {_cpu_text(m.cpu)}  "
+                f"(achieved/asked)  max queued {d['max_queue']}  CPU {cpu_text(m.cpu)}  "
                 f"errors: {errors}{exit_note}{ends}")
     return (f"  round {m.round} {m.proxy:<11} {number(m.value):>9} {unit}  "
-            f"CPU {_cpu_text(m.cpu)}  "
+            f"CPU {cpu_text(m.cpu)}  "
             f"per proxy-CPU-s {number(m.per_cpu)}"
             f"{latency}  errors: {errors}{exit_note}{ends}")
 
 
-def _cpu_text(cpu: dict[str, Any]) -> str:
+def cpu_text(cpu: dict[str, Any]) -> str:
     text = (f"proxy {percent(cpu.get('proxy'))} (sys {percent(cpu.get('proxy_sys'))}"
             + (f", core {percent(cpu['proxy_core'])}" if cpu.get("proxy_core") is not None else "")
             + f") loadgen {percent(cpu.get('loadgen'))} backend {percent(cpu.get('backend'))}")
@@ -245,7 +245,7 @@ def _proxy_busy(part: dict[str, Any]) -> float:
     return float(part["cpu"]["proxy"] or 0.0)
 
 
-def _bottleneck(part: dict[str, Any], layout: Layout) -> str:
+def bottleneck(part: dict[str, Any], layout: Layout) -> str:
     cpu = part["cpu"]
     proxy = _proxy_busy(part)
     load_side = cpu.get("load_core") or (cpu["loadgen"] or 0.0) + (cpu["backend"] or 0.0)
@@ -269,7 +269,7 @@ def _rounds(ratios: list[float | None]) -> str:
     return f" (rounds: {', '.join(number(r, 2) for r in ratios)})" if len(ratios) > 1 else ""
 
 
-def _trouble(part: dict[str, Any]) -> str:
+def trouble(part: dict[str, Any]) -> str:
     notes = [f"{part[key]} {label}" for key, label in (
         ("abnormal_ends", "abnormal session ends"), ("stderr_alarms", "alarming stderr lines"),
         ("bad_exits", "non-zero exits")) if part.get(key)]
@@ -287,7 +287,7 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
         for name, part in medians.items():
             lines.append(
                 f"  {name:<11} established {part['established']:,} (min over rounds)  "
-                f"failed/lost {part['errors']}{_trouble(part)}  "
+                f"failed/lost {part['errors']}{trouble(part)}  "
                 f"RSS {number(part['rss_before_kib'] / 1024, 1)} -> "
                 f"{number(part['rss_holding_kib'] / 1024, 1)} MiB (PSS "
                 f"{number(part['pss_before_kib'] / 1024, 1)} -> "
@@ -304,8 +304,8 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
                 f"  {name:<11} p50 {number(part['latency_p50_ms'], 2)} ms  p99 "
                 f"{number(part['latency_p99_ms'], 2)} ms (medians)  at "
                 f"{number(part['rate_achieved'])}/{number(part['rate_asked'])} requests/s "
-                f"(achieved/asked)  max queued {part['max_queue']}  CPU {_cpu_text(part['cpu'])}"
-                f"  errors {part['errors']}{_trouble(part)}")
+                f"(achieved/asked)  max queued {part['max_queue']}  CPU {cpu_text(part['cpu'])}"
+                f"  errors {part['errors']}{trouble(part)}")
         lines.append(f"  ratio ingress/haproxy p99: {number(summary['ratio'], 2)}x"
                      f"{_rounds(summary['round_ratios'])}; p50: "
                      f"{number(_ratio(i['latency_p50_ms'], h['latency_p50_ms']), 2)}x")
@@ -315,10 +315,10 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
     for name, part in medians.items():
         cpu = part["cpu"]
         lines.append(
-            f"  {name:<11} {number(part['value']):>9} {unit} (median)  CPU {_cpu_text(cpu)}  "
+            f"  {name:<11} {number(part['value']):>9} {unit} (median)  CPU {cpu_text(cpu)}  "
             f"{number(part['per_cpu'])} {per_cpu_unit}  "
             f"errors {part['errors']}"
-            + _trouble(part))
+            + trouble(part))
         for what in ("session", "request"):
             if part.get(f"proxy_us_per_{what}") is not None:
                 total, kernel = part[f"proxy_us_per_{what}"], part[f"proxy_sys_us_per_{what}"]
@@ -337,8 +337,8 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
     if references:
         lines.append("  (references: loadtest/floor.py, uvloop and httptools without "
                      "mta-ingress's work; +N us: that much busy CPU added per request)")
-    lines.append(f"  limited by: haproxy: {_bottleneck(h, run.layout)}; "
-                 f"mta-ingress: {_bottleneck(i, run.layout)}")
+    lines.append(f"  limited by: haproxy: {bottleneck(h, run.layout)}; "
+                 f"mta-ingress: {bottleneck(i, run.layout)}")
     target = summary.get("target")
     if target:
         why = {"throughput": "both proxies saturated their CPU, so throughput compares capacity",

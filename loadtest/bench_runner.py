@@ -103,7 +103,7 @@ def measure_wrk(run: Run, options: argparse.Namespace, proxy: RunningProxy, back
     return Measurement(
         proxy.setup.name, round_number, amount / seconds if seconds else float("nan"),
         amount / proxy_cpu if proxy_cpu > 0 else None,
-        _cpu_figures(window, run.layout, loadgen_seconds=result.loadgen_cpu_s),
+        cpu_figures(window, run.layout, loadgen_seconds=result.loadgen_cpu_s),
         dict(result.errors), None, {},
         {"wrk": figures, "wrk_command": " ".join(result.argv), "window_s": window.seconds,
          "expected_client_aborts": 2 * (options.http_1mib_connections
@@ -130,7 +130,7 @@ def measure_latency(run: Run, options: argparse.Namespace, proxy: RunningProxy,
     latency = result.latency_ms
     return Measurement(
         proxy.setup.name, round_number, latency.get("p99", float("nan")), None,
-        _cpu_figures(window, run.layout), dict(result.errors), None, {},
+        cpu_figures(window, run.layout), dict(result.errors), None, {},
         {"rate_asked": result.rate, "rate_achieved": result.completed / window.seconds,
          "completed_in_window": result.completed, "latency_ms": latency,
          "max_queue": result.max_queue, "window_s": window.seconds, "proxy_cpu_s": proxy_cpu})
@@ -154,7 +154,7 @@ def measure(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend:
         return Measurement(
             name, round_number, result.completed / window.seconds,
             result.completed / proxy_cpu if proxy_cpu > 0 else None,
-            _cpu_figures(window, run.layout),
+            cpu_figures(window, run.layout),
             dict(result.errors), None, {},
             {"completed_in_window": result.completed, "completed_total": result.completed_total,
              "window_s": window.seconds, "proxy_cpu_s": proxy_cpu,
@@ -174,7 +174,7 @@ def measure(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend:
         return Measurement(
             name, round_number, megabytes / window.seconds,
             megabytes / proxy_cpu if proxy_cpu > 0 else None,
-            _cpu_figures(window, run.layout),
+            cpu_figures(window, run.layout),
             dict(bulk.errors), None, {},
             {"received_bytes": bulk.received, "sent_bytes": bulk.sent,
              "window_s": window.seconds, "proxy_cpu_s": proxy_cpu,
@@ -198,8 +198,8 @@ def measure(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend:
          "open_s": idle.open_seconds, "hold_s": idle.hold_seconds})
 
 
-def _cpu_figures(window: load.Window, layout: Layout,
-                 loadgen_seconds: float | None = None) -> dict[str, float]:
+def cpu_figures(window: load.Window, layout: Layout,
+                loadgen_seconds: float | None = None) -> dict[str, float]:
     """Process trees' utilisation, plus how busy the proxy's and the load side's CPUs were
     (``proxy_core``, ``load_core``; ``machine`` when unpinned): softirq work the kernel hands
     to ksoftirqd is on the core but in no tree.  ``loadgen_seconds``: the CPU time of a load

@@ -12,6 +12,12 @@ SCENARIOS = ("sessions", "bulk", "idle", "http-keepalive", "http-close", "http-1
              "http-latency", "https-handshake-ecdsa", "https-handshake-rsa", "https-keepalive")
 
 
+# Egress (loadtest/bench_egress.py): mta-ingress's socks5 and forward listeners beside Dante and
+# HAProxy in forward mode, in front of a loopback SMTP sink.  Not in the default run: they need
+# Dante (/usr/sbin/danted), and HAProxy as root for usesrc clientip.
+EGRESS_SCENARIOS = ("egress-sessions", "egress-bulk", "egress-idle")
+
+
 # HTTPS: the same origin and routing behind the https listener, a certificate of the key type
 # in the name (https-keepalive: ECDSA P-256); handshakes are new connections with one request.
 TLS_SCENARIOS = ("https-handshake-ecdsa", "https-handshake-rsa", "https-keepalive")
@@ -45,7 +51,7 @@ HTTP_LARGE_PATH = "/1m/click/abc?x=1"  # the origin answers /1m... with 1 MiB
 SATURATED = 0.90
 
 
-# Busy time outside the bench's processes (bench_runner._cpu_figures), as a fraction of one
+# Busy time outside the bench's processes (bench_runner.cpu_figures), as a fraction of one
 # CPU, above which a measurement is flagged: something else was competing for the CPUs.
 DISTURBED = 0.15
 
@@ -86,10 +92,12 @@ class Run:
     scenario: str
     workers: int
     layout: Layout
+    concurrency: int = 0  # egress-sessions: clients in flight (one run per level)
 
     @property
     def key(self) -> str:
-        return self.scenario if self.workers == 1 else f"{self.scenario}-w{self.workers}"
+        key = self.scenario if self.workers == 1 else f"{self.scenario}-w{self.workers}"
+        return f"{key}-c{self.concurrency}" if self.concurrency else key
 
 
 @dataclass(slots=True)
@@ -155,9 +163,15 @@ def plan(options: argparse.Namespace) -> list[Run]:
     pinned = (Layout({cpus[0]}, {cpus[1]}) if len(cpus) >= 2 and not options.no_pin
               else Layout(None, None))
     unpinned = Layout(None, None)
-    runs = []
+    runs: list[Run] = []
     for scenario in options.scenarios:
-        if options.workers == 1:
+        if scenario in EGRESS_SCENARIOS:
+            # One worker against one HAProxy thread and Dante, each on the proxy core, whatever
+            # --workers says: the issue's comparison.
+            levels = ((getattr(options, "egress_concurrency", None) or [16, 128])
+                      if scenario == "egress-sessions" else [0])
+            runs.extend(Run(scenario, 1, pinned, level) for level in levels)
+        elif options.workers == 1:
             runs.append(Run(scenario, 1, pinned))
         else:
             # The contract comparison (one worker against one HAProxy thread, each with a core)

@@ -141,7 +141,7 @@ def taskset(cpus: set[int] | None) -> list[str]:
     return ["taskset", "-c", cpu_list(cpus)] if cpus else []
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     needle = f":{port:04X} "
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as file:
@@ -155,10 +155,14 @@ def _listening(port: int) -> bool:
 class Backend:
     """``loadtest/backend.py`` (smtp stub, sink or http origin) on the load generator's CPU."""
 
-    def __init__(self, mode: str, port: int, cpus: set[int] | None, workdir: Path) -> None:
+    def __init__(self, mode: str, port: int, cpus: set[int] | None, workdir: Path,
+                 script: Path | None = None, arguments: tuple[str, ...] = ()) -> None:
+        """``script``: another server with the same control protocol (``port N``, then a JSON
+        line per ``stats``), given ``mode``, ``--port`` and ``arguments``."""
         self.mode = mode
-        self.argv = [*taskset(cpus), sys.executable, str(ROOT / "loadtest" / "backend.py"), mode,
-                     "--port", str(port)]
+        self.argv = [*taskset(cpus), sys.executable,
+                     str(script or ROOT / "loadtest" / "backend.py"), mode, "--port", str(port),
+                     *arguments]
         self.child = Child(f"backend-{mode}", self.argv, stop_signal=signal.SIGKILL,
                            death_signal=signal.SIGKILL,
                            stdout=subprocess.PIPE, stderr=workdir / f"backend-{mode}.stderr",
@@ -452,7 +456,7 @@ class RunningProxy:
             if not self.child.alive():
                 raise RuntimeError(f"{setup.name} exited {self.child.process.returncode}:\n"
                                    f"{self.child.stderr_tail()}")
-            ready = _listening(setup.port)
+            ready = listening(setup.port)
             if ingress:
                 ready = ready and 'msg="ready"' in self.child.stderr_tail(50)
             if ready:
