@@ -200,8 +200,20 @@ class AccessLog:
         carries): who, as whom, from which source to which remote, the bytes each way, how long
         and how it ended; ``reason`` when it was refused, ``detail`` when there is more to say.
         ``user`` is the RFC 1929 name, ``-`` without one. logfmt (or JSON) like the program's
-        own lines: a session is a negotiation and a connect, so the generic quoting costs
-        little beside them."""
+        own lines; the logfmt line is one f-string, as tcp_session's, since all but ``user`` and
+        ``detail`` are names, addresses and numbers that need no quoting."""
+        if not self._json:
+            line = (f"ts={self._clock.now()} kind=egress listener={listener} client={client} "
+                    f"user={quote(user)} source={source} destination={destination} "
+                    f"bytes_to_remote={bytes_to_remote} bytes_to_client={bytes_to_client} "
+                    f"connect_ms={connect_ms} duration_ms={duration_ms} end={end} "
+                    f"worker={worker}")
+            if reason:
+                line = f"{line} reason={reason}"
+            if detail:
+                line = f"{line} detail={quote(detail)}"
+            self._append(line)
+            return
         fields: dict[str, Any] = {
             "kind": "egress", "listener": listener, "client": client, "user": user,
             "source": source, "destination": destination, "bytes_to_remote": bytes_to_remote,

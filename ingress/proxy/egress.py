@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,9 +119,9 @@ def bound_socket(source: str, port: int = 0) -> socket.socket:
     """A non-blocking TCP socket bound to ``source`` (raises OSError: EADDRNOTAVAIL when the
     address is not this host's)."""
     family = socket.AF_INET6 if ":" in source else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Non-blocking from the start: one ioctl less than setblocking(False).
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
         if port == 0:
             try:
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
@@ -154,8 +155,9 @@ def source_warnings(listeners: list[ListenerConfig]) -> list[str]:
 
 class EgressSession(Relay):
     __slots__ = (
-        "_buffer", "_checking", "_connect_started", "_connect_task", "_ctx", "_destination",
-        "_inbound", "_reason", "_socket", "_source", "_step", "client_address", "user",
+        "_buffer", "_checking", "_connect_handle", "_connect_started", "_connect_task", "_ctx",
+        "_destination", "_inbound", "_reason", "_socket", "_source", "_step", "_writer",
+        "client_address", "user",
     )
 
     def __init__(self, ctx: EgressContext) -> None:
@@ -168,6 +170,8 @@ class EgressSession(Relay):
         self._source = "-"
         self._destination: tuple[str, int] | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self._connect_handle: asyncio.TimerHandle | None = None
+        self._writer = -1  # the socket's descriptor while its connect is awaited
         self._checking: asyncio.Future[bool] | None = None
         self._reason = ""
         self.user = "-"
@@ -207,6 +211,10 @@ class EgressSession(Relay):
             self._connect_task.cancel()
         if self._checking is not None:
             self._checking.cancel()
+        if self._connect_handle is not None:
+            self._connect_handle.cancel()
+            self._connect_handle = None
+        self._stop_waiting()
         self._close_socket()
 
     # --- SOCKS5 negotiation --------------------------------------------------------------------
@@ -359,11 +367,10 @@ class EgressSession(Relay):
         SOCKS5 CONNECT without BIND), None for the socket bound by BIND."""
         policy = self._ctx.policy
         self._destination = (host, port)
-        refusal = policy.destination_refusal(host, port)
+        version, refusal = policy.destination(host, port)
         if refusal is not None:
             self._refuse(refusal, reply=reply, detail=f"destination {address_text((host, port))}")
             return
-        version = policy.destination_version(host)
         if requested is None:
             sock = self._socket
             if sock is None or (sock.family == socket.AF_INET6) != (version == 6):
@@ -383,29 +390,80 @@ class EgressSession(Relay):
                 self._fail("bind-failed", socks5.REP_GENERAL_FAILURE if reply is not None
                            else None, f"bind {choice.address}: {error.strerror}")
                 return
-        self._state = CONNECTING
-        self._connect_started = self._loop.time()
-        self._connect_task = self._loop.create_task(self._connect())
+        self._connect()
 
-    async def _connect(self) -> None:
+    def _connect(self) -> None:
+        """A non-blocking connect, its completion awaited by a writer callback, not
+        ``loop.sock_connect``: uvloop resolves the address there without the socket type, which
+        sends even an IP literal through getaddrinfo in libuv's thread pool (36 us and five
+        futex calls a session); and one timer for the deadline rather than asyncio.timeout."""
         sock, destination = self._socket, self._destination
         if sock is None or destination is None:
             return
-        try:
-            async with asyncio.timeout(self._ctx.timeouts.connect):
-                await self._loop.sock_connect(sock, destination)
-                # server_connected runs inside this call: the transport owns the socket then.
-                await self._loop.create_connection(self._remote_factory, sock=sock)
-        except TimeoutError:
-            self._connect_done()
-            self._fail("connect-failed", socks5.REP_TTL_EXPIRED,
-                       f"connect timeout after {self._ctx.timeouts.connect:g}s")
-        except OSError as error:
-            self._connect_done()
-            self._fail("connect-failed", connect_reply(error),
-                       f"connect {address_text(destination)}: {error.strerror or error}")
+        loop = self._loop
+        self._state = CONNECTING
+        self._connect_started = loop.time()
+        self._connect_handle = loop.call_at(self._connect_started + self._ctx.timeouts.connect,
+                                            self._connect_deadline)
+        error = sock.connect_ex(destination)
+        if error == 0:
+            self._wrap_socket()
+        elif error == errno.EINPROGRESS:
+            self._writer = sock.fileno()
+            loop.add_writer(self._writer, self._connect_writable)
+        else:
+            self._connect_failed(OSError(error, os.strerror(error)))
 
-    def _connect_done(self) -> None:
+    def _connect_writable(self) -> None:
+        self._stop_waiting()
+        sock = self._socket
+        if sock is None:
+            return
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._connect_failed(OSError(error, os.strerror(error)))
+        else:
+            self._wrap_socket()
+
+    def _wrap_socket(self) -> None:
+        # No synchronous way to make a transport of a connected socket: one task, whose
+        # create_connection calls server_connected.
+        if self._socket is not None:
+            self._connect_task = self._loop.create_task(self._transport_of(self._socket))
+
+    async def _transport_of(self, sock: socket.socket) -> None:
+        try:
+            await self._loop.create_connection(self._remote_factory, sock=sock)
+        except OSError as error:
+            self._connect_failed(error)
+
+    def _connect_deadline(self) -> None:
+        self._connect_handle = None
+        if self._state != CONNECTING:
+            return
+        task = self._connect_task
+        if task is not None and not task.done():
+            task.cancel()
+        self._connect_ended()
+        self._fail("connect-failed", socks5.REP_TTL_EXPIRED,
+                   f"connect timeout after {self._ctx.timeouts.connect:g}s")
+
+    def _connect_failed(self, error: OSError) -> None:
+        self._connect_ended()
+        self._fail("connect-failed", connect_reply(error),
+                   f"connect {address_text(self._destination)}: {error.strerror or error}")
+
+    def _stop_waiting(self) -> None:
+        if self._writer >= 0:
+            self._loop.remove_writer(self._writer)
+            self._writer = -1
+
+    def _connect_ended(self) -> None:
+        """A connect that failed or will not finish: its timer, its wait and its socket go."""
+        if self._connect_handle is not None:
+            self._connect_handle.cancel()
+            self._connect_handle = None
+        self._stop_waiting()
         self._close_socket()
         self._ctx.metrics.egress_connected(self._ctx.listener.name, self._source,
                                            self._loop.time() - self._connect_started)
@@ -415,6 +473,9 @@ class EgressSession(Relay):
 
     def server_connected(self, transport: asyncio.Transport) -> None:
         self._socket = None  # the transport's now, closed with it
+        if self._connect_handle is not None:
+            self._connect_handle.cancel()
+            self._connect_handle = None
         if not self.attach_server(transport):
             return
         ctx = self._ctx

@@ -131,3 +131,35 @@ def test_any_text_gets_an_answer(text: str) -> None:
     assert isinstance(rules.client_allowed(text), bool)
     choice = rules.source_for(text)
     assert (choice.address is None) != (choice.refusal is None)
+
+
+@given(st.ip_addresses(), st.sampled_from([25, 587]))
+def test_the_numeric_checks_agree_with_ipaddress(
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> None:
+    rules = policy()
+    judged = address
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        judged = address.ipv4_mapped
+    expected: str | None = None
+    if port != 25:
+        expected = egress.PORT_NOT_ALLOWED
+    elif (judged.is_unspecified or judged.is_multicast
+          or judged == ipaddress.IPv4Address("255.255.255.255")
+          or any(judged.version == network.version and judged in network
+                 for network in rules.deny_destinations)):
+        expected = egress.DESTINATION_DENIED
+    assert rules.destination(str(address), port) == (judged.version, expected)
+    assert rules.client_allowed(str(address)) == any(
+        judged.version == network.version and judged in network
+        for network in rules.allow_clients)
+
+
+@given(st.one_of(st.text(max_size=45), st.ip_addresses().map(str),
+                 st.from_regex(r"[0-9a-fA-F.:%]{1,24}", fullmatch=True)))
+def test_numeric_reads_what_ipaddress_reads(text: str) -> None:
+    number = egress.numeric(text)
+    address = normalised(text)
+    if address is None:
+        assert number is None
+    else:
+        assert number == (address.version, int(address))
