@@ -15,7 +15,10 @@ event loop per read, and the GIL is released while the kernel copies, so that th
 less CPU than any relay in front of it and is never what ``bulk`` measures.
 
 Control: the process prints ``port N`` once listening; each ``stats`` line on stdin is answered
-with one JSON line; EOF on stdin (the bench exited, however it died) ends the process.
+with one JSON line; EOF on stdin (the bench exited, however it died) ends the process.  The
+egress benchmark's sink (``loadtest/bench_egress_sink.py``) speaks the same control protocol
+with the helpers below: ``raise_nofile``, ``announce``, ``until_stdin_closed`` for a server on
+an event loop, ``ThreadSink`` and ``serve_threads`` for one with a thread per connection.
 """
 
 from __future__ import annotations
@@ -38,14 +41,17 @@ SINK_BUFFER = 1 << 20
 SINK_LOWAT = 256 * 1024
 
 
-def _raise_nofile() -> None:
-    # The idle scenario holds 10,000 backend connections here.
+# --- control, also the egress sink's -------------------------------------------------------------
+
+
+def raise_nofile() -> None:
+    # The idle scenarios hold one connection here per idle session (10,000 by default).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _announce(port: int) -> None:
+def announce(port: int) -> None:
     sys.stdout.write(f"port {port}\n")
     sys.stdout.flush()
 
@@ -53,6 +59,74 @@ def _announce(port: int) -> None:
 def _answer(stats: dict[str, int]) -> None:
     sys.stdout.write(json.dumps(stats) + "\n")
     sys.stdout.flush()
+
+
+async def until_stdin_closed(loop: asyncio.AbstractEventLoop,
+                             stats: Callable[[], dict[str, int]]) -> None:
+    """Answer each ``stats`` line on stdin with ``stats()``, until stdin ends."""
+    stdin_closed: asyncio.Future[None] = loop.create_future()
+    pending = bytearray()
+
+    def on_stdin() -> None:
+        data = os.read(0, 4096)
+        if not data:
+            loop.remove_reader(0)
+            if not stdin_closed.done():
+                stdin_closed.set_result(None)
+            return
+        pending.extend(data)
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            if line.strip() == b"stats":
+                _answer(stats())
+
+    loop.add_reader(0, on_stdin)
+    await stdin_closed
+
+
+class ThreadSink:
+    """A server with a thread per connection, blocking in ``session`` (the subclass's), each
+    with a counter of what it received: no event loop, and the GIL released while the kernel
+    copies."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.per_connection: list[list[int]] = []  # one mutable counter per connection thread
+        self._lock = threading.Lock()
+
+    def serve(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            counter = [0]
+            with self._lock:
+                self.connections += 1
+                self.per_connection.append(counter)
+            threading.Thread(target=self.session, args=(conn, counter), daemon=True).start()
+
+    def session(self, conn: socket.socket, counter: list[int]) -> None:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, int]:
+        raise NotImplementedError
+
+
+def serve_threads(host: str, port: int, sink: ThreadSink) -> None:
+    """Listen on ``host`` and ``port``, ``sink`` serving every connection, until stdin ends;
+    each ``stats`` line on it is answered with ``sink.stats()``."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(LISTEN_BACKLOG)
+    threading.Thread(target=sink.serve, args=(listener,), daemon=True).start()
+    announce(listener.getsockname()[1])
+    for line in sys.stdin:
+        if line.strip() == "stats":
+            _answer(sink.stats())
+    listener.close()
 
 
 # --- smtp ----------------------------------------------------------------------------------------
@@ -64,9 +138,9 @@ async def _serve_smtp(host: str, port: int) -> None:
     server = await loop.create_server(
         stub_smtp.factory("backend.bench", stats, expect_proxy=True), host, port,
         backlog=LISTEN_BACKLOG, reuse_address=True)
-    _announce(server.sockets[0].getsockname()[1])
+    announce(server.sockets[0].getsockname()[1])
     try:
-        await _until_stdin_closed(loop, lambda: {"sessions": stats.sessions,
+        await until_stdin_closed(loop, lambda: {"sessions": stats.sessions,
                                                  "proxy_errors": stats.proxy_errors,
                                                  "messages": len(stats.messages)})
     finally:
@@ -134,59 +208,22 @@ async def _serve_http(host: str, port: int) -> None:
     stats = _HttpStats()
     server = await loop.create_server(lambda: _HttpOrigin(stats), host, port,
                                       backlog=LISTEN_BACKLOG, reuse_address=True)
-    _announce(server.sockets[0].getsockname()[1])
-    await _until_stdin_closed(loop, lambda: {"sessions": stats.connections,
+    announce(server.sockets[0].getsockname()[1])
+    await until_stdin_closed(loop, lambda: {"sessions": stats.connections,
                                              "requests": stats.requests, "bytes": stats.bytes,
                                              "proxy_errors": 0})
     server.close()
 
 
-async def _until_stdin_closed(loop: asyncio.AbstractEventLoop,
-                              stats: Callable[[], dict[str, int]]) -> None:
-    stdin_closed: asyncio.Future[None] = loop.create_future()
-    pending = bytearray()
-
-    def on_stdin() -> None:
-        data = os.read(0, 4096)
-        if not data:
-            loop.remove_reader(0)
-            if not stdin_closed.done():
-                stdin_closed.set_result(None)
-            return
-        pending.extend(data)
-        while b"\n" in pending:
-            line, _, rest = bytes(pending).partition(b"\n")
-            pending[:] = rest
-            if line.strip() == b"stats":
-                _answer(stats())
-
-    loop.add_reader(0, on_stdin)
-    await stdin_closed
-
-
 # --- sink ----------------------------------------------------------------------------------------
 
 
-class _Sink:
+class _Sink(ThreadSink):
     def __init__(self) -> None:
-        self.connections = 0
+        super().__init__()
         self.header_errors = 0
-        self.per_connection: list[list[int]] = []  # one mutable counter per connection thread
-        self._lock = threading.Lock()
 
-    def serve(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            counter = [0]
-            with self._lock:
-                self.connections += 1
-                self.per_connection.append(counter)
-            threading.Thread(target=self._drain, args=(conn, counter), daemon=True).start()
-
-    def _drain(self, conn: socket.socket, counter: list[int]) -> None:
+    def session(self, conn: socket.socket, counter: list[int]) -> None:
         buffer = bytearray(SINK_BUFFER)
         view = memoryview(buffer)
         header = bytearray()
@@ -222,27 +259,13 @@ class _Sink:
                     "bytes": received}
 
 
-def _serve_sink(host: str, port: int) -> None:
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(LISTEN_BACKLOG)
-    sink = _Sink()
-    threading.Thread(target=sink.serve, args=(listener,), daemon=True).start()
-    _announce(listener.getsockname()[1])
-    for line in sys.stdin:
-        if line.strip() == "stats":
-            _answer(sink.stats())
-    listener.close()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("mode", choices=("smtp", "sink", "http"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    _raise_nofile()
+    raise_nofile()
     if args.mode == "smtp":
         import uvloop
 
@@ -254,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(_serve_http(args.host, args.port))
     else:
-        _serve_sink(args.host, args.port)
+        serve_threads(args.host, args.port, _Sink())
     return 0
 
 

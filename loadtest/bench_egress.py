@@ -33,36 +33,53 @@ process's time).  A measurement during which other programs used the CPUs is tak
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from loadtest import bench_egress_load as egress_load
 from loadtest import load, procstat
-from loadtest.bench_report import abnormal_ends, cpu_text, number, percent, trouble
-from loadtest.bench_runner import PortPool, cpu_figures
+from loadtest.bench_report import (
+    clean,
+    cpu_text,
+    health,
+    latency_text,
+    median,
+    number,
+    pass_fail,
+    percent,
+    qualified,
+    ratio,
+    round_tail,
+    rounds_text,
+    trouble,
+)
+from loadtest.bench_runner import (
+    PortPool,
+    cpu_figures,
+    load_info,
+    per_session_us,
+    record_stop,
+    run_workdir,
+    uvloop_run,
+)
 from loadtest.bench_scenarios import (
-    ALL_CPUS,
     DISTURBED,
     SATURATED,
     Layout,
     Measurement,
     Run,
-    cpu_list,
 )
 from loadtest.bench_targets import (
     ALARMING,
     BENCH_VENV,
     HAPROXY,
-    READY_TIMEOUT,
     ROOT,
     ROUTINE,
     Backend,
@@ -70,11 +87,9 @@ from loadtest.bench_targets import (
     ProxySetup,
     access_log_ends,
     haproxy_maxconn,
-    listening,
     taskset,
+    wait_ready,
 )
-
-T = TypeVar("T")
 
 DANTED = "/usr/sbin/danted"
 SINK_SCRIPT = Path(__file__).with_name("bench_egress_sink.py")
@@ -353,20 +368,7 @@ class EgressProxy:
                            death_signal=_DEATH[target.proxy],
                            stdout=self.access_log or subprocess.DEVNULL,
                            stderr=workdir / f"{target.name}-{tag}.stderr")
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if not self.child.alive():
-                raise RuntimeError(f"{target.name} exited {self.child.process.returncode}:\n"
-                                   f"{self.child.stderr_tail()}")
-            ready = listening(setup.port)
-            if target.proxy == "mta-ingress":
-                ready = ready and 'msg="ready"' in self.child.stderr_tail(50)
-            if ready:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{target.name} not ready in {READY_TIMEOUT:g}s:\n"
-                                   f"{self.child.stderr_tail()}")
-            time.sleep(0.02)
+        wait_ready(self.child, setup.port, ingress=target.proxy == "mta-ingress")
         self.started_pids = procstat.tree(self.child.pid)
 
     def pids(self) -> list[int]:
@@ -453,24 +455,13 @@ def _per_core(amount: float, cpu: dict[str, float], seconds: float) -> float | N
     return amount / busy if busy > 0 else None
 
 
-def _uvloop_run(coroutine: Coroutine[Any, Any, T]) -> T:
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coroutine)
-
-
-def _per_session_us(cpu_seconds: float, sessions: int) -> float | None:
-    return cpu_seconds / sessions * 1e6 if sessions else None
-
-
 def measure(run: Run, options: argparse.Namespace, target: Target, proxy: EgressProxy,
             sink: Backend, round_number: int) -> Measurement:
     host, port = "127.0.0.1", proxy.setup.port
     plans = egress_load.openings(target.protocol, (SINK_HOST, sink.port), SOURCES)
     mark = _marker(proxy, sink)
     if run.scenario == "egress-sessions":
-        result = _uvloop_run(egress_load.sessions(
+        result = uvloop_run(egress_load.sessions(
             host, port, plans, concurrency=run.concurrency, warmup=options.warmup,
             duration=options.duration, mark=mark))
         window = result.window
@@ -487,8 +478,8 @@ def measure(run: Run, options: argparse.Namespace, target: Target, proxy: Egress
              "sink_errors": window.end.backend.get("errors", 0),
              "latency_ms": result.latency_ms,
              "proxy_processes": len(proxy.pids()),
-             "proxy_us_per_session": _per_session_us(proxy_cpu, result.completed),
-             "proxy_sys_us_per_session": _per_session_us(
+             "proxy_us_per_session": per_session_us(proxy_cpu, result.completed),
+             "proxy_sys_us_per_session": per_session_us(
                  window.utilisation()["proxy_sys"] * window.seconds, result.completed)})
     if run.scenario == "egress-bulk":
         bulk = egress_load.bulk(
@@ -510,7 +501,7 @@ def measure(run: Run, options: argparse.Namespace, target: Target, proxy: Egress
              "proxy_cpu_s": proxy_cpu,
              "per_process_cpu_s": megabytes / proxy_cpu if proxy_cpu > 0 else None,
              "proxy_processes": len(proxy.pids())})
-    idle = _uvloop_run(egress_load.idle(
+    idle = uvloop_run(egress_load.idle(
         host, port, plans, count=options.idle_connections, batch=options.idle_batch,
         hold=options.idle_hold, memory=proxy.memory,
         sink_sessions=lambda: sink.stats()["sessions"]))
@@ -574,9 +565,7 @@ def compiled_egress_modules() -> dict[str, bool]:
 def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Path,
             on_measurement: Callable[[Measurement], None]) -> tuple[list[Measurement],
                                                                      dict[str, Any]]:
-    workdir = run_dir / run.key
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.sched_setaffinity(0, run.layout.load or ALL_CPUS)
+    workdir = run_workdir(run, run_dir)
     bulk = run.scenario == "egress-bulk"
     sink = Backend("data" if bulk else "smtp", ports.take(), run.layout.load, workdir,
                    script=SINK_SCRIPT,
@@ -588,9 +577,7 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
         sink.stop()
         raise
     info: dict[str, Any] = {
-        "backend": " ".join(sink.argv),
-        "load_generator": f"{sys.executable} (this process, pid {os.getpid()}), "
-                          f"CPU {cpu_list(run.layout.load) if run.layout.load else 'any'}",
+        **load_info(run, sink),
         "targets": {target.name: target.label for target in TARGETS},
         "commands": {name: " ".join(s.argv) for name, s in setups.items()},
         "configs": {name: str(s.config_path) for name, s in setups.items()
@@ -640,10 +627,8 @@ def _measure_once(run: Run, options: argparse.Namespace, target: Target, setup: 
     try:
         measurement = measure(run, options, target, proxy, sink, round_number)
     finally:
-        code, ends, alarms = proxy.stop()
-    measurement.exit_code = code
-    measurement.ingress_ends = ends
-    measurement.stderr_alarms = alarms[:20]
+        stopped = proxy.stop()
+    record_stop(measurement, stopped)
     measurement.detail["attempt"] = attempt
     return measurement
 
@@ -651,24 +636,8 @@ def _measure_once(run: Run, options: argparse.Namespace, target: Target, setup: 
 # --- the report --------------------------------------------------------------------------------
 
 
-def _median(values: Sequence[float | None]) -> float | None:
-    present = [value for value in values if value is not None and value == value]
-    return statistics.median(present) if present else None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def round_line(run: Run, m: Measurement) -> str:
-    errors = ", ".join(f"{k}={v}" for k, v in sorted(m.errors.items())) or "none"
-    ends = ("" if not m.ingress_ends else
-            "  ends: " + ", ".join(f"{k}={v}" for k, v in sorted(m.ingress_ends.items()))
-            + ("  <-- abnormal" if abnormal_ends(m) else ""))
-    note = "" if m.exit_code in (0, None) else f"  exit={m.exit_code}"
-    if m.stderr_alarms:
-        note += (f"  stderr: {len(m.stderr_alarms)} alarming line(s), first: "
-                 f"{m.stderr_alarms[0][:160]}")
+    tail = round_tail(m)
     if run.scenario == "egress-idle":
         d = m.detail
         before, holding = d["memory_before_kib"], d["memory_holding_kib"]
@@ -680,36 +649,28 @@ def round_line(run: Run, m: Measurement) -> str:
                 f"{d['target']:,}  failed {d['failed']}  lost {d['lost_while_holding']}  "
                 f"{parts}  processes {d['processes_before']} -> {d['processes_holding']}  "
                 f"= {number(m.value)} bytes RSS/session  (opened in {d['open_s']:.1f}s)  "
-                f"errors: {errors}{note}{ends}")
+                f"{tail}")
     unit = UNITS[run.scenario][0]
-    latency = ""
-    if m.detail.get("latency_ms"):
-        lat = m.detail["latency_ms"]
-        latency = f"  latency p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms"
     return (f"  round {m.round} {m.proxy:<19} {number(m.value):>9} {unit}  "
-            f"CPU {cpu_text(m.cpu)}  per proxy-core-s {number(m.per_cpu)}{latency}  "
-            f"errors: {errors}{note}{ends}")
+            f"CPU {cpu_text(m.cpu)}  per proxy-core-s {number(m.per_cpu)}{latency_text(m)}  "
+            f"{tail}")
 
 
 def _part_summary(run: Run, mine: list[Measurement]) -> dict[str, Any]:
     part: dict[str, Any] = {
-        "value": _median([m.value for m in mine]),
-        "per_cpu": _median([m.per_cpu for m in mine]),
-        "per_process_cpu": _median([m.detail.get("per_process_cpu_s") for m in mine]),
-        "cpu": {key: _median([m.cpu.get(key) for m in mine])
+        "value": median([m.value for m in mine]),
+        "per_cpu": median([m.per_cpu for m in mine]),
+        "per_process_cpu": median([m.detail.get("per_process_cpu_s") for m in mine]),
+        "cpu": {key: median([m.cpu.get(key) for m in mine])
                 for key in ("proxy", "proxy_sys", "proxy_core", "loadgen", "backend",
                             "load_core", "machine", "unaccounted")},
-        "errors": sum(sum(m.errors.values()) for m in mine),
-        "abnormal_ends": sum(sum(abnormal_ends(m).values()) for m in mine),
-        "stderr_alarms": sum(len(m.stderr_alarms) for m in mine),
-        "disturbed_rounds": sum((m.cpu.get("other") or 0.0) >= DISTURBED for m in mine),
-        "bad_exits": sum(m.exit_code not in (0, None) for m in mine),
+        **health(mine),
         "rounds": len(mine),
         "round_values": [m.value for m in mine],
     }
     if run.scenario == "egress-sessions":
         for key in ("proxy_us_per_session", "proxy_sys_us_per_session"):
-            part[key] = _median([m.detail.get(key) for m in mine])
+            part[key] = median([m.detail.get(key) for m in mine])
         part["processes"] = max((m.detail.get("proxy_processes", 0) for m in mine), default=0)
     if run.scenario == "egress-idle":
         part["established"] = min((m.detail["established"] for m in mine), default=0)
@@ -719,12 +680,12 @@ def _part_summary(run: Run, mine: list[Measurement]) -> dict[str, Any]:
         part["bytes_per_session"] = {}
         for name in mine[0].detail["memory_before_kib"] if mine else ():
             part["bytes_per_session"][name] = {
-                kind: _median([per_session_bytes(m.detail["memory_before_kib"],
-                                                 m.detail["memory_holding_kib"], name, index,
-                                                 m.detail["established"]) for m in mine])
+                kind: median([per_session_bytes(m.detail["memory_before_kib"],
+                                                m.detail["memory_holding_kib"], name, index,
+                                                m.detail["established"]) for m in mine])
                 for index, kind in enumerate(("rss", "pss"))}
         part["memory_kib"] = {
-            name: {when: [_median([m.detail[f"memory_{when}_kib"][name][index] for m in mine])
+            name: {when: [median([m.detail[f"memory_{when}_kib"][name][index] for m in mine])
                           for index in (0, 1)]
                    for when in ("before", "holding")}
             for name in (mine[0].detail["memory_before_kib"] if mine else ())}
@@ -749,17 +710,6 @@ def bottleneck(part: dict[str, Any]) -> str:
                 f"the proxy's core {percent(proxy)})")
     return (f"neither core is saturated (proxy {percent(proxy)}, load side "
             f"{percent(load_side)}): latency or concurrency bound")
-
-
-def _clean(part: dict[str, Any]) -> bool:
-    return not any(part[key] for key in ("errors", "abnormal_ends", "stderr_alarms",
-                                         "bad_exits"))
-
-
-def _verdict(ratio_value: float | None, target: float) -> str:
-    if ratio_value is None:
-        return "n/a"
-    return "PASS" if ratio_value >= target else "FAIL"
 
 
 def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
@@ -791,27 +741,19 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
             saturated = all(_proxy_core(p) >= SATURATED for p in both)
             decided_by = "throughput" if saturated else "per-cpu"
             figure = entry["ratio"] if saturated else entry["ratio_per_cpu"]
-            verdict = _verdict(figure, target)
-            if not all(_clean(p) for p in both):
-                verdict = "FAIL (errors, see the rounds)"
-            elif any(p["disturbed_rounds"] for p in both):
-                verdict += " (unreliable: DISTURBED rounds, re-run on a quiet machine)"
+            verdict = qualified(pass_fail(figure, target), both)
             entry["target"] = {"min_ratio": target,
-                               "throughput": _verdict(entry["ratio"], target),
-                               "per_cpu": _verdict(entry["ratio_per_cpu"], target),
+                               "throughput": pass_fail(entry["ratio"], target),
+                               "per_cpu": pass_fail(entry["ratio_per_cpu"], target),
                                "decided_by": decided_by, "verdict": verdict}
         comparisons.append(entry)
     summary: dict[str, Any] = {"medians": parts, "comparisons": comparisons}
     if run.scenario == "egress-idle":
-        held = all(_clean(p) and p["established"] == p["target"] for p in parts.values())
+        held = all(clean(p) and p["established"] == p["target"] for p in parts.values())
         summary["target"] = {"verdict": "PASS" if held else "FAIL",
                              "rule": "every session established and held, none failed "
                                      "(memory per session: reported, no target)"}
     return summary
-
-
-def _rounds(ratios: list[float | None]) -> str:
-    return f" (rounds: {', '.join(number(r, 2) for r in ratios)})" if len(ratios) > 1 else ""
 
 
 def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace) -> list[str]:
@@ -837,7 +779,7 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
                 f"{part['processes_holding']}")
         for entry in summary["comparisons"]:
             lines.append(f"  ratio {entry['label']}: {number(entry['ratio'], 2)}x RSS per "
-                         f"session{_rounds(entry['round_ratios'])}, "
+                         f"session{rounds_text(entry['round_ratios'])}, "
                          f"{number(entry['ratio_pss'], 2)}x PSS per session")
         lines.append(f"  target: {summary['target']['rule']}: {summary['target']['verdict']}")
         return lines
@@ -862,8 +804,8 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
                        f", per proxy-core-s {target['per_cpu']} -> {target['verdict']} "
                        f"(decided by {target['decided_by']})")
         lines.append(f"  ratio {entry['label']}: {number(entry['ratio'], 2)}x {unit}"
-                     f"{_rounds(entry['round_ratios'])}; {number(entry['ratio_per_cpu'], 2)}x "
-                     f"{per_cpu_unit}{_rounds(entry['round_ratios_per_cpu'])}{verdict}")
+                     f"{rounds_text(entry['round_ratios'])}; {number(entry['ratio_per_cpu'], 2)}x "
+                     f"{per_cpu_unit}{rounds_text(entry['round_ratios_per_cpu'])}{verdict}")
     lines.append("  limited by: " + "; ".join(
         f"{name}: {bottleneck(part)}" for name, part in parts.items()))
     lines.append(f"  (a verdict is decided by throughput when both proxies of the ratio kept "

@@ -14,16 +14,15 @@ with the project's codecs (``ingress/protocol/socks5.py``, ``proxy_protocol.py``
 
 Each SOCKS5 message waits for its reply, as kumod does.  Sessions alternate between the sources
 they are given (one per client task), so that the proxy's leg to the sink spreads over them.
-The measurement window is bracketed by ``mark`` calls after a warm-up, as in
-``loadtest/load.py``.
+The runners are ``loadtest/load.py``'s, given this module's sessions: ``closed_loop``,
+``hold_sessions`` and ``run_threads``, the measurement window bracketed by ``mark`` calls after
+a warm-up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
-import statistics
 import threading
 import time
 from collections import Counter
@@ -116,7 +115,7 @@ def answer_error(answer: bytes | bytearray, first: bool) -> str:
 _CLOSED_BEFORE = ("closed-in-negotiation", "closed-before-banner", "closed-before-221")
 
 
-class _Session(asyncio.Protocol):
+class _Session(load.HeldSession):
     """Opening, banner, then QUIT and 221 (``hold``: stop at the banner and stay).  ``_step``
     counts the answers had: below ``len(messages)`` the next is a SOCKS5 answer, then the
     banner, then (not holding) the 221.  The outcome is a string, so that failures are reported
@@ -125,7 +124,7 @@ class _Session(asyncio.Protocol):
     __slots__ = ("_buffer", "_done", "_hold", "_messages", "_replies", "_step", "lost",
                  "transport")
 
-    def __init__(self, plan: Opening, done: asyncio.Future[str], hold: bool) -> None:
+    def __init__(self, plan: Opening, done: asyncio.Future[str], hold: bool = False) -> None:
         self._messages = plan.messages
         self._replies = len(plan.messages) if plan.replies else 0
         self._done = done
@@ -201,74 +200,13 @@ class _Session(asyncio.Protocol):
             self._done.set_result("reset" if exc is not None else _CLOSED_BEFORE[where])
 
 
-def _error_name(error: OSError) -> str:
-    if error.errno is not None and error.errno in errno.errorcode:
-        return errno.errorcode[error.errno]
-    return type(error).__name__
-
-
-@dataclass(slots=True)
-class _Progress:
-    completed: int = 0
-    measuring: bool = False
-    stop: bool = False
-
-
 async def sessions(host: str, port: int, plans: list[Opening], *, concurrency: int,
                    warmup: float, duration: float, mark: load.Marker) -> load.SessionsResult:
-    """``concurrency`` clients, each running sessions back to back for ``warmup + duration``;
-    client ``i`` uses ``plans[i % len(plans)]``."""
-    loop = asyncio.get_running_loop()
-    errors: Counter[str] = Counter()
-    latencies: list[float] = []
-    state = _Progress()
-
-    async def client(plan: Opening) -> None:
-        factory = partial(_Session, plan)
-        while not state.stop:
-            started = time.perf_counter()
-            done: asyncio.Future[str] = loop.create_future()
-            try:
-                async with asyncio.timeout(load.ATTEMPT_TIMEOUT):
-                    await loop.create_connection(partial(factory, done, False), host, port)
-                    outcome = await done
-            except OSError as error:
-                outcome = f"connect-{_error_name(error)}"
-            except TimeoutError:
-                outcome = "timeout"
-            if outcome != "ok":
-                errors[outcome] += 1
-                continue
-            state.completed += 1
-            if state.measuring:
-                latencies.append(time.perf_counter() - started)
-
-    tasks = [loop.create_task(client(plans[index % len(plans)])) for index in range(concurrency)]
-    try:
-        await asyncio.sleep(warmup)
-        start, completed_at_start = mark(), state.completed
-        state.measuring = True
-        await asyncio.sleep(duration)
-        end, completed_at_end = mark(), state.completed
-        state.measuring = False
-        state.stop = True
-        await asyncio.wait(tasks, timeout=load.STOP_TIMEOUT)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return load.SessionsResult(window=load.Window(start, end),
-                               completed=completed_at_end - completed_at_start,
-                               completed_total=state.completed, errors=errors,
-                               latency_ms=percentiles(latencies))
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    """p50, p90 and p99 of ``values`` (seconds) in milliseconds; {} for fewer than two."""
-    if len(values) < 2:
-        return {}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": cuts[49] * 1000, "p90": cuts[89] * 1000, "p99": cuts[98] * 1000}
+    """``concurrency`` clients, each running sessions back to back for ``warmup + duration``
+    (``load.closed_loop``); client ``i`` uses ``plans[i % len(plans)]``."""
+    return await load.closed_loop(host, port, [partial(_Session, plan) for plan in plans],
+                                  concurrency=concurrency, warmup=warmup, duration=duration,
+                                  mark=mark)
 
 
 # --- idle ----------------------------------------------------------------------------------------
@@ -291,24 +229,6 @@ class IdleResult:
     hold_seconds: float
 
 
-async def _open_idle(host: str, port: int, plan: Opening) -> tuple[str, _Session | None]:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[str] = loop.create_future()
-    session: _Session | None = None
-    try:
-        async with asyncio.timeout(load.ATTEMPT_TIMEOUT):
-            _, session = await loop.create_connection(partial(_Session, plan, done, True),
-                                                      host, port)
-            outcome = await done
-    except OSError as error:
-        return f"connect-{_error_name(error)}", None
-    except TimeoutError:
-        outcome = "timeout"
-    if outcome != "ok" and session is not None and session.transport is not None:
-        session.transport.abort()
-    return outcome, session
-
-
 async def _quit_all(held: list[_Session]) -> None:
     """End held sessions as SMTP does: QUIT, 221, and the server closes first, so that the
     TIME-WAIT of the proxy's leg to the sink is the sink's (a proxy that binds its source
@@ -320,10 +240,7 @@ async def _quit_all(held: list[_Session]) -> None:
         if all(session.lost for session in held):
             break
         await asyncio.sleep(0.05)
-    for session in held:
-        if session.transport is not None:
-            session.transport.close()
-    await asyncio.sleep(0.2)
+    await load.close_all(held)
 
 
 async def idle(host: str, port: int, plans: list[Opening], *, count: int, batch: int,
@@ -331,51 +248,27 @@ async def idle(host: str, port: int, plans: list[Opening], *, count: int, batch:
                sink_sessions: Callable[[], int]) -> IdleResult:
     """Open ``count`` relayed sessions, ``batch`` at a time, each up to the sink's banner; hold
     them ``hold`` seconds, sampling the proxy's memory (``memory``: per part, and how many
-    processes it has) every half second; close them."""
-    loop = asyncio.get_running_loop()
-    failed: Counter[str] = Counter()
-    held: list[_Session] = []
+    processes it has) every half second; close them (``load.hold_sessions``)."""
     before, processes_before = memory()
-    sink_before = sink_sessions()
-    opened_at = loop.time()
     holding: Memory = {}
     processes = 0
-    lost = established = 0
-    try:
-        for first in range(0, count, batch):
-            size = min(batch, count - first)
-            for outcome, session in await asyncio.gather(
-                    *(_open_idle(host, port, plans[(first + i) % len(plans)])
-                      for i in range(size))):
-                if outcome == "ok" and session is not None:
-                    held.append(session)
-                else:
-                    failed[outcome] += 1
-        open_seconds = loop.time() - opened_at
-        opened = sink_sessions() - sink_before
-        lost_before_hold = sum(session.lost for session in held)
-        if lost_before_hold:
-            failed["closed-after-banner"] += lost_before_hold
-        hold_until = loop.time() + hold
-        while True:
-            sample, processes_now = memory()
-            processes = max(processes, processes_now)
-            for part, (rss, pss) in sample.items():
-                old = holding.get(part, (0, 0))
-                holding[part] = (max(old[0], rss), max(old[1], pss))
-            remaining = hold_until - loop.time()
-            if remaining <= 0:
-                break
-            await asyncio.sleep(min(0.5, remaining))
-        lost = sum(session.lost for session in held) - lost_before_hold
-        established = len(held) - lost_before_hold
-    finally:
-        await _quit_all(held)
-    return IdleResult(target=count, established=established, failed=failed,
-                      lost_while_holding=lost, sink_sessions=opened, before=before,
-                      holding=holding, processes_before=processes_before,
-                      processes_holding=processes, open_seconds=open_seconds,
-                      hold_seconds=hold)
+
+    def sample() -> None:
+        nonlocal processes
+        parts, processes_now = memory()
+        processes = max(processes, processes_now)
+        for part, (rss, pss) in parts.items():
+            old = holding.get(part, (0, 0))
+            holding[part] = (max(old[0], rss), max(old[1], pss))
+
+    held = await load.hold_sessions(
+        host, port, [partial(_Session, plan, hold=True) for plan in plans], count=count,
+        batch=batch, hold=hold, sample=sample, backend_sessions=sink_sessions, close=_quit_all)
+    return IdleResult(target=count, established=held.established, failed=held.failed,
+                      lost_while_holding=held.lost_while_holding,
+                      sink_sessions=held.backend_sessions, before=before, holding=holding,
+                      processes_before=processes_before, processes_holding=processes,
+                      open_seconds=held.open_seconds, hold_seconds=hold)
 
 
 # --- bulk: blocking clients in threads ---------------------------------------------------------
@@ -386,12 +279,10 @@ def message_chunks(message_bytes: int, chunk_size: int) -> tuple[memoryview, int
     ``last``, which ends with CRLF.CRLF: message-like 78-byte lines, none starting with a dot."""
     if message_bytes < len(TERMINATOR) or chunk_size < 1:
         raise ValueError("a message holds at least its terminator, a chunk at least a byte")
-    line = bytes(33 + (i % 90) for i in range(76)) + b"\r\n"
     chunk_size = min(chunk_size, message_bytes)
-    body = (line * (chunk_size // len(line) + 1))[:chunk_size]
+    body = load.body_chunk(chunk_size)
     count, rest = divmod(message_bytes - len(TERMINATOR), chunk_size)
-    last = body[:rest] + TERMINATOR
-    return memoryview(body), count, last
+    return body, count, bytes(body[:rest]) + TERMINATOR
 
 
 def _read_answer(sock: socket.socket, pending: bytearray, first: bool) -> str:
@@ -461,7 +352,7 @@ def _bulk_loop(host: str, port: int, plan: Opening, chunks: tuple[memoryview, in
             with socket.create_connection((host, port), timeout=load.ATTEMPT_TIMEOUT) as sock:
                 outcome = _bulk_session(sock, plan, chunks, stop, client)
         except OSError as error:
-            outcome = _error_name(error)
+            outcome = load.error_name(error)
         if outcome and outcome != "stopped":
             client.errors[outcome] += 1
             time.sleep(0.05)  # a refusing proxy must not turn this into a busy loop
@@ -489,22 +380,10 @@ def bulk(host: str, port: int, plans: list[Opening], *, sessions: int, message_b
                                 args=(host, port, plans[index % len(plans)], chunks, stop,
                                       client))
                for index, client in enumerate(clients)]
-    try:
-        for thread in threads:
-            thread.start()
-        time.sleep(warmup)
-        start, sent_at_start = mark(), sum(client.sent for client in clients)
-        time.sleep(duration)
-        end, sent_at_end = mark(), sum(client.sent for client in clients)
-    finally:
-        stop.set()
-        deadline = time.monotonic() + load.STOP_TIMEOUT
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+    window, sent = load.run_threads(threads, stop, lambda: sum(client.sent for client in clients),
+                                    warmup=warmup, duration=duration, mark=mark)
     errors: Counter[str] = Counter()
     for client in clients:
         errors.update(client.errors)
-    window = load.Window(start, end)
-    return BulkResult(window=window, sent=sent_at_end - sent_at_start,
-                      received=window.backend_delta("bytes"),
+    return BulkResult(window=window, sent=sent, received=window.backend_delta("bytes"),
                       messages=window.backend_delta("messages"), errors=errors)

@@ -16,8 +16,8 @@ checked to end with the ``CRLF.CRLF`` terminator before ``250`` (``554`` and a c
 otherwise); ``221`` and close on ``QUIT``.  The load sends messages of that size and never a
 line starting with a dot, so the terminator needs no search: where the message ends is known.
 
-Control, as ``loadtest/backend.py``: ``port N`` once listening; each ``stats`` line on stdin is
-answered with one JSON line; EOF on stdin ends the process.
+Control, with ``loadtest/backend.py``'s helpers: ``port N`` once listening; each ``stats`` line
+on stdin is answered with one JSON line; EOF on stdin ends the process.
 """
 
 from __future__ import annotations
@@ -25,16 +25,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import resource
 import socket
 import sys
-import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
-LISTEN_BACKLOG = 4096
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    # `python loadtest/bench_egress_sink.py` puts loadtest/, not the repository, first on
+    # sys.path.
+    sys.path.insert(0, str(ROOT))
+
+from loadtest import backend  # noqa: E402
+
 BANNER = b"220 sink.bench.invalid ESMTP\r\n"
 BYE = b"221 bye\r\n"
 GO_AHEAD = b"354 go ahead\r\n"
@@ -46,18 +50,6 @@ DATA_BUFFER = 1 << 20
 DATA_LOWAT = 256 * 1024
 DATA_TAIL = 4 * DATA_LOWAT
 MAX_LINE = 1024
-
-
-def _raise_nofile() -> None:
-    # egress-idle holds one connection here per idle session.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 # --- smtp: sessions and idle -------------------------------------------------------------------
@@ -110,29 +102,12 @@ async def _serve_smtp(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     counts = _Counts()
     server = await loop.create_server(lambda: _SmtpSink(counts), host, port,
-                                      backlog=LISTEN_BACKLOG, reuse_address=True)
-    _say(f"port {server.sockets[0].getsockname()[1]}")
-    closed: asyncio.Future[None] = loop.create_future()
-    pending = bytearray()
-
-    def on_stdin() -> None:
-        data = os.read(0, 4096)
-        if not data:
-            loop.remove_reader(0)
-            if not closed.done():
-                closed.set_result(None)
-            return
-        pending.extend(data)
-        while b"\n" in pending:
-            line, _, rest = bytes(pending).partition(b"\n")
-            pending[:] = rest
-            if line.strip() == b"stats":
-                _say(json.dumps({"sessions": counts.sessions, "quits": counts.quits,
-                                 "errors": counts.bad}))
-
-    loop.add_reader(0, on_stdin)
+                                      backlog=backend.LISTEN_BACKLOG, reuse_address=True)
+    backend.announce(server.sockets[0].getsockname()[1])
     try:
-        await closed
+        await backend.until_stdin_closed(loop, lambda: {"sessions": counts.sessions,
+                                                        "quits": counts.quits,
+                                                        "errors": counts.bad})
     finally:
         server.close()
 
@@ -140,27 +115,13 @@ async def _serve_smtp(host: str, port: int) -> None:
 # --- data: bulk --------------------------------------------------------------------------------
 
 
-class _DataSink:
+class _DataSink(backend.ThreadSink):
     def __init__(self, message_bytes: int) -> None:
+        super().__init__()  # per_connection: bytes of message data
         self.message_bytes = message_bytes
-        self.sessions = 0
         self.messages = 0
         self.errors = 0
         self.aborted = 0  # connections gone in the middle of a message (the load's stop)
-        self.per_connection: list[list[int]] = []  # bytes of message data, one per connection
-        self._lock = threading.Lock()
-
-    def serve(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            counter = [0]
-            with self._lock:
-                self.sessions += 1
-                self.per_connection.append(counter)
-            threading.Thread(target=self._session, args=(conn, counter), daemon=True).start()
 
     def _count(self, what: str) -> None:
         with self._lock:
@@ -171,7 +132,7 @@ class _DataSink:
             else:
                 self.errors += 1
 
-    def _session(self, conn: socket.socket, counter: list[int]) -> None:
+    def session(self, conn: socket.socket, counter: list[int]) -> None:
         buffer = bytearray(DATA_BUFFER)
         view = memoryview(buffer)
         pending = bytearray()
@@ -236,23 +197,9 @@ class _DataSink:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"sessions": self.sessions, "messages": self.messages,
+            return {"sessions": self.connections, "messages": self.messages,
                     "errors": self.errors, "aborted": self.aborted,
                     "bytes": sum(counter[0] for counter in self.per_connection)}
-
-
-def _serve_data(host: str, port: int, message_bytes: int) -> None:
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(LISTEN_BACKLOG)
-    sink = _DataSink(message_bytes)
-    threading.Thread(target=sink.serve, args=(listener,), daemon=True).start()
-    _say(f"port {listener.getsockname()[1]}")
-    for line in sys.stdin:
-        if line.strip() == "stats":
-            _say(json.dumps(sink.stats()))
-    listener.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--message-bytes", type=int, default=32 << 20,
                         help="data: the size of every message, terminator included")
     args = parser.parse_args(argv)
-    _raise_nofile()
+    backend.raise_nofile()
     if args.mode == "smtp":
         import uvloop
 
@@ -272,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if args.message_bytes < len(TERMINATOR):
             parser.error("--message-bytes must hold at least the terminator")
-        _serve_data(args.host, args.port, args.message_bytes)
+        backend.serve_threads(args.host, args.port, _DataSink(args.message_bytes))
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from loadtest.bench_scenarios import (
@@ -61,16 +61,28 @@ def number(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def round_line(run: Run, m: Measurement) -> str:
+def round_tail(m: Measurement) -> str:
+    """The end of a round's line: its errors, the proxy's exit status and alarming stderr lines
+    when there are any, and the access log's session ends."""
     errors = ", ".join(f"{k}={v}" for k, v in sorted(m.errors.items())) or "none"
-    odd_ends = abnormal_ends(m)
     ends = ("" if not m.ingress_ends else
             "  ends: " + ", ".join(f"{k}={v}" for k, v in sorted(m.ingress_ends.items()))
-            + ("  <-- abnormal" if odd_ends else ""))
+            + ("  <-- abnormal" if abnormal_ends(m) else ""))
     exit_note = "" if m.exit_code in (0, None) else f"  exit={m.exit_code}"
     if m.stderr_alarms:
         exit_note += f"  stderr: {len(m.stderr_alarms)} alarming line(s), first: " \
                      f"{m.stderr_alarms[0][:160]}"
+    return f"errors: {errors}{exit_note}{ends}"
+
+
+def latency_text(m: Measurement) -> str:
+    """A round's latency, if it has one: for its line."""
+    lat = m.detail.get("latency_ms")
+    return f"  latency p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms" if lat else ""
+
+
+def round_line(run: Run, m: Measurement) -> str:
+    tail = round_tail(m)
     if run.scenario == "idle":
         d = m.detail
         return (f"  round {m.round} {m.proxy:<11}  established {d['established']:,}/"
@@ -79,23 +91,19 @@ def round_line(run: Run, m: Measurement) -> str:
                 f"{d['rss_before_kib'] / 1024:,.1f} -> {d['rss_holding_kib'] / 1024:,.1f} MiB "
                 f"(PSS {d['pss_before_kib'] / 1024:,.1f} -> {d['pss_holding_kib'] / 1024:,.1f})"
                 f"  = {number(m.value, 2)} KiB/conn  (opened in {d['open_s']:.1f}s)  "
-                f"errors: {errors}{exit_note}{ends}")
+                f"{tail}")
     unit = UNITS[run.scenario][0]
-    latency = ""
-    if m.detail.get("latency_ms"):
-        lat = m.detail["latency_ms"]
-        latency = f"  latency p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms"
     if run.scenario == "http-latency":
         d = m.detail
         lat = d["latency_ms"] or {"p50": float("nan"), "p99": float("nan")}
         return (f"  round {m.round} {m.proxy:<11} p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms"
                 f"  at {number(d['rate_achieved'])}/{number(d['rate_asked'])} requests/s "
                 f"(achieved/asked)  max queued {d['max_queue']}  CPU {cpu_text(m.cpu)}  "
-                f"errors: {errors}{exit_note}{ends}")
+                f"{tail}")
     return (f"  round {m.round} {m.proxy:<11} {number(m.value):>9} {unit}  "
             f"CPU {cpu_text(m.cpu)}  "
             f"per proxy-CPU-s {number(m.per_cpu)}"
-            f"{latency}  errors: {errors}{exit_note}{ends}")
+            f"{latency_text(m)}  {tail}")
 
 
 def cpu_text(cpu: dict[str, Any]) -> str:
@@ -112,13 +120,25 @@ def cpu_text(cpu: dict[str, Any]) -> str:
     return text
 
 
-def _median(values: Sequence[float | None]) -> float | None:
+def median(values: Sequence[float | None]) -> float | None:
+    """The median of the values present (None and NaN left out), or None."""
     present = [value for value in values if value is not None and value == value]
     return statistics.median(present) if present else None
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def health(mine: Sequence[Measurement]) -> dict[str, int]:
+    """What went wrong in a proxy's rounds, by kind: what ``clean`` and ``trouble`` read."""
+    return {
+        "errors": sum(sum(m.errors.values()) for m in mine),
+        "abnormal_ends": sum(sum(abnormal_ends(m).values()) for m in mine),
+        "stderr_alarms": sum(len(m.stderr_alarms) for m in mine),
+        "disturbed_rounds": sum((m.cpu.get("other") or 0.0) >= DISTURBED for m in mine),
+        "bad_exits": sum(m.exit_code not in (0, None) for m in mine),
+    }
 
 
 def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
@@ -127,43 +147,39 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
     for proxy in dict.fromkeys([*COMPARED, *(m.proxy for m in measurements)]):
         mine = [m for m in measurements if m.proxy == proxy]
         per_proxy[proxy] = {
-            "value": _median([m.value for m in mine]),
-            "per_cpu": _median([m.per_cpu for m in mine]),
-            "cpu": {part: _median([m.cpu.get(part) for m in mine])
+            "value": median([m.value for m in mine]),
+            "per_cpu": median([m.per_cpu for m in mine]),
+            "cpu": {part: median([m.cpu.get(part) for m in mine])
                     for part in ("proxy", "proxy_sys", "proxy_core", "loadgen", "backend",
                                  "load_core", "machine")},
-            "errors": sum(sum(m.errors.values()) for m in mine),
-            "abnormal_ends": sum(sum(abnormal_ends(m).values()) for m in mine),
-            "stderr_alarms": sum(len(m.stderr_alarms) for m in mine),
-            "disturbed_rounds": sum((m.cpu.get("other") or 0.0) >= DISTURBED for m in mine),
-            "bad_exits": sum(m.exit_code not in (0, None) for m in mine),
+            **health(mine),
             "rounds": len(mine),
         }
         if run.scenario == "sessions":
             for key in ("proxy_us_per_session", "proxy_sys_us_per_session"):
-                per_proxy[proxy][key] = _median([m.detail.get(key) for m in mine])
+                per_proxy[proxy][key] = median([m.detail.get(key) for m in mine])
         if run.scenario in WRK_SCENARIOS:
             for key in ("proxy_us_per_request", "proxy_sys_us_per_request"):
-                per_proxy[proxy][key] = _median([m.detail.get(key) for m in mine])
+                per_proxy[proxy][key] = median([m.detail.get(key) for m in mine])
         if run.scenario in HTTP_SCENARIOS:
             for cut in ("p50", "p99"):
-                per_proxy[proxy][f"latency_{cut}_ms"] = _median(
+                per_proxy[proxy][f"latency_{cut}_ms"] = median(
                     [m.detail.get("latency_ms", {}).get(cut) for m in mine])
         if run.scenario == "http-latency":
-            per_proxy[proxy]["rate_asked"] = _median([m.detail["rate_asked"] for m in mine])
-            per_proxy[proxy]["rate_achieved"] = _median([m.detail["rate_achieved"]
-                                                         for m in mine])
+            per_proxy[proxy]["rate_asked"] = median([m.detail["rate_asked"] for m in mine])
+            per_proxy[proxy]["rate_achieved"] = median([m.detail["rate_achieved"]
+                                                        for m in mine])
             per_proxy[proxy]["max_queue"] = max((m.detail["max_queue"] for m in mine), default=0)
         if run.scenario == "idle":
-            per_proxy[proxy]["rss_before_kib"] = _median([m.detail["rss_before_kib"]
+            per_proxy[proxy]["rss_before_kib"] = median([m.detail["rss_before_kib"]
+                                                         for m in mine])
+            per_proxy[proxy]["rss_holding_kib"] = median([m.detail["rss_holding_kib"]
                                                           for m in mine])
-            per_proxy[proxy]["rss_holding_kib"] = _median([m.detail["rss_holding_kib"]
-                                                           for m in mine])
-            per_proxy[proxy]["pss_before_kib"] = _median([m.detail["pss_before_kib"]
+            per_proxy[proxy]["pss_before_kib"] = median([m.detail["pss_before_kib"]
+                                                         for m in mine])
+            per_proxy[proxy]["pss_holding_kib"] = median([m.detail["pss_holding_kib"]
                                                           for m in mine])
-            per_proxy[proxy]["pss_holding_kib"] = _median([m.detail["pss_holding_kib"]
-                                                           for m in mine])
-            per_proxy[proxy]["pss_per_connection"] = _median([
+            per_proxy[proxy]["pss_per_connection"] = median([
                 (m.detail["pss_holding_kib"] - m.detail["pss_before_kib"]) / m.detail["established"]
                 for m in mine if m.detail["established"]])
             per_proxy[proxy]["established"] = min((m.detail["established"] for m in mine),
@@ -176,12 +192,12 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
              if h.proxy == "haproxy" and i.proxy == "mta-ingress" and h.round == i.round]
     summary: dict[str, Any] = {
         "medians": per_proxy,
-        "ratio": _ratio(ingress["value"], haproxy["value"]),
-        "ratio_per_cpu": _ratio(ingress["per_cpu"], haproxy["per_cpu"]),
-        "round_ratios": [_ratio(i.value, h.value) for h, i in pairs],
-        "round_ratios_per_cpu": [_ratio(i.per_cpu, h.per_cpu) for h, i in pairs],
-        "references": {name: {"ratio": _ratio(part["value"], haproxy["value"]),
-                              "ratio_per_cpu": _ratio(part["per_cpu"], haproxy["per_cpu"])}
+        "ratio": ratio(ingress["value"], haproxy["value"]),
+        "ratio_per_cpu": ratio(ingress["per_cpu"], haproxy["per_cpu"]),
+        "round_ratios": [ratio(i.value, h.value) for h, i in pairs],
+        "round_ratios_per_cpu": [ratio(i.per_cpu, h.per_cpu) for h, i in pairs],
+        "references": {name: {"ratio": ratio(part["value"], haproxy["value"]),
+                              "ratio_per_cpu": ratio(part["per_cpu"], haproxy["per_cpu"])}
                        for name, part in per_proxy.items() if name not in COMPARED},
     }
     target = TARGETS.get(run.scenario)
@@ -194,50 +210,54 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
         else:
             decisive = "throughput" if saturated else "per-cpu"
         figure = summary["ratio"] if decisive != "per-cpu" else summary["ratio_per_cpu"]
-        verdict = _pass(figure, target)
-        if not all(_clean(p) for p in compared):
-            # A fast proxy that loses sessions has not met anything.
-            verdict = "FAIL (errors, see the rounds)"
-        elif any(p["disturbed_rounds"] for p in compared):
-            verdict += " (unreliable: DISTURBED rounds, re-run on a quiet machine)"
+        verdict = qualified(pass_fail(figure, target), compared)
         summary["target"] = {
             "min_ratio": target,
-            "throughput": _pass(summary["ratio"], target),
-            "per_cpu": _pass(summary["ratio_per_cpu"], target),
+            "throughput": pass_fail(summary["ratio"], target),
+            "per_cpu": pass_fail(summary["ratio_per_cpu"], target),
             "decided_by": decisive,
             "verdict": verdict,
         }
     elif run.scenario == "http-latency":
-        ratio = summary["ratio"]
-        verdict = ("n/a" if ratio is None else "PASS" if ratio <= LATENCY_MAX_RATIO
-                   else "FAIL")
-        if not all(_clean(p) for p in per_proxy.values()):
-            verdict = "FAIL (errors, see the rounds)"
-        elif any(p["disturbed_rounds"] for p in per_proxy.values()):
-            verdict += " (unreliable: DISTURBED rounds, re-run on a quiet machine)"
+        p99_ratio = summary["ratio"]
+        met = ("n/a" if p99_ratio is None else "PASS" if p99_ratio <= LATENCY_MAX_RATIO
+               else "FAIL")
+        verdict = qualified(met, per_proxy.values())
         summary["target"] = {"max_ratio": LATENCY_MAX_RATIO, "verdict": verdict,
                              "rule": f"ingress p99 <= {LATENCY_MAX_RATIO:g}x haproxy p99"}
     elif run.scenario == "idle":
-        clean = all(_clean(p) and p["established"] == run_target(measurements)
-                    for p in per_proxy.values())
-        summary["target"] = {"verdict": "PASS" if clean else "FAIL",
+        held = all(clean(p) and p["established"] == run_target(measurements)
+                   for p in per_proxy.values())
+        summary["target"] = {"verdict": "PASS" if held else "FAIL",
                              "rule": "every connection established and held, none failed"}
     return summary
 
 
-def _clean(part: dict[str, Any]) -> bool:
+def clean(part: dict[str, Any]) -> bool:
     return not any(part[key] for key in ("errors", "abnormal_ends", "stderr_alarms",
                                          "bad_exits"))
+
+
+def qualified(verdict: str, parts: Iterable[dict[str, Any]]) -> str:
+    """``verdict`` as the rounds of ``parts`` allow it: FAIL when one had errors (a fast proxy
+    that loses sessions has not met anything), marked unreliable after DISTURBED rounds."""
+    parts = list(parts)
+    if not all(clean(p) for p in parts):
+        return "FAIL (errors, see the rounds)"
+    if any(p["disturbed_rounds"] for p in parts):
+        return verdict + " (unreliable: DISTURBED rounds, re-run on a quiet machine)"
+    return verdict
 
 
 def run_target(measurements: list[Measurement]) -> int:
     return int(measurements[0].detail["target"]) if measurements else 0
 
 
-def _pass(ratio: float | None, target: float) -> str:
-    if ratio is None:
+def pass_fail(value: float | None, target: float) -> str:
+    """PASS when ``value`` (a ratio) is at least ``target``."""
+    if value is None:
         return "n/a"
-    return "PASS" if ratio >= target else "FAIL"
+    return "PASS" if value >= target else "FAIL"
 
 
 def _proxy_busy(part: dict[str, Any]) -> float:
@@ -265,7 +285,7 @@ def bottleneck(part: dict[str, Any], layout: Layout) -> str:
     return "neither CPU is saturated (latency or concurrency bound)"
 
 
-def _rounds(ratios: list[float | None]) -> str:
+def rounds_text(ratios: list[float | None]) -> str:
     return f" (rounds: {', '.join(number(r, 2) for r in ratios)})" if len(ratios) > 1 else ""
 
 
@@ -295,7 +315,7 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
                 f"{number(part['value'], 2)} KiB RSS per connection (median; by PSS "
                 f"{number(part['pss_per_connection'], 2)})")
         lines.append(f"  ratio ingress/haproxy RSS per connection: {number(summary['ratio'], 2)}x"
-                     f"{_rounds(summary['round_ratios'])}")
+                     f"{rounds_text(summary['round_ratios'])}")
         lines.append(f"  target: {summary['target']['rule']}: {summary['target']['verdict']}")
         return lines
     if run.scenario == "http-latency":
@@ -307,8 +327,8 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
                 f"(achieved/asked)  max queued {part['max_queue']}  CPU {cpu_text(part['cpu'])}"
                 f"  errors {part['errors']}{trouble(part)}")
         lines.append(f"  ratio ingress/haproxy p99: {number(summary['ratio'], 2)}x"
-                     f"{_rounds(summary['round_ratios'])}; p50: "
-                     f"{number(_ratio(i['latency_p50_ms'], h['latency_p50_ms']), 2)}x")
+                     f"{rounds_text(summary['round_ratios'])}; p50: "
+                     f"{number(ratio(i['latency_p50_ms'], h['latency_p50_ms']), 2)}x")
         lines.append(f"  target: {summary['target']['rule']}: {summary['target']['verdict']}")
         return lines
     unit, per_cpu_unit = UNITS[run.scenario]
@@ -328,8 +348,8 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
                                 f"{number(part['latency_p99_ms'], 2)} ms (closed loop)"
                                 if what == "request" else ""))
     lines.append(f"  ratio ingress/haproxy: {number(summary['ratio'], 2)}x {unit}"
-                 f"{_rounds(summary['round_ratios'])}; {number(summary['ratio_per_cpu'], 2)}x "
-                 f"{per_cpu_unit}{_rounds(summary['round_ratios_per_cpu'])}")
+                 f"{rounds_text(summary['round_ratios'])}; {number(summary['ratio_per_cpu'], 2)}x "
+                 f"{per_cpu_unit}{rounds_text(summary['round_ratios_per_cpu'])}")
     references = summary.get("references", {})
     for name, reference in references.items():
         lines.append(f"  reference {name}/haproxy: {number(reference['ratio'], 2)}x {unit}; "

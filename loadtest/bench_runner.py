@@ -68,7 +68,7 @@ def _marker(proxy: RunningProxy, backend: Backend) -> load.Marker:
     return mark
 
 
-def _uvloop_run(coroutine: Coroutine[Any, Any, T]) -> T:
+def uvloop_run(coroutine: Coroutine[Any, Any, T]) -> T:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -114,14 +114,14 @@ def measure_wrk(run: Run, options: argparse.Namespace, proxy: RunningProxy, back
          "backend_connections_in_window": window.backend_delta("sessions"),
          "latency_ms": {"p50": figures.get("p50_us", 0) / 1000,
                         "p99": figures.get("p99_us", 0) / 1000} if figures else {},
-         "proxy_us_per_request": _per_session(proxy_cpu, figures.get("requests", 0)),
-         "proxy_sys_us_per_request": _per_session(
+         "proxy_us_per_request": per_session_us(proxy_cpu, figures.get("requests", 0)),
+         "proxy_sys_us_per_request": per_session_us(
              window.utilisation()["proxy_sys"] * window.seconds, figures.get("requests", 0))})
 
 
 def measure_latency(run: Run, options: argparse.Namespace, proxy: RunningProxy,
                     backend: Backend, round_number: int) -> Measurement:
-    result = _uvloop_run(load.http_rate(
+    result = uvloop_run(load.http_rate(
         "127.0.0.1", proxy.setup.port, path=HTTP_PATH, rate=options.http_rate,
         connections=options.http_connections, warmup=options.warmup,
         duration=options.http_duration, mark=_marker(proxy, backend)))
@@ -146,7 +146,7 @@ def measure(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend:
     if run.scenario == "http-latency":
         return measure_latency(run, options, proxy, backend, round_number)
     if run.scenario == "sessions":
-        result = _uvloop_run(load.sessions(
+        result = uvloop_run(load.sessions(
             host, port, concurrency=options.concurrency, warmup=options.warmup,
             duration=options.duration, mark=_marker(proxy, backend)))
         window = result.window
@@ -161,8 +161,8 @@ def measure(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend:
              "backend_sessions_in_window": window.backend_delta("sessions"),
              "backend_proxy_header_errors": window.end.backend.get("proxy_errors", 0),
              "latency_ms": result.latency_ms,
-             "proxy_us_per_session": _per_session(proxy_cpu, result.completed),
-             "proxy_sys_us_per_session": _per_session(
+             "proxy_us_per_session": per_session_us(proxy_cpu, result.completed),
+             "proxy_sys_us_per_session": per_session_us(
                  window.utilisation()["proxy_sys"] * window.seconds, result.completed)})
     if run.scenario == "bulk":
         bulk = load.bulk(host, port, connections=options.bulk_connections,
@@ -179,7 +179,7 @@ def measure(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend:
             {"received_bytes": bulk.received, "sent_bytes": bulk.sent,
              "window_s": window.seconds, "proxy_cpu_s": proxy_cpu,
              "backend_proxy_header_errors": window.end.backend.get("proxy_errors", 0)})
-    idle = _uvloop_run(load.idle(
+    idle = uvloop_run(load.idle(
         host, port, count=options.idle_connections, batch=options.idle_batch,
         hold=options.idle_hold, proxy_memory=proxy.memory_kib,
         backend_sessions=lambda: backend.stats()["sessions"]))
@@ -221,7 +221,7 @@ def cpu_figures(window: load.Window, layout: Layout,
     return figures
 
 
-def _per_session(cpu_seconds: float, sessions: int) -> float | None:
+def per_session_us(cpu_seconds: float, sessions: int) -> float | None:
     return cpu_seconds / sessions * 1e6 if sessions else None
 
 
@@ -320,12 +320,34 @@ class PortPool:
                 return port
 
 
-def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Path,
-            on_measurement: Callable[[Measurement], None]) -> tuple[list[Measurement],
-                                                                     dict[str, Any]]:
+def run_workdir(run: Run, run_dir: Path) -> Path:
+    """The run's directory, made; and this process, the load generator, moved to the run's load
+    CPUs."""
     workdir = run_dir / run.key
     workdir.mkdir(parents=True, exist_ok=True)
     os.sched_setaffinity(0, run.layout.load or ALL_CPUS)
+    return workdir
+
+
+def load_info(run: Run, backend: Backend) -> dict[str, Any]:
+    """The report's account of the backend (its command line) and of the load generator."""
+    return {"backend": " ".join(backend.argv),
+            "load_generator": f"{sys.executable} (this process, pid {os.getpid()}), "
+                              f"CPU {cpu_list(run.layout.load) if run.layout.load else 'any'}"}
+
+
+def record_stop(measurement: Measurement,
+                stopped: tuple[int | None, dict[str, int], list[str]]) -> None:
+    """What the proxy's ``stop()`` returned, on its measurement: the exit status, the access
+    log's session ends and the alarming stderr lines (the first 20)."""
+    measurement.exit_code, measurement.ingress_ends, alarms = stopped
+    measurement.stderr_alarms = alarms[:20]
+
+
+def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Path,
+            on_measurement: Callable[[Measurement], None]) -> tuple[list[Measurement],
+                                                                     dict[str, Any]]:
+    workdir = run_workdir(run, run_dir)
     http = run.scenario in HTTP_SCENARIOS
     certs = certificate_dir(workdir, run.scenario) if run.scenario in TLS_SCENARIOS else None
     backend = Backend("sink" if run.scenario == "bulk" else "http" if http else "smtp",
@@ -348,9 +370,7 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
             backend.stop()
             raise
     info: dict[str, Any] = {
-        "backend": " ".join(backend.argv),
-        "load_generator": f"{sys.executable} (this process, pid {os.getpid()}), "
-                          f"CPU {cpu_list(run.layout.load) if run.layout.load else 'any'}",
+        **load_info(run, backend),
         "commands": {name: " ".join(s.argv) for name, s in setups.items()},
         "configs": {name: str(s.config_path) for name, s in setups.items()},
         "ingress_access_log": (setups["mta-ingress"].access_log or "/dev/null").format(
@@ -371,10 +391,8 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
                 try:
                     measurement = measure(run, options, proxy, backend, round_number, workdir)
                 finally:
-                    code, ends, alarms = proxy.stop()
-                measurement.exit_code = code
-                measurement.ingress_ends = ends
-                measurement.stderr_alarms = alarms[:20]
+                    stopped = proxy.stop()
+                record_stop(measurement, stopped)
                 measurements.append(measurement)
                 on_measurement(measurement)
                 print(round_line(run, measurement), flush=True)

@@ -438,6 +438,25 @@ def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
                       else str(workdir / "ingress-access-{tag}.log"))
 
 
+def wait_ready(child: Child, port: int, *, ingress: bool) -> None:
+    """Until ``child`` listens on ``port`` (an mta-ingress: and has logged its ``ready`` line);
+    RuntimeError with its stderr's tail if it exits first or is not ready in READY_TIMEOUT."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited {child.process.returncode}:\n"
+                               f"{child.stderr_tail()}")
+        ready = listening(port)
+        if ingress:
+            ready = ready and 'msg="ready"' in child.stderr_tail(50)
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{child.name} not ready in {READY_TIMEOUT:g}s:\n"
+                               f"{child.stderr_tail()}")
+        time.sleep(0.02)
+
+
 class RunningProxy:
     def __init__(self, setup: ProxySetup, workdir: Path, tag: str) -> None:
         self.setup = setup
@@ -451,20 +470,7 @@ class RunningProxy:
                            stop_signal=signal.SIGINT if ingress else signal.SIGUSR1,
                            death_signal=signal.SIGINT if ingress else signal.SIGTERM,
                            stdout=stdout, stderr=workdir / f"{setup.name}-{tag}.stderr")
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if not self.child.alive():
-                raise RuntimeError(f"{setup.name} exited {self.child.process.returncode}:\n"
-                                   f"{self.child.stderr_tail()}")
-            ready = listening(setup.port)
-            if ingress:
-                ready = ready and 'msg="ready"' in self.child.stderr_tail(50)
-            if ready:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{setup.name} not ready in {READY_TIMEOUT:g}s:\n"
-                                   f"{self.child.stderr_tail()}")
-            time.sleep(0.02)
+        wait_ready(self.child, setup.port, ingress=ingress)
         self.pids = procstat.tree(self.child.pid)
 
     def memory_kib(self) -> tuple[int, int]:

@@ -1,4 +1,6 @@
 """The load generators of the three scenarios.  Each runs for a bounded time and stops by itself.
+Their runners (``closed_loop``, ``hold_sessions``, ``run_threads``) also drive the egress
+benchmark's sessions (``loadtest/bench_egress_load.py``).
 
 The measurement window is bracketed by two *marks* taken by the caller's ``mark`` function (CPU
 time of the proxy, load generator and backend, and the backend's counters), after a warm-up:
@@ -18,10 +20,10 @@ import subprocess
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import cast
+from typing import TypeVar, cast
 
 from loadtest import procstat
 
@@ -60,10 +62,24 @@ class Window:
         return self.end.backend.get(key, 0) - self.start.backend.get(key, 0)
 
 
-def _error_name(error: OSError) -> str:
+def error_name(error: OSError) -> str:
+    """``ECONNREFUSED`` and the like: how a failed attempt is counted."""
     if error.errno is not None and error.errno in errno.errorcode:
         return errno.errorcode[error.errno]
     return type(error).__name__
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p90 and p99 of ``values`` (seconds) in milliseconds; {} for fewer than two."""
+    if len(values) < 2:
+        return {}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": cuts[49] * 1000, "p90": cuts[89] * 1000, "p99": cuts[98] * 1000}
+
+
+# A session's protocol, built for one connection from the future it sets to the session's outcome:
+# "ok" for a complete session, else what went wrong ("bad-banner", "reset", ...).
+SessionFactory = Callable[[asyncio.Future[str]], asyncio.Protocol]
 
 
 # --- sessions ------------------------------------------------------------------------------------
@@ -129,21 +145,34 @@ class _Progress:
 
 async def sessions(host: str, port: int, *, concurrency: int, warmup: float, duration: float,
                    mark: Marker) -> SessionsResult:
+    """Banner, QUIT, 221 back to back from ``concurrency`` clients: ``closed_loop``."""
+    return await closed_loop(host, port, [_SmtpSession], concurrency=concurrency, warmup=warmup,
+                             duration=duration, mark=mark)
+
+
+async def closed_loop(host: str, port: int, factories: Sequence[SessionFactory], *,
+                      concurrency: int, warmup: float, duration: float,
+                      mark: Marker) -> SessionsResult:
+    """``concurrency`` clients, each running sessions back to back (the next once the last has
+    ended) for ``warmup + duration``; client ``i`` builds its sessions with
+    ``factories[i % len(factories)]``.  A session is counted when its outcome is "ok", and its
+    latency (connect to outcome) when it ends inside the window; any other outcome, or an
+    attempt over ATTEMPT_TIMEOUT, is counted as an error by kind."""
     loop = asyncio.get_running_loop()
     errors: Counter[str] = Counter()
     latencies: list[float] = []
     state = _Progress()
 
-    async def client() -> None:
+    async def client(factory: SessionFactory) -> None:
         while not state.stop:
             started = time.perf_counter()  # loop.time() is cached to the millisecond
             done: asyncio.Future[str] = loop.create_future()
             try:
                 async with asyncio.timeout(ATTEMPT_TIMEOUT):
-                    await loop.create_connection(partial(_SmtpSession, done), host, port)
+                    await loop.create_connection(partial(factory, done), host, port)
                     outcome = await done
             except OSError as error:
-                outcome = f"connect-{_error_name(error)}"
+                outcome = f"connect-{error_name(error)}"
             except TimeoutError:
                 outcome = "timeout"
             if outcome != "ok":
@@ -153,7 +182,8 @@ async def sessions(host: str, port: int, *, concurrency: int, warmup: float, dur
             if state.measuring:
                 latencies.append(time.perf_counter() - started)
 
-    tasks = [loop.create_task(client()) for _ in range(concurrency)]
+    tasks = [loop.create_task(client(factories[index % len(factories)]))
+             for index in range(concurrency)]
     try:
         await asyncio.sleep(warmup)
         start, completed_at_start = mark(), state.completed
@@ -172,15 +202,8 @@ async def sessions(host: str, port: int, *, concurrency: int, warmup: float, dur
         completed=completed_at_end - completed_at_start,
         completed_total=state.completed,
         errors=errors,
-        latency_ms=_percentiles(latencies),
+        latency_ms=percentiles(latencies),
     )
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if len(values) < 2:
-        return {}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": cuts[49] * 1000, "p90": cuts[89] * 1000, "p99": cuts[98] * 1000}
 
 
 # --- bulk ----------------------------------------------------------------------------------------
@@ -201,11 +224,35 @@ class _Sender:
     connected: threading.Event = field(default_factory=threading.Event)
 
 
-def _body_chunk(size: int) -> memoryview:
-    # Message-like content (76-character lines); the relays do not look at it, but a body that
-    # looks like mail keeps the benchmark honest should one ever inspect it.
+def body_chunk(size: int) -> memoryview:
+    """``size`` bytes of message-like content (76-character lines, none starting with a dot);
+    the relays do not look at it, but a body that looks like mail keeps the benchmark honest
+    should one ever inspect it."""
     line = b"".join(bytes([33 + (i % 90)]) for i in range(76)) + b"\r\n"
     return memoryview((line * (size // len(line) + 1))[:size])
+
+
+def run_threads(threads: Sequence[threading.Thread], stop: threading.Event,
+                sent: Callable[[], int], *, warmup: float, duration: float, mark: Marker,
+                started: Callable[[], None] | None = None) -> tuple[Window, int]:
+    """Start ``threads`` (then call ``started``), let them run ``warmup`` seconds, then mark a
+    window of ``duration``; set ``stop`` and join them (STOP_TIMEOUT for all), however the
+    window ended.  Returns the window and how much ``sent()`` grew inside it."""
+    try:
+        for thread in threads:
+            thread.start()
+        if started is not None:
+            started()
+        time.sleep(warmup)
+        start, sent_at_start = mark(), sent()
+        time.sleep(duration)
+        end, sent_at_end = mark(), sent()
+    finally:
+        stop.set()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return Window(start, end), sent_at_end - sent_at_start
 
 
 def _send(host: str, port: int, chunk: memoryview, stop: threading.Event,
@@ -219,7 +266,7 @@ def _send(host: str, port: int, chunk: memoryview, stop: threading.Event,
                 sendall(chunk)
                 sender.sent += size
     except OSError as error:
-        sender.error = _error_name(error)
+        sender.error = error_name(error)
     finally:
         sender.connected.set()
 
@@ -228,30 +275,22 @@ def bulk(host: str, port: int, *, connections: int, chunk_size: int, warmup: flo
          duration: float, mark: Marker) -> BulkResult:
     """Blocking sends from threads: the GIL is released while the kernel copies, so one Python
     process can push more than a relay can carry."""
-    chunk = _body_chunk(chunk_size)
+    chunk = body_chunk(chunk_size)
     stop = threading.Event()
     senders = [_Sender() for _ in range(connections)]
     threads = [threading.Thread(target=_send, args=(host, port, chunk, stop, sender),
                                 daemon=True, name=f"bulk-{index}")
                for index, sender in enumerate(senders)]
-    try:
-        for thread in threads:
-            thread.start()
+
+    def connected() -> None:
         for sender in senders:
             sender.connected.wait(ATTEMPT_TIMEOUT)
-        time.sleep(warmup)
-        start, sent_at_start = mark(), sum(sender.sent for sender in senders)
-        time.sleep(duration)
-        end, sent_at_end = mark(), sum(sender.sent for sender in senders)
-    finally:
-        stop.set()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-    window = Window(start, end)
+
+    window, sent = run_threads(threads, stop, lambda: sum(sender.sent for sender in senders),
+                               warmup=warmup, duration=duration, mark=mark, started=connected)
     errors = Counter(sender.error for sender in senders if sender.error)
-    return BulkResult(window=window, sent=sent_at_end - sent_at_start,
-                      received=window.backend_delta("bytes"), errors=errors)
+    return BulkResult(window=window, sent=sent, received=window.backend_delta("bytes"),
+                      errors=errors)
 
 
 # --- idle ----------------------------------------------------------------------------------------
@@ -272,7 +311,19 @@ class IdleResult:
     hold_seconds: float
 
 
-class _IdleClient(asyncio.Protocol):
+class HeldSession(asyncio.Protocol):
+    """A session that can be held open past its outcome: ``transport`` while connected,
+    ``lost`` once the connection is gone."""
+
+    __slots__ = ()
+    transport: asyncio.Transport | None
+    lost: bool
+
+
+H = TypeVar("H", bound=HeldSession)
+
+
+class _IdleClient(HeldSession):
     __slots__ = ("_buffer", "banner", "lost", "transport")
 
     def __init__(self, banner: asyncio.Future[str]) -> None:
@@ -298,21 +349,85 @@ class _IdleClient(asyncio.Protocol):
             self.banner.set_result("reset" if exc is not None else "closed-before-banner")
 
 
-async def _open_idle(host: str, port: int) -> tuple[str, _IdleClient | None]:
+async def _open_one(host: str, port: int,
+                    factory: Callable[[asyncio.Future[str]], H]) -> tuple[str, H | None]:
     loop = asyncio.get_running_loop()
-    banner: asyncio.Future[str] = loop.create_future()
-    client: _IdleClient | None = None
+    done: asyncio.Future[str] = loop.create_future()
+    session: H | None = None
     try:
         async with asyncio.timeout(ATTEMPT_TIMEOUT):
-            _, client = await loop.create_connection(partial(_IdleClient, banner), host, port)
-            outcome = await banner
+            _, session = await loop.create_connection(partial(factory, done), host, port)
+            outcome = await done
     except OSError as error:
-        return f"connect-{_error_name(error)}", None
+        return f"connect-{error_name(error)}", None
     except TimeoutError:
         outcome = "timeout"
-    if outcome != "ok" and client is not None and client.transport is not None:
-        client.transport.abort()
-    return outcome, client
+    if outcome != "ok" and session is not None and session.transport is not None:
+        session.transport.abort()
+    return outcome, session
+
+
+@dataclass(slots=True)
+class Holding:
+    established: int  # held from the end of the opening to the end of the hold
+    failed: Counter[str]  # by outcome, "closed-after-banner" for those lost before the hold
+    lost_while_holding: int
+    backend_sessions: int  # sessions the backend saw opened while connecting
+    open_seconds: float
+
+
+async def hold_sessions(host: str, port: int,
+                        factories: Sequence[Callable[[asyncio.Future[str]], H]], *, count: int,
+                        batch: int, hold: float, sample: Callable[[], None],
+                        backend_sessions: Callable[[], int],
+                        close: Callable[[list[H]], Awaitable[None]]) -> Holding:
+    """Open ``count`` sessions, ``batch`` at a time (below the accept backlogs), session ``i``
+    with ``factories[i % len(factories)]``, each up to its outcome ("ok": held; the others'
+    connections are aborted); hold them ``hold`` seconds, calling ``sample`` once they are all
+    open, then every half second and at the end; then ``close`` those held, however this
+    ended."""
+    loop = asyncio.get_running_loop()
+    failed: Counter[str] = Counter()
+    held: list[H] = []
+    sessions_before = backend_sessions()
+    opened_at = loop.time()
+    try:
+        for first in range(0, count, batch):
+            size = min(batch, count - first)
+            for outcome, session in await asyncio.gather(
+                    *(_open_one(host, port, factories[(first + i) % len(factories)])
+                      for i in range(size))):
+                if outcome == "ok" and session is not None:
+                    held.append(session)
+                else:
+                    failed[outcome] += 1
+        open_seconds = loop.time() - opened_at
+        opened_sessions = backend_sessions() - sessions_before
+        lost_before_hold = sum(session.lost for session in held)
+        if lost_before_hold:
+            failed["closed-after-banner"] += lost_before_hold
+        hold_until = loop.time() + hold
+        while True:
+            sample()
+            remaining = hold_until - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(0.5, remaining))
+        lost = sum(session.lost for session in held) - lost_before_hold
+        established = len(held) - lost_before_hold
+    finally:
+        await close(held)
+    return Holding(established=established, failed=failed, lost_while_holding=lost,
+                   backend_sessions=opened_sessions, open_seconds=open_seconds)
+
+
+async def close_all(sessions: Sequence[HeldSession]) -> None:
+    """Close the connections of ``sessions`` still open."""
+    for session in sessions:
+        if session.transport is not None:
+            session.transport.close()
+    # Let the close callbacks run, so the transports are gone before the loop closes.
+    await asyncio.sleep(0.2)
 
 
 async def idle(host: str, port: int, *, count: int, batch: int, hold: float,
@@ -320,55 +435,28 @@ async def idle(host: str, port: int, *, count: int, batch: int, hold: float,
                backend_sessions: Callable[[], int]) -> IdleResult:
     """Open ``count`` SMTP connections through the proxy, ``batch`` at a time (below the accept
     backlogs), each up to its 220 banner; hold them, sampling the proxy's memory (RSS, PSS)
-    every half second; close them."""
-    loop = asyncio.get_running_loop()
-    failed: Counter[str] = Counter()
-    clients: list[_IdleClient] = []
+    every half second; close them (``hold_sessions``)."""
     rss_before, pss_before = proxy_memory()
-    sessions_before = backend_sessions()
-    opened_at = loop.time()
-    try:
-        for first in range(0, count, batch):
-            size = min(batch, count - first)
-            for outcome, client in await asyncio.gather(
-                    *(_open_idle(host, port) for _ in range(size))):
-                if outcome == "ok" and client is not None:
-                    clients.append(client)
-                else:
-                    failed[outcome] += 1
-        open_seconds = loop.time() - opened_at
-        opened_sessions = backend_sessions() - sessions_before
-        lost_before_hold = sum(client.lost for client in clients)
-        if lost_before_hold:
-            failed["closed-after-banner"] += lost_before_hold
-        rss_holding = pss_holding = 0
-        hold_until = loop.time() + hold
-        while True:
-            rss, pss = proxy_memory()
-            rss_holding, pss_holding = max(rss_holding, rss), max(pss_holding, pss)
-            remaining = hold_until - loop.time()
-            if remaining <= 0:
-                break
-            await asyncio.sleep(min(0.5, remaining))
-        lost = sum(client.lost for client in clients) - lost_before_hold
-        established = len(clients) - lost_before_hold
-    finally:
-        for client in clients:
-            if client.transport is not None:
-                client.transport.close()
-        # Let the close callbacks run, so the transports are gone before the loop closes.
-        await asyncio.sleep(0.2)
+    holding = [0, 0]  # the highest RSS and PSS sampled
+
+    def sample() -> None:
+        rss, pss = proxy_memory()
+        holding[:] = max(holding[0], rss), max(holding[1], pss)
+
+    held = await hold_sessions(host, port, [_IdleClient], count=count, batch=batch, hold=hold,
+                               sample=sample, backend_sessions=backend_sessions,
+                               close=close_all)
     return IdleResult(
         target=count,
-        established=established,
-        failed=failed,
-        lost_while_holding=lost,
-        backend_sessions=opened_sessions,
+        established=held.established,
+        failed=held.failed,
+        lost_while_holding=held.lost_while_holding,
+        backend_sessions=held.backend_sessions,
         rss_before_kib=rss_before,
-        rss_holding_kib=rss_holding,
+        rss_holding_kib=holding[0],
         pss_before_kib=pss_before,
-        pss_holding_kib=pss_holding,
-        open_seconds=open_seconds,
+        pss_holding_kib=holding[1],
+        open_seconds=held.open_seconds,
         hold_seconds=hold,
     )
 
@@ -556,7 +644,7 @@ async def http_rate(host: str, port: int, *, path: str, rate: float, connections
         try:
             await loop.create_connection(partial(_HttpClient, request, on_done, idle), host, port)
         except OSError as error:
-            errors[f"connect-{_error_name(error)}"] += 1
+            errors[f"connect-{error_name(error)}"] += 1
 
     await asyncio.gather(*(_connect() for _ in range(connections)))
     begin = time.perf_counter()
@@ -592,5 +680,5 @@ async def http_rate(host: str, port: int, *, path: str, rate: float, connections
     assert start is not None
     if queue:
         errors["unanswered"] += len(queue)
-    return RateResult(Window(start, end), rate, completed[0], errors, _percentiles(latencies),
+    return RateResult(Window(start, end), rate, completed[0], errors, percentiles(latencies),
                       completed[1])

@@ -272,6 +272,18 @@ class LoadtestUser(User):
             response_time=(time.perf_counter() - started) * 1000.0, response_length=length,
             exception=exception, context={})
 
+    def smtp_step(self, label: str, name: str, call: Callable[[], T]) -> T:
+        """``call()``, fired as the SMTP step "``label`` ``name``" (its time, and its exception,
+        which is raised again)."""
+        started = time.perf_counter()
+        try:
+            result = call()
+        except Exception as exc:
+            self.fire("SMTP step", f"{label} {name}", started, 0, exc)
+            raise
+        self.fire("SMTP step", f"{label} {name}", started, 0, None)
+        return result
+
 
 # --- HTTP ---------------------------------------------------------------------------------------
 
@@ -507,6 +519,17 @@ class SubmissionApiUser(HttpClientUser):
 # --- SMTP ---------------------------------------------------------------------------------------
 
 
+def _retry_after_pause(retry: bool, attempts: int, deadline: float) -> bool:
+    """An MTA's retry after its failed attempt number ``attempts``: a pause of 0.5 s, doubling
+    up to 4 s, then True; False at once when the failure is not worth retrying (``retry``) or
+    the pause would end past ``deadline`` (``time.monotonic()``)."""
+    pause = min(4.0, 0.25 * 2 ** attempts)
+    if not retry or time.monotonic() + pause > deadline:
+        return False
+    time.sleep(pause)  # gevent's sleep: the user yields
+    return True
+
+
 class RoutedSMTP(smtplib.SMTP):
     """smtplib with the client plan applied to its socket (source address, PROXY header)."""
 
@@ -544,14 +567,7 @@ class SmtpUser(LoadtestUser):
                 traffic.submission_message(ident, self.settings.options.smtp_size))
 
     def step(self, name: str, call: Callable[[], T]) -> T:
-        started = time.perf_counter()
-        try:
-            result = call()
-        except Exception as exc:
-            self.fire("SMTP step", f"{self.label} {name}", started, 0, exc)
-            raise
-        self.fire("SMTP step", f"{self.label} {name}", started, 0, None)
-        return result
+        return self.smtp_step(self.label, name, call)
 
     @task
     def send_message(self) -> None:
@@ -578,10 +594,8 @@ class SmtpUser(LoadtestUser):
                 retry, error, body_sent = outcome
                 ambiguous = ambiguous or body_sent
                 self.fire("SMTP", f"{self.label} attempt", attempt_started, 0, error)
-                pause = min(4.0, 0.25 * 2 ** attempts)
-                if not retry or time.monotonic() + pause > deadline:
+                if not _retry_after_pause(retry, attempts, deadline):
                     break
-                time.sleep(pause)  # gevent's sleep: the user yields
         except BaseException as exc:
             record(Sent(ident, "smtp", self.service, self.plan.client, False, t0, time.time(),
                         name, attempts, True, f"abandoned: {type(exc).__name__}"))
@@ -737,16 +751,6 @@ class EgressUser(LoadtestUser):
     def proxied_share(self) -> float:
         return 0.0  # the MTA is the egress tier's client: 127.0.0.1, allow_clients
 
-    def _step(self, label: str, name: str, call: Callable[[], T]) -> T:
-        started = time.perf_counter()
-        try:
-            result = call()
-        except Exception as exc:
-            self.fire("SMTP step", f"{label} {name}", started, 0, exc)
-            raise
-        self.fire("SMTP step", f"{label} {name}", started, 0, None)
-        return result
-
     def _settle(self, plan: traffic.EgressPlan, message: Outbound,
                 error: BaseException | None) -> None:
         """Accepted (``error`` None) or given up on: locust's statistics and the ledger."""
@@ -781,10 +785,8 @@ class EgressUser(LoadtestUser):
                     break
                 retry, error = outcome
                 self.fire("SMTP", f"{plan.mode} attempt", attempt_started, 0, error)
-                pause = min(4.0, 0.25 * 2 ** sessions)
-                if not retry or time.monotonic() + pause > deadline:
+                if not _retry_after_pause(retry, sessions, deadline):
                     break
-                time.sleep(pause)  # gevent's sleep: the user yields
         except BaseException as exc:
             for message in pending:
                 record(Sent(message.ident, "smtp", self.service, plan.expected, False,
@@ -805,10 +807,10 @@ class EgressUser(LoadtestUser):
         current.attempting()
         body_sent = False
         try:
-            code, reply = self._step(label, "connect", lambda: smtp.connect(*self.egress.mx))
+            code, reply = self.smtp_step(label, "connect", lambda: smtp.connect(*self.egress.mx))
             if code != 220:
                 raise smtplib.SMTPConnectError(code, reply)
-            self._step(label, "EHLO", lambda: _expect(smtp.ehlo("egress.loadtest"), 250))
+            self.smtp_step(label, "EHLO", lambda: _expect(smtp.ehlo("egress.loadtest"), 250))
             first = True
             while pending:
                 current = pending[0]
@@ -816,9 +818,9 @@ class EgressUser(LoadtestUser):
                     time.sleep(self.rng.uniform(0.0, float(options.max_wait)))
                     current.attempting()
                 first = False
-                self._step(label, "MAIL", lambda: _expect(smtp.mail("news@example.com"), 250))
-                self._step(label, "RCPT", lambda: _expect(smtp.rcpt("reader@example.net"), 250))
-                self._step(label, "DATA", lambda: _expect(smtp.docmd("DATA"), 354))
+                self.smtp_step(label, "MAIL", lambda: _expect(smtp.mail("news@example.com"), 250))
+                self.smtp_step(label, "RCPT", lambda: _expect(smtp.rcpt("reader@example.net"), 250))
+                self.smtp_step(label, "DATA", lambda: _expect(smtp.docmd("DATA"), 354))
 
                 def send_body(message: bytes = current.message) -> None:
                     nonlocal body_sent
@@ -827,10 +829,10 @@ class EgressUser(LoadtestUser):
                     _expect(smtp.getreply(), 250)
                     body_sent = False  # answered: no doubt left
 
-                self._step(label, "message", send_body)
+                self.smtp_step(label, "message", send_body)
                 self._settle(plan, pending.pop(0), None)
             try:
-                self._step(label, "QUIT", smtp.quit)
+                self.smtp_step(label, "QUIT", smtp.quit)
             except (smtplib.SMTPException, OSError):
                 pass  # every message is accepted; a lost 221 changes nothing
             return None

@@ -518,7 +518,7 @@ def data_exchange(message_bytes: int, payload: bytes, *,
     ours, theirs = socket.socketpair()
     counter = [0]
     with ours:
-        thread = threading.Thread(target=sink._session, args=(theirs, counter), daemon=True)
+        thread = threading.Thread(target=sink.session, args=(theirs, counter), daemon=True)
         thread.start()
         ours.settimeout(5)
         ours.sendall(b"DATA\r\n" + payload)

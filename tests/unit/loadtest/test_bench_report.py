@@ -7,7 +7,14 @@ import argparse
 
 import pytest
 
-from loadtest.bench_report import abnormal_ends, summarise, summary_text
+from loadtest.bench_report import (
+    abnormal_ends,
+    health,
+    qualified,
+    round_tail,
+    summarise,
+    summary_text,
+)
 from loadtest.bench_scenarios import Layout, Measurement, Run
 
 CPU = {"proxy": 1.0, "proxy_sys": 0.5, "proxy_core": 1.0, "loadgen": 0.5, "backend": 0.5,
@@ -60,3 +67,25 @@ def test_client_left_ends_are_the_loads_doing_up_to_one_per_connection_and_run(
     m = Measurement("mta-ingress", 1, 1.0, None, {}, {}, 0, ends,
                           {"expected_client_aborts": 128})
     assert abnormal_ends(m) == abnormal
+
+
+def test_a_verdict_fails_on_errors_and_is_unreliable_after_disturbed_rounds() -> None:
+    quiet = {"errors": 0, "abnormal_ends": 0, "stderr_alarms": 0, "bad_exits": 0,
+             "disturbed_rounds": 0}
+    assert qualified("PASS", [quiet, quiet]) == "PASS"
+    assert qualified("PASS", [quiet, {**quiet, "disturbed_rounds": 1}]).startswith(
+        "PASS (unreliable: DISTURBED rounds")
+    assert qualified("PASS", [quiet, {**quiet, "stderr_alarms": 2, "disturbed_rounds": 1}]
+                     ) == "FAIL (errors, see the rounds)"
+
+
+def test_health_and_round_tail_tell_what_went_wrong() -> None:
+    cpu = {"proxy": 1.0, "other": 0.5}
+    m = Measurement("mta-ingress", 1, 1.0, None, cpu, {"timeout": 2, "reset": 1}, 1,
+                    {"ok": 5, "server-failed": 1}, {}, ["level=ERROR boom"])
+    assert health([m, measurement("mta-ingress", 2, 1.0)]) == {
+        "errors": 3, "abnormal_ends": 1, "stderr_alarms": 1, "disturbed_rounds": 1,
+        "bad_exits": 1}
+    assert round_tail(m) == ("errors: reset=1, timeout=2  exit=1  stderr: 1 alarming line(s), "
+                             "first: level=ERROR boom  ends: ok=5, server-failed=1  <-- abnormal")
+    assert round_tail(measurement("haproxy", 1, 1.0)) == "errors: none"

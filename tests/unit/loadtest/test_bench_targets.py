@@ -1,10 +1,17 @@
-"""loadtest/bench_targets.py: the reference floor's command line, and the access log's ends."""
+"""loadtest/bench_targets.py: the reference floor's command line, the access log's ends, and
+waiting for a proxy to be ready."""
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
-from loadtest.bench_targets import access_log_ends, floor_setup
+import pytest
+
+from loadtest.bench_targets import Child, access_log_ends, floor_setup, wait_ready
 
 
 def test_floor_setup_names_and_pins() -> None:
@@ -29,3 +36,37 @@ def test_access_log_ends_count_rejections_by_reason() -> None:
     ]
     assert access_log_ends(lines) == {
         "ok": 1, "rejected:tls-handshake-aborted": 1, "rejected:tls-handshake-failed": 1}
+
+
+def child(tmp_path: Path, code: str) -> Child:
+    return Child("proxy-x", [sys.executable, "-c", code], stop_signal=signal.SIGTERM,
+                 death_signal=signal.SIGTERM, stdout=subprocess.DEVNULL,
+                 stderr=tmp_path / "proxy-x.stderr")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_wait_ready_says_why_a_proxy_that_exits_is_not_ready(tmp_path: Path) -> None:
+    exiting = child(tmp_path, "import sys; print('bad config', file=sys.stderr); sys.exit(3)")
+    with pytest.raises(RuntimeError, match="proxy-x exited 3:\nbad config"):
+        wait_ready(exiting, free_port(), ingress=False)
+    exiting.stop()
+
+
+def test_wait_ready_waits_for_the_port_and_the_ingress_ready_line(tmp_path: Path) -> None:
+    port = free_port()
+    listening = child(tmp_path, (
+        "import socket, sys, time\n"
+        f"listener = socket.create_server(('127.0.0.1', {port}))\n"
+        "time.sleep(0.2)\n"
+        "print('msg=\"ready\"', file=sys.stderr, flush=True)\n"
+        "time.sleep(30)\n"))
+    try:
+        wait_ready(listening, port, ingress=True)
+        assert 'msg="ready"' in listening.stderr_tail()
+    finally:
+        listening.stop()
