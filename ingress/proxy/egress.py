@@ -221,7 +221,9 @@ class EgressSession(Relay):
 
     def _negotiate(self) -> None:
         buffer = self._buffer
-        while self._state == NEGOTIATING and buffer:
+        # Not past a refusal: a request pipelined behind a refused one must not be acted on
+        # (the client is being closed, but its bytes are already here).
+        while self._state == NEGOTIATING and buffer and not self._end:
             step = self._step
             try:
                 if step == GREETING:
@@ -281,7 +283,7 @@ class EgressSession(Relay):
 
     def _credentials_checked(self, verdict: asyncio.Future[bool]) -> None:
         self._checking = None
-        if verdict.cancelled() or self.transport is None:
+        if verdict.cancelled() or self.transport is None or self._end:
             return
         if verdict.exception() is not None or not verdict.result():
             self._write(socks5.encode_auth_status(False))
@@ -342,6 +344,8 @@ class EgressSession(Relay):
     # --- forward mode: the PROXY header --------------------------------------------------------
 
     def _read_proxy_header(self, data: bytes) -> None:
+        if self._end:
+            return  # refused already: nothing more is read
         try:
             parsed = self._inbound.feed(data)
         except proxy_protocol.ProxyProtocolError as error:

@@ -558,3 +558,20 @@ def test_malformed_and_silent_clients_are_closed(tmp_path: Path) -> None:
         assert sum("reason=malformed" in line for line in lines) == 2, lines
         assert any("end=handshake-timeout" in line for line in lines), lines
         assert any("end=proxy-header-timeout" in line for line in lines), lines
+
+
+def test_a_request_pipelined_behind_a_refused_one_is_not_acted_on(
+        tmp_path: Path, counter: ConnectionCounter) -> None:
+    with running_egress(tmp_path, [counter.port]) as (ingress, socks_port, _):
+        with client(socks_port) as sock:
+            sock.sendall(socks5.encode_greeting([socks5.METHOD_NO_AUTH])
+                         + socks5.encode_request(socks5.CMD_BIND, "127.0.0.9", 0)
+                         + socks5.encode_request(socks5.CMD_CONNECT, SINK_HOST, counter.port))
+            answer = b""
+            while chunk := sock.recv(64):
+                answer += chunk
+        assert answer == (socks5.encode_method_choice(socks5.METHOD_NO_AUTH)
+                          + socks5.encode_reply(socks5.REP_NOT_ALLOWED))
+        assert "reason=source-not-allowed" in access_line(ingress, "kind=egress")
+        time.sleep(0.2)
+        assert counter.peers == []
