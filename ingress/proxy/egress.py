@@ -115,19 +115,18 @@ def policy_of(listener: ListenerConfig) -> EgressPolicy:
                               listener.allow_clients, listener.deny_destinations)
 
 
-def bound_socket(source: str, port: int = 0) -> socket.socket:
-    """A non-blocking TCP socket bound to ``source`` (raises OSError: EADDRNOTAVAIL when the
-    address is not this host's)."""
+def bound_socket(source: str) -> socket.socket:
+    """A non-blocking TCP socket bound to ``source``, its port left to connect (raises
+    OSError: EADDRNOTAVAIL when the address is not this host's)."""
     family = socket.AF_INET6 if ":" in source else socket.AF_INET
     # Non-blocking from the start: one ioctl less than setblocking(False).
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        if port == 0:
-            try:
-                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            except OSError:
-                pass  # not Linux: bind picks the port now, which works, with fewer of them
-        sock.bind((source, port))
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        except OSError:
+            pass  # not Linux: bind picks the port now, which works, with fewer of them
+        sock.bind((source, 0))
     except OSError:
         sock.close()
         raise
@@ -317,7 +316,9 @@ class EgressSession(Relay):
                          reply=socks5.REP_NOT_ALLOWED, detail=f"source {request.host}")
             return
         try:
-            self._socket = bound_socket(choice.address, request.port)
+            # The port is the kernel's to choose at connect time (KumoMTA sends 0): a client
+            # has no business holding a port of the sending address.
+            self._socket = bound_socket(choice.address)
         except OSError as error:
             self._source = choice.address
             self._fail("bind-failed", socks5.REP_GENERAL_FAILURE,

@@ -575,3 +575,18 @@ def test_a_request_pipelined_behind_a_refused_one_is_not_acted_on(
         assert "reason=source-not-allowed" in access_line(ingress, "kind=egress")
         time.sleep(0.2)
         assert counter.peers == []
+
+
+def test_the_port_of_a_bind_is_the_kernels_to_choose(tmp_path: Path,
+                                                    sink: AiosmtpdBackend) -> None:
+    with running_egress(tmp_path, [sink.port]) as (_, socks_port, _forward):
+        with client(socks_port) as sock:
+            _greet(sock)
+            bound = _request(sock, socks5.CMD_BIND, "127.0.0.7", 2525)
+            assert (bound.code, bound.host, bound.port) == (socks5.REP_SUCCEEDED, "127.0.0.7", 0)
+            connected = _request(sock, socks5.CMD_CONNECT, SINK_HOST, sink.port)
+            assert connected.code == socks5.REP_SUCCEEDED
+            assert connected.host == "127.0.0.7"
+            assert connected.port != 2525
+            smtp_transaction(sock)
+        assert sink.wait_for_messages(1)[0].peer[0] == "127.0.0.7"
