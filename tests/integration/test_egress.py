@@ -163,11 +163,13 @@ def test_connect_without_bind_leaves_from_the_default_source(
 def _exchange(sock: socket.socket, message: bytes, parse: object) -> object:
     sock.sendall(message)
     data = b""
+    # Byte by byte: the remote's banner may follow a CONNECT reply in the same segment, and
+    # belongs to the SMTP session after it.
     while True:
         parsed = parse(data)  # type: ignore[operator]
         if parsed is not None:
             return parsed[0]
-        chunk = sock.recv(512)
+        chunk = sock.recv(1)
         if not chunk:
             raise ConnectionError(f"closed after {data!r}")
         data += chunk
