@@ -121,9 +121,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="HAProxy's log: off, or one line per request or session to a file "
                              "in the results directory, as the contract's HAProxy logs to stdout")
     parser.add_argument("--floor", type=parse_burns, default=[], metavar="US[,US...]",
-                        help="http-keepalive and https-keepalive (one worker): also measure "
-                             "the reference relay loadtest/floor.py, once per value, with that "
-                             "many microseconds of busy CPU added per request (0: none)")
+                        help="http-keepalive, https-keepalive and sessions (one worker): also "
+                             "measure the reference relay loadtest/floor.py, once per value, "
+                             "with that many microseconds of busy CPU added per request or "
+                             "session (0: none)")
     parser.add_argument("--egress-concurrency", type=parse_levels, default=[16, 128],
                         metavar="N[,N...]",
                         help="egress-sessions: clients in flight, one run per level")

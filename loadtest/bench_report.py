@@ -355,8 +355,13 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
         lines.append(f"  reference {name}/haproxy: {number(reference['ratio'], 2)}x {unit}; "
                      f"{number(reference['ratio_per_cpu'], 2)}x {per_cpu_unit}")
     if references:
-        lines.append("  (references: loadtest/floor.py, uvloop and httptools without "
-                     "mta-ingress's work; +N us: that much busy CPU added per request)")
+        if run.scenario == "sessions":
+            lines.append("  (references: loadtest/floor.py --tcp, uvloop's TCP transports "
+                         "without mta-ingress's work; +N us: that much busy CPU added per "
+                         "session)")
+        else:
+            lines.append("  (references: loadtest/floor.py, uvloop and httptools without "
+                         "mta-ingress's work; +N us: that much busy CPU added per request)")
     lines.append(f"  limited by: haproxy: {bottleneck(h, run.layout)}; "
                  f"mta-ingress: {bottleneck(i, run.layout)}")
     target = summary.get("target")

@@ -360,7 +360,8 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     }
     if run.scenario in FLOOR_SCENARIOS and run.workers == 1:
         for burn_us in options.floor:
-            floor = floor_setup(ports.take(), backend.port, run.layout.proxy, burn_us, certs)
+            floor = floor_setup(ports.take(), backend.port, run.layout.proxy, burn_us, certs,
+                                tcp=run.scenario == "sessions")
             setups[floor.name] = floor
     if run.scenario == "http-latency" and options.http_rate is None:
         try:

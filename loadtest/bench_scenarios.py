@@ -31,10 +31,10 @@ HTTP_SCENARIOS = (*WRK_SCENARIOS, "http-latency")
 
 
 # Where --floor measures the reference relay (loadtest/floor.py) too, over TLS in
-# https-keepalive. Not http-close nor the handshakes: the relay opens a backend connection per
-# client connection (mta-ingress pools them), so it would measure more work than the proxy it is
-# a floor for.
-FLOOR_SCENARIOS = ("http-keepalive", "https-keepalive")
+# https-keepalive, as a TCP relay (--tcp) in sessions. Not http-close nor the handshakes: the
+# HTTP relay opens a backend connection per client connection (mta-ingress pools them), so it
+# would measure more work than the proxy it is a floor for.
+FLOOR_SCENARIOS = ("http-keepalive", "https-keepalive", "sessions")
 
 
 COMPARED = ("haproxy", "mta-ingress")

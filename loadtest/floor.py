@@ -1,4 +1,4 @@
-"""The reference floor of the HTTP benchmarks: the least a Python HTTP proxy on this stack can do.
+"""The reference floor of the benchmarks: the least a Python proxy on this stack can do.
 
 ``bench.py --floor`` measures this relay beside HAProxy and mta-ingress in the ``http-keepalive``
 scenario, and in ``https-keepalive`` with ``--tls-cert``: TLS terminated as the ingress does it
@@ -15,6 +15,13 @@ mta-ingress's pool, not a floor.
 Its ratio to HAProxy says how much of mta-ingress's gap is the stack and how much is the work
 mta-ingress does per request; ``--burn-us`` adds that much busy CPU time to each request, to
 measure what each microsecond of Python per request costs in requests per second.
+
+With ``--tcp`` it is the floor of the ``sessions`` scenario instead: the TCP relay of the SMTP
+listeners at its least, each client connection relayed to a backend connection of its own opened
+as ``ingress.proxy.tcp`` opens it (``create_connection`` in a task), behind the same PROXY v1
+header (``ingress.protocol.proxy_protocol.encode_v1``), bytes passed on as they come, half-close
+passed on; no log, no metrics, no timeouts, no server choice, no 421. ``--burn-us`` is then per
+session.
 
 It is a measuring instrument, not a proxy: it trusts its backend, answers nothing itself and
 drops a client whose backend cannot be reached. Loopback only, like everything in loadtest/.
@@ -44,7 +51,8 @@ def _import_project() -> None:
 
 
 _import_project()
-from ingress.proxy.flow import Outbox, WriteBatch  # noqa: E402  (the path above first)
+from ingress.protocol.proxy_protocol import encode_v1  # noqa: E402  (the path above first)
+from ingress.proxy.flow import Outbox, WriteBatch  # noqa: E402
 
 
 class _Upstream(asyncio.Protocol):
@@ -114,10 +122,7 @@ class _Client(asyncio.Protocol):
         request = b"".join([self.parser.get_method(), b" ", self.url, b" HTTP/1.1\r\n",
                             *self.fields, b"X-Forwarded-For: ", self.peer, b"\r\n\r\n"])
         self.fields = []
-        if self.burn_seconds:
-            end = time.perf_counter() + self.burn_seconds
-            while time.perf_counter() < end:
-                pass
+        burn(self.burn_seconds)
         if self.waiting is not None:
             self.waiting.append(request)
         elif self.upstream is not None and self.upstream.outbox is not None:
@@ -143,6 +148,103 @@ class _Client(asyncio.Protocol):
             self.upstream.outbox.close()
 
 
+class _TcpServerSide(asyncio.Protocol):
+    """The backend connection of one relayed TCP session: every event goes to the session."""
+
+    def __init__(self, session: _TcpSession) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session.server_connected(cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        if self.session.client is not None:
+            self.session.client.write(data)
+
+    def eof_received(self) -> bool:
+        return self.session.side_ended(server=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.server = None
+        if self.session.client is not None:
+            self.session.client.close()
+
+
+class _TcpSession(asyncio.Protocol):
+    """One relayed TCP session: the client side's protocol, which owns the backend connection."""
+
+    def __init__(self, backend: tuple[str, int], burn_seconds: float) -> None:
+        self.backend = backend
+        self.burn_seconds = burn_seconds
+        self.client: asyncio.Transport | None = None
+        self.server: asyncio.Transport | None = None
+        self.header = b""
+        self.waiting: list[bytes] = []  # client bytes that came before the backend connected
+        self.eofs = 0
+        self.connecting: asyncio.Task[None] | None = None  # held: a bare task may be collected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = cast(asyncio.Transport, transport)
+        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        self.header = encode_v1((peer[0], peer[1]), (local[0], local[1]))
+        burn(self.burn_seconds)
+        loop = asyncio.get_running_loop()
+        self.connecting = loop.create_task(self._connect(loop))
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            await loop.create_connection(lambda: _TcpServerSide(self), *self.backend)
+        except OSError:
+            if self.client is not None:
+                self.client.close()
+
+    def server_connected(self, transport: asyncio.Transport) -> None:
+        if self.client is None:
+            transport.abort()
+            return
+        self.server = transport
+        transport.write(self.header)
+        if self.waiting:
+            transport.write(b"".join(self.waiting))
+            self.waiting.clear()
+        if self.eofs:
+            transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        if self.server is not None:
+            self.server.write(data)
+        else:
+            self.waiting.append(data)
+
+    def eof_received(self) -> bool:
+        return self.side_ended(server=False)
+
+    def side_ended(self, *, server: bool) -> bool:
+        """An EOF from one side: passed on, and both closed once both sides have sent theirs."""
+        self.eofs += 1
+        if self.eofs == 2:
+            for transport in (self.client, self.server):
+                if transport is not None:
+                    transport.close()
+            return False
+        other = self.client if server else self.server
+        if other is not None:
+            other.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client = None
+        if self.server is not None:
+            self.server.close()
+
+
+def burn(seconds: float) -> None:
+    if seconds:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+
 def tls_context(cert: Path) -> ssl.SSLContext:
     """The https listener's settings (protocol versions, ciphers, groups, ALPN) and one
     certificate file, key included, as HAProxy's ``crt`` and the ingress's store read it."""
@@ -155,7 +257,10 @@ def tls_context(cert: Path) -> ssl.SSLContext:
 
 
 def _factory(backend: tuple[str, int], burn_us: float, context: ssl.SSLContext | None,
-             writes: WriteBatch) -> Callable[[], asyncio.Protocol]:
+             writes: WriteBatch, tcp: bool = False) -> Callable[[], asyncio.Protocol]:
+    if tcp:
+        return lambda: _TcpSession(backend, burn_us / 1e6)
+
     def make_client() -> asyncio.Protocol:
         return _Client(backend, burn_us / 1e6, writes)
     if context is None:
@@ -169,13 +274,13 @@ def _factory(backend: tuple[str, int], burn_us: float, context: ssl.SSLContext |
 
 
 async def serve(port: int, backend: tuple[str, int], burn_us: float,
-                context: ssl.SSLContext | None = None) -> None:
+                context: ssl.SSLContext | None = None, tcp: bool = False) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # SIGUSR1 too: bench.py stops every proxy but mta-ingress with HAProxy's soft-stop signal
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.add_signal_handler(signum, stop.set)
-    server = await loop.create_server(_factory(backend, burn_us, context, WriteBatch(loop)),
+    server = await loop.create_server(_factory(backend, burn_us, context, WriteBatch(loop), tcp),
                                       "127.0.0.1", port, backlog=4096)
     async with server:
         await stop.wait()
@@ -187,13 +292,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backend-port", type=int, required=True,
                         help="the origin on 127.0.0.1:PORT")
     parser.add_argument("--burn-us", type=float, default=0.0,
-                        help="busy CPU time added to every request, in microseconds")
+                        help="busy CPU time added to every request (with --tcp: session), "
+                             "in microseconds")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",
                         help="serve HTTPS with this certificate, chain and key")
+    parser.add_argument("--tcp", action="store_true",
+                        help="relay TCP sessions behind a PROXY v1 header (the sessions floor)")
     options = parser.parse_args(argv)
+    if options.tcp and options.tls_cert:
+        parser.error("--tcp relays plain TCP: no --tls-cert")
     context = tls_context(options.tls_cert) if options.tls_cert else None
     uvloop.run(serve(options.port, ("127.0.0.1", options.backend_port), options.burn_us,
-                     context))
+                     context, options.tcp))
     return 0
 
 

@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,3 +103,56 @@ def test_the_floor_terminates_tls_like_the_https_listener(origin: RawOrigin,
             for path in (b"/a", b"/b")]
     finally:
         _stop(floor)
+
+
+def test_the_tcp_floor_relays_behind_a_proxy_v1_header_and_passes_half_close_on() -> None:
+    """bench.py's sessions floor (--tcp): the server hears the client's real address in a PROXY
+    v1 header, then the client's bytes; the client's EOF reaches the server, and the server's
+    reply written after it still reaches the client."""
+    heard: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def serve(count: int) -> None:
+            # _start_floor's probe is a session too: the first one served
+            for _ in range(count):
+                connection, _ = listener.accept()
+                with connection:
+                    try:
+                        connection.sendall(b"220 floor test\r\n")
+                        received = b""
+                        while chunk := connection.recv(65536):
+                            received += chunk
+                        heard.append(received)
+                        connection.sendall(b"221 bye\r\n")
+                    except OSError:  # the probe's session, abandoned by the floor
+                        continue
+
+        server = threading.Thread(target=serve, args=(2,))
+        server.start()
+        port = free_port()
+        floor = _start_floor(port, listener.getsockname()[1], "--tcp")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                assert _read_until(sock, b"\r\n") == b"220 floor test\r\n"
+                sock.sendall(b"QUIT\r\n")
+                sock.shutdown(socket.SHUT_WR)
+                assert _read_until(sock, b"") == b"221 bye\r\n"
+                client_port = sock.getsockname()[1]
+            server.join(10)
+            assert heard[-1:] == [b"PROXY TCP4 127.0.0.1 127.0.0.1 %d %d\r\nQUIT\r\n"
+                             % (client_port, port)]
+        finally:
+            _stop(floor)
+
+
+def _read_until(sock: socket.socket, end: bytes) -> bytes:
+    """Up to and including ``end``; with ``end`` empty, everything until the peer's EOF."""
+    data = b""
+    while not (end and data.endswith(end)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            assert not end, data
+            break
+        data += chunk
+    return data
