@@ -350,8 +350,10 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     workdir = run_workdir(run, run_dir)
     http = run.scenario in HTTP_SCENARIOS
     certs = certificate_dir(workdir, run.scenario) if run.scenario in TLS_SCENARIOS else None
+    nginx = http and options.origin == "nginx"
     backend = Backend("sink" if run.scenario == "bulk" else "http" if http else "smtp",
-                      ports.take(), run.layout.load, workdir)
+                      ports.take(), run.layout.load, workdir,
+                      script=ROOT / "loadtest" / "nginx_origin.py" if nginx else None)
     setups = {
         "haproxy": haproxy_setup(workdir, ports.take(), backend.port, run.layout.proxy, http,
                                  certs, options.haproxy_log),

@@ -126,8 +126,9 @@ def describe_scenario(run: Run, options: argparse.Namespace) -> str:
         return (f"DATA throughput, {options.bulk_connections} connection(s) streaming "
                 f"{options.bulk_chunk // 1024} KiB sends to a discarding sink, "
                 f"{options.duration:g}s window after {options.warmup:g}s warm-up; {workers}")
+    origin = "nginx" if options.origin == "nginx" else "the stub origin"
     http = (f"{options.http_duration:g}s window after {options.warmup:g}s warm-up "
-            f"(a separate wrk run); {workers}")
+            f"(a separate wrk run), {origin}; {workers}")
     if run.scenario == "http-keepalive":
         return (f"HTTP requests/s, ~100-byte responses, wrk -t1 -c{options.http_connections} "
                 f"keep-alive, GET {HTTP_PATH}, {http}")

@@ -41,7 +41,7 @@ def test_references_are_ratios_to_haproxy_and_stay_out_of_the_verdict() -> None:
     assert summary["target"]["verdict"] == "PASS"
     assert len(summary["round_ratios"]) == 3
     text = "\n".join(summary_text(RUN, summary, argparse.Namespace(
-        http_connections=64, http_duration=3.0, warmup=1.0, floor=[0.0, 8.0])))
+        http_connections=64, http_duration=3.0, warmup=1.0, floor=[0.0, 8.0], origin="stub")))
     assert "reference floor/haproxy: 1.10x" in text
     assert "reference floor+8us/haproxy: 0.60x" in text
 
@@ -89,3 +89,11 @@ def test_health_and_round_tail_tell_what_went_wrong() -> None:
     assert round_tail(m) == ("errors: reset=1, timeout=2  exit=1  stderr: 1 alarming line(s), "
                              "first: level=ERROR boom  ends: ok=5, server-failed=1  <-- abnormal")
     assert round_tail(measurement("haproxy", 1, 1.0)) == "errors: none"
+
+
+def test_the_origin_is_named_in_the_scenario_line() -> None:
+    options = argparse.Namespace(http_connections=50, http_duration=3.0, warmup=1.0,
+                                 floor=[], origin="nginx")
+    summary = summarise(RUN, [measurement("haproxy", 1, 10.0), measurement("mta-ingress", 1, 9.0)])
+    assert "-c50 keep-alive" in "\n".join(summary_text(RUN, summary, options))
+    assert ", nginx;" in "\n".join(summary_text(RUN, summary, options))
