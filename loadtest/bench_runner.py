@@ -59,7 +59,9 @@ RESULTS = ROOT / "loadtest" / "results"
 
 
 def _marker(proxy: RunningProxy, backend: Backend) -> load.Marker:
-    trees = {"proxy": proxy.pids, "loadgen": [os.getpid()], "backend": [backend.pid]}
+    # the backend's tree: nginx_origin.py's nginx processes are its children
+    trees = {"proxy": proxy.pids, "loadgen": [os.getpid()],
+             "backend": procstat.tree(backend.pid)}
 
     def mark() -> load.Mark:
         cpu = procstat.sample(trees, time.monotonic())

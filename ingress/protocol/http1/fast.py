@@ -10,13 +10,13 @@ falls through to the general path, so every rejection in ``rules`` is still the 
 ``take_whole`` is that path alone, for a caller that handles a whole message itself without
 events (the proxy does, on every read): it takes what ``feed`` would take there, or nothing.
 tests/unit/protocol/http1/test_fast.py holds the two paths to that with hypothesis. A response head
-the fast path takes also keeps its bytes (``ResponseHead.raw``) when a proxy could forward them
-unchanged: HTTP/1.1 and no hop-by-hop field but one Content-Length; the same test checks that a
-client reads those bytes as it reads the proxy's re-serialisation of the head. A request head
-keeps them (``RequestHead.raw``, without a Connection field of only "close" or "keep-alive")
-when it is HTTP/1.1 with no other hop-by-hop field and no X-Forwarded-* or Forwarded field; the
-test checks that, with the proxy's forwarding fields appended, a backend reads them as it
-reads the re-serialisation.
+the fast path takes also keeps its bytes (``ResponseHead.raw``, without a Connection field of
+only "close" or "keep-alive") when a proxy could forward them unchanged: HTTP/1.1 and no other
+hop-by-hop field but one Content-Length; the same test checks that a client reads those bytes
+as it reads the proxy's re-serialisation of the head. A request head keeps them
+(``RequestHead.raw``, cut the same way) when it is HTTP/1.1 with no other hop-by-hop field
+and no X-Forwarded-* or Forwarded field; the test checks that, with the proxy's forwarding
+fields appended, a backend reads them as it reads the re-serialisation.
 """
 
 from __future__ import annotations
@@ -238,15 +238,7 @@ def fast_request(data: bytes, limits: Limits = DEFAULT_LIMITS) -> RequestHead | 
     if host_count > 1 or (host is None and http11) or (host and not valid_host(host)):
         return None
     tokens = _fast_connection_tokens(headers, connection, connection_lines)
-    raw = b""
-    if http11 and forwardable:
-        if connection_lines == 0:
-            raw = data
-        elif connection_lines == 1 and tokens <= _PLAIN_CONNECTION_TOKENS:
-            # No value holds a CR or LF, so this can only be the start of the field's line.
-            line = data.find(_CONNECTION_LINE)
-            if line >= 0:
-                raw = data[:line] + data[data.index(b"\r\n", line + 2):]
+    raw = _forwardable_head(data, connection_lines, tokens) if http11 and forwardable else b""
     return RequestHead(
         method=method,
         target=target,
@@ -322,6 +314,21 @@ def fast_response(
         content_length=length,
         chunked=False,
         keep_alive=keeps_alive(http11, tokens),
-        raw=data[:blank + 4] if http11 and not connection_lines and not hop_by_hop else b"",
+        raw=(_forwardable_head(data[:blank + 4], connection_lines, tokens)
+             if http11 and not hop_by_hop else b""),
     )
     return head, body
+
+
+def _forwardable_head(head: bytes, connection_lines: int, tokens: frozenset[bytes]) -> bytes:
+    """``head`` as a proxy may forward it (its own Connection field is added by the proxy): as
+    it came, or without its one Connection field of only "close" or "keep-alive" (nginx sends
+    "Connection: keep-alive" on every response); b"" when it has to be re-serialised."""
+    if connection_lines == 0:
+        return head
+    if connection_lines == 1 and tokens <= _PLAIN_CONNECTION_TOKENS:
+        # No value holds a CR or LF, so this can only be the start of the field's line.
+        line = head.find(_CONNECTION_LINE)
+        if line >= 0:
+            return head[:line] + head[head.index(b"\r\n", line + 2):]
+    return b""
