@@ -17,8 +17,9 @@ less CPU than any relay in front of it and is never what ``bulk`` measures.
 Control: the process prints ``port N`` once listening; each ``stats`` line on stdin is answered
 with one JSON line; EOF on stdin (the bench exited, however it died) ends the process.  The
 egress benchmark's sink (``loadtest/bench_egress_sink.py``) speaks the same control protocol
-with the helpers below: ``raise_nofile``, ``announce``, ``until_stdin_closed`` for a server on
-an event loop, ``ThreadSink`` and ``serve_threads`` for one with a thread per connection.
+with the helpers below: ``raise_nofile``, ``announce``, ``answer``, ``until_stdin_closed``
+for a server on an event loop, ``ThreadSink`` and ``serve_threads`` for one with a thread per
+connection.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def announce(port: int) -> None:
     sys.stdout.flush()
 
 
-def _answer(stats: dict[str, int]) -> None:
+def answer(stats: dict[str, int]) -> None:
     sys.stdout.write(json.dumps(stats) + "\n")
     sys.stdout.flush()
 
@@ -79,7 +80,7 @@ async def until_stdin_closed(loop: asyncio.AbstractEventLoop,
             line, _, rest = bytes(pending).partition(b"\n")
             pending[:] = rest
             if line.strip() == b"stats":
-                _answer(stats())
+                answer(stats())
 
     loop.add_reader(0, on_stdin)
     await stdin_closed
@@ -125,7 +126,7 @@ def serve_threads(host: str, port: int, sink: ThreadSink) -> None:
     announce(listener.getsockname()[1])
     for line in sys.stdin:
         if line.strip() == "stats":
-            _answer(sink.stats())
+            answer(sink.stats())
     listener.close()
 
 

@@ -13,7 +13,6 @@ counters come from ``stub_status`` on a Unix socket of its own, which the load n
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import socket
@@ -24,9 +23,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    # `python loadtest/nginx_origin.py` puts loadtest/, not the repository, first on sys.path.
+    sys.path.insert(0, str(ROOT))
+
+from loadtest import backend  # noqa: E402
+
 NGINX = "/usr/sbin/nginx"
-SMALL_BODY = "ok: served by the benchmark origin\\n"  # as written inside nginx's quoted string
-LARGE_SIZE = 1 << 20
+# the stub's answers; the small body as written inside nginx's quoted string
+SMALL_BODY = backend.HTTP_SMALL_BODY.decode().replace("\n", "\\n")
 READY_TIMEOUT = 10.0
 
 CONFIG = """\
@@ -73,7 +79,7 @@ http {{
 
 def write_config(directory: Path, port: int) -> Path:
     (directory / "www").mkdir(parents=True, exist_ok=True)
-    (directory / "www" / "1m.bin").write_bytes(b"x" * LARGE_SIZE)
+    (directory / "www" / "1m.bin").write_bytes(b"x" * backend.HTTP_LARGE_BODY_SIZE)
     path = directory / "nginx.conf"
     path.write_text(CONFIG.format(dir=directory, port=port, small=SMALL_BODY))
     return path
@@ -106,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("mode", choices=("http",))
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
+    backend.raise_nofile()  # inherited by nginx, which holds up to worker_connections
     directory = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
     # nginx's worker drops to its own user where started as root: it must read the files
     directory.chmod(0o755)
@@ -126,17 +133,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                           file=sys.stderr)
                     return 1
                 time.sleep(0.05)
-        queries = 1  # each query is one connection and one request of nginx's counters
-        print(f"port {args.port}", flush=True)
+        # stub_status counts each query of its own, the one it answers included: the baseline's
+        # is in the baseline, each later one is taken off
+        queries = 0
+        backend.announce(args.port)
         for line in sys.stdin:
             if line.strip() != "stats":
                 continue
             counters = query(status_socket)
             queries += 1
-            print(json.dumps({
-                "sessions": counters["accepts"] - baseline["accepts"] - queries + 1,
-                "requests": counters["requests"] - baseline["requests"] - queries + 1,
-                "bytes": 0, "proxy_errors": 0}), flush=True)
+            backend.answer({"sessions": counters["accepts"] - baseline["accepts"] - queries,
+                            "requests": counters["requests"] - baseline["requests"] - queries,
+                            "bytes": 0, "proxy_errors": 0})
     finally:
         nginx.send_signal(signal.SIGQUIT)  # graceful: open connections finish
         try:
