@@ -24,6 +24,7 @@ connection.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import json
@@ -86,7 +87,7 @@ async def until_stdin_closed(loop: asyncio.AbstractEventLoop,
     await stdin_closed
 
 
-class ThreadSink:
+class ThreadSink(abc.ABC):
     """A server with a thread per connection, blocking in ``session`` (the subclass's), each
     with a counter of what it received: no event loop, and the GIL released while the kernel
     copies."""
@@ -108,11 +109,13 @@ class ThreadSink:
                 self.per_connection.append(counter)
             threading.Thread(target=self.session, args=(conn, counter), daemon=True).start()
 
+    @abc.abstractmethod
     def session(self, conn: socket.socket, counter: list[int]) -> None:
-        raise NotImplementedError
+        """Serve one connection until it ends, adding what it received to ``counter[0]``."""
 
+    @abc.abstractmethod
     def stats(self) -> dict[str, int]:
-        raise NotImplementedError
+        """The counters of a ``stats`` answer."""
 
 
 def serve_threads(host: str, port: int, sink: ThreadSink) -> None:
