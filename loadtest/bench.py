@@ -107,6 +107,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds of each measurement window of the http-* scenarios")
     parser.add_argument("--http-connections", type=int, default=64,
                         help="http-keepalive, http-close, http-latency: connections")
+    parser.add_argument("--handshake-clients", type=int, default=16,
+                        help="tls-handshake-*: openssl s_time -new processes at once")
     parser.add_argument("--origin", choices=("stub", "nginx"), default="stub",
                         help="the HTTP scenarios' origin: backend.py's stub, or nginx (Debian "
                              "nginx-light, one worker: loadtest/nginx_origin.py)")

@@ -13,6 +13,7 @@ from loadtest.bench_scenarios import (
     DISTURBED,
     HTTP_SCENARIOS,
     LATENCY_MAX_RATIO,
+    S_TIME_SCENARIOS,
     SATURATED,
     TARGETS,
     WRK_SCENARIOS,
@@ -30,6 +31,8 @@ UNITS = {"sessions": ("sessions/s", "sessions per proxy-CPU-s"),
          "https-handshake-ecdsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
          "https-handshake-rsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
          "https-keepalive": ("requests/s", "requests per proxy-CPU-s"),
+         "tls-handshake-ecdsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
+         "tls-handshake-rsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
          "http-latency": ("ms p99", ""),
          "idle": ("KiB RSS per connection", "")}
 
@@ -160,6 +163,9 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
                 per_proxy[proxy][key] = median([m.detail.get(key) for m in mine])
         if run.scenario in WRK_SCENARIOS:
             for key in ("proxy_us_per_request", "proxy_sys_us_per_request"):
+                per_proxy[proxy][key] = median([m.detail.get(key) for m in mine])
+        if run.scenario in S_TIME_SCENARIOS:
+            for key in ("proxy_us_per_handshake", "proxy_sys_us_per_handshake"):
                 per_proxy[proxy][key] = median([m.detail.get(key) for m in mine])
         if run.scenario in HTTP_SCENARIOS:
             for cut in ("p50", "p99"):
@@ -339,7 +345,7 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
             f"{number(part['per_cpu'])} {per_cpu_unit}  "
             f"errors {part['errors']}"
             + trouble(part))
-        for what in ("session", "request"):
+        for what in ("session", "request", "handshake"):
             if part.get(f"proxy_us_per_{what}") is not None:
                 total, kernel = part[f"proxy_us_per_{what}"], part[f"proxy_sys_us_per_{what}"]
                 lines.append(f"  {'':<11} proxy CPU per {what} {total:.0f} us: user "
@@ -370,7 +376,7 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
                "per-cpu": "a proxy did not saturate its CPU, so its throughput measured the load "
                           "generator; the per-CPU figure estimates capacity"
                }.get(target["decided_by"], "the proxies shared the CPUs with the load")
-        lines.append(f"  target ingress >= {target['min_ratio']}x haproxy: throughput "
+        lines.append(f"  target ingress >= {target['min_ratio']:.2f}x haproxy: throughput "
                      f"{target['throughput']}, per proxy-CPU-s {target['per_cpu']} -> "
                      f"{target['verdict']} (decided by {target['decided_by']}: {why})")
     return lines

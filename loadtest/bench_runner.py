@@ -27,6 +27,7 @@ from loadtest.bench_scenarios import (
     HTTP_LARGE_PATH,
     HTTP_PATH,
     HTTP_SCENARIOS,
+    S_TIME_SCENARIOS,
     TLS_SCENARIOS,
     WRK_SCENARIOS,
     Layout,
@@ -121,6 +122,30 @@ def measure_wrk(run: Run, options: argparse.Namespace, proxy: RunningProxy, back
              window.utilisation()["proxy_sys"] * window.seconds, figures.get("requests", 0))})
 
 
+def measure_handshakes(run: Run, options: argparse.Namespace, proxy: RunningProxy,
+                       backend: Backend, round_number: int) -> Measurement:
+    argv = [*taskset(run.layout.load), load.OPENSSL, "s_time", "-new",
+            "-connect", f"127.0.0.1:{proxy.setup.port}"]
+    result = load.s_time(argv, clients=options.handshake_clients, warmup=options.warmup,
+                         duration=options.http_duration, mark=_marker(proxy, backend))
+    window = result.window
+    proxy_cpu = window.cpu_seconds("proxy")
+    return Measurement(
+        proxy.setup.name, round_number,
+        result.handshakes / window.seconds if window.seconds else float("nan"),
+        result.handshakes / proxy_cpu if proxy_cpu > 0 else None,
+        cpu_figures(window, run.layout, loadgen_seconds=result.loadgen_cpu_s),
+        dict(result.errors), None, {},
+        {"handshakes": result.handshakes, "s_time_command": " ".join(result.argv),
+         "s_time_clients": options.handshake_clients, "window_s": window.seconds,
+         # each s_time run may end in the middle of one handshake
+         "expected_client_aborts": 2 * options.handshake_clients,
+         "proxy_cpu_s": proxy_cpu,
+         "proxy_us_per_handshake": per_session_us(proxy_cpu, result.handshakes),
+         "proxy_sys_us_per_handshake": per_session_us(
+             window.utilisation()["proxy_sys"] * window.seconds, result.handshakes)})
+
+
 def measure_latency(run: Run, options: argparse.Namespace, proxy: RunningProxy,
                     backend: Backend, round_number: int) -> Measurement:
     result = uvloop_run(load.http_rate(
@@ -145,6 +170,8 @@ def measure(run: Run, options: argparse.Namespace, proxy: RunningProxy, backend:
     if run.scenario in WRK_SCENARIOS:
         assert workdir is not None
         return measure_wrk(run, options, proxy, backend, round_number, workdir)
+    if run.scenario in S_TIME_SCENARIOS:
+        return measure_handshakes(run, options, proxy, backend, round_number)
     if run.scenario == "http-latency":
         return measure_latency(run, options, proxy, backend, round_number)
     if run.scenario == "sessions":

@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import errno
 import json
+import re
 import resource
 import socket
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -517,6 +519,71 @@ def wrk(argv: list[str], *, warmup: float, duration: float, mark: Marker) -> Wrk
         if figures.get(kind):
             errors["non-2xx/3xx" if kind == "status" else f"socket-{kind}"] += figures[kind]
     return WrkResult(Window(start, end), usage, figures, errors, measured)
+
+
+OPENSSL = "/usr/bin/openssl"
+# s_time's first summary line: handshakes completed, over its own run.
+S_TIME_COUNT = re.compile(rb"^(\d+) connections in [\d.]+s;", re.MULTILINE)
+
+
+@dataclass(slots=True)
+class HandshakeResult:
+    window: Window
+    loadgen_cpu_s: float  # the s_time processes' user + system time (reaped at the window's end)
+    handshakes: int
+    errors: Counter[str]
+    argv: list[str]  # one client's command; ``clients`` of them ran at once
+
+
+def s_time(argv: list[str], *, clients: int, warmup: float, duration: float,
+           mark: Marker) -> HandshakeResult:
+    """``clients`` copies of ``argv`` (``openssl s_time -new -connect ...`` without ``-time``) at
+    once: a warm-up run of ``warmup`` seconds, then the measured one.  One s_time is one
+    connection at a time and spends more CPU verifying than a server does signing, so only
+    several of them keep one proxy core busy.  The window spans the measured processes' lives:
+    s_time counts whole seconds, the marks do not."""
+    if warmup > 0:
+        _run_clients([*argv, "-time", str(max(1, round(warmup)))], clients, warmup)
+    measured = [*argv, "-time", str(max(1, round(duration)))]
+    _children_cpu()  # forget the warm-up run
+    start = mark()
+    outputs = _run_clients(measured, clients, duration)
+    end = mark()
+    usage = _children_cpu()
+    errors: Counter[str] = Counter()
+    handshakes = 0
+    for returncode, stdout, stderr in outputs:
+        found = S_TIME_COUNT.search(stdout)
+        if found is None or returncode != 0:
+            detail = (stderr.decode(errors="replace").strip().splitlines() or [str(returncode)])
+            errors[f"s_time-failed: {detail[-1][:200]}"] += 1
+        if found is not None:
+            handshakes += int(found.group(1))
+    return HandshakeResult(Window(start, end), usage, handshakes, errors, measured)
+
+
+def _run_clients(argv: list[str], clients: int, duration: float) -> list[tuple[int, bytes, bytes]]:
+    """``clients`` processes of ``argv`` at once; each one's exit status, stdout and stderr.
+    Their output goes to files: s_time prints a character per connection, which would fill a
+    pipe not read while another process is waited for."""
+    with contextlib.ExitStack() as stack:
+        files = [(stack.enter_context(tempfile.TemporaryFile()),
+                  stack.enter_context(tempfile.TemporaryFile())) for _ in range(clients)]
+        processes = [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+                     for out, err in files]
+        deadline = time.monotonic() + duration + ATTEMPT_TIMEOUT
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        outputs = []
+        for process, (out, err) in zip(processes, files, strict=True):
+            out.seek(0)
+            err.seek(0)
+            outputs.append((process.returncode, out.read(), err.read()))
+        return outputs
 
 
 _children_seen = 0.0
