@@ -24,6 +24,7 @@ def to_toml(config: Config) -> str:
     lines += [
         f"workers = {config.workers}",
         f"log_format = {_toml(config.log_format)}",
+        f"log_normal = {_toml(config.log_normal)}",
         "",
         "[timeouts]",
     ]

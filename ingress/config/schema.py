@@ -137,6 +137,8 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     # The kumomta preset's Service name; kept (and printed) whatever the preset, like release.
     kumomta_service: str = DEFAULT_KUMOMTA_SERVICE
+    # False: HAProxy's "option dontlog-normal", the access log's lines for errors only
+    log_normal: bool = True
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property

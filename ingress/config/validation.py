@@ -78,7 +78,8 @@ class _Checker:
     def boolean(self, tree: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
         value = tree.get(key, default)
         if not isinstance(value, bool):
-            self.problem(f"{path}.{key}", f"must be true or false, not {_kind(value)}")
+            self.problem(f"{path}.{key}" if path else key,
+                         f"must be true or false, not {_kind(value)}")
             return default
         return value
 
@@ -170,7 +171,8 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-_TOP_KEYS = {"preset", "release", "kumomta_service", "workers", "log_format", "listeners",
+_TOP_KEYS = {"preset", "release", "kumomta_service", "workers", "log_format", "log_normal",
+             "listeners",
              "backends", "timeouts", "routes", "tls", "dns", "admin"}
 _ADMIN_KEYS = {"enabled", "bind", "metrics_dir"}
 _DNS_KEYS = {"nameservers", "timeout"}
@@ -200,6 +202,7 @@ def validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Con
                                  f"not {workers!r}")
         workers = 0
     log_format = check.string(tree, "", "log_format", "logfmt", ("logfmt", "json"))
+    log_normal = check.boolean(tree, "", "log_normal", True)
 
     timeouts = _validate_timeouts(check, tree.get("timeouts", {}))
     backends = _validate_backends(check, tree)
@@ -224,6 +227,7 @@ def validate(tree: Tree, origins: Mapping[str, str], problems: list[str]) -> Con
                          else DEFAULT_KUMOMTA_SERVICE),
         workers=workers,
         log_format=cast(LogFormat, log_format),
+        log_normal=log_normal,
         listeners=listeners,
         backends=backends,
         timeouts=timeouts,

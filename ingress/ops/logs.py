@@ -103,6 +103,16 @@ class _Clock:
         return self._prefix + self._millis[min(int((moment - second) * 1000), 999)]
 
 
+# With log_normal off (HAProxy's dontlog-normal), a line is written only for an error: a
+# termination state whose first letter (what ended the session) is neither "-" (nothing) nor
+# "L" (the proxy answered locally), a retry, or a 5xx status. HAProxy's rule (its strm_log).
+_NOT_ERRORS = ("-", "L")
+
+
+def is_normal(termination: str, retries: int, status: int = 0) -> bool:
+    return termination[:1] in _NOT_ERRORS and not retries and status < 500
+
+
 # HAProxy's names for a request answered without a server and for a request it could not parse,
 # in the server and request-line fields of its log.
 NO_SERVER = "<NOSRV>"
@@ -130,8 +140,14 @@ class AccessLog:
     ``actconn`` and ``feconn`` fields of HAProxy's layouts): one object per worker, so both are
     per worker."""
 
-    def __init__(self, log_format: str = "logfmt", fd: int = 1) -> None:
+    def __init__(self, log_format: str = "logfmt", fd: int = 1, *,
+                 log_normal: bool = True) -> None:
+        """``log_normal`` False is HAProxy's ``option dontlog-normal``: a request or TCP
+        session that ended normally (``is_normal``) writes no line; errors, timeouts,
+        retries, 5xx answers, rejections and connection errors are written as always, and so
+        are egress sessions, the record of which client sent from which address."""
         self._json = log_format == "json"
+        self._log_normal = log_normal
         self._fd = fd
         self._lines: list[str] = []
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -167,6 +183,8 @@ class AccessLog:
         %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq``), then our fields.  Every value
         but ``detail`` is a configured name, an address or a number, none of which needs
         quoting: the line is one f-string, since this runs once per SMTP session."""
+        if not self._log_normal and is_normal(termination, retries):
+            return
         accepted = self._haproxy_clock.at(time.time() - total_ms / 1000)
         open_here = self._frontends.get(frontend, 0)
         if self._json:
@@ -297,6 +315,8 @@ class AccessLog:
         parsing it.  There are no queues, cookies or captures: those fields are ``0`` and
         ``-``.  The request target is cut at 200 bytes.  ``tls``: an HTTPS connection's
         version and requested server name (its frontend is written with HAProxy's ``~``)."""
+        if not self._log_normal and is_normal(termination, retries, status):
+            return
         request = (method + b" " + target[:200] + b" HTTP/" + version).decode("latin-1")
         accepted = self._haproxy_clock.at(time.time() - active_ms / 1000)
         frontend = listener + "~" if tls is not None else listener

@@ -158,7 +158,7 @@ class Worker:
         self.config = config
         self.index = index
         self.tls_store = tls_store
-        self.access_log = AccessLog(config.log_format)
+        self.access_log = AccessLog(config.log_format, log_normal=config.log_normal)
         self.sessions: set[RelaySession] = set()
         self.http_sessions: set[http_proxy.HttpSession] = set()
         self.egress_sessions: set[egress.EgressSession] = set()

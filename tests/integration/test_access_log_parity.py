@@ -120,7 +120,9 @@ class Proxies:
     ingress: IngressProcess
 
 
-def haproxy_config(ports: dict[str, int], origin: Origin, down: int) -> str:
+def haproxy_config(ports: dict[str, int], origin: Origin, down: int,
+                   quiet: bool = False) -> str:
+    dontlog = "\n    option dontlog-normal" if quiet else ""
     return f"""\
 global
     nbthread 1
@@ -128,7 +130,7 @@ global
 
 defaults
     log global
-    mode http
+    mode http{dontlog}
     option httplog
     option forwardfor
     option http-keep-alive
@@ -165,10 +167,12 @@ listen smtpdown
 """
 
 
-def ingress_config(ports: dict[str, int], origin: Origin, down: int) -> str:
+def ingress_config(ports: dict[str, int], origin: Origin, down: int,
+                   quiet: bool = False) -> str:
     return f"""\
 preset = "none"
 workers = 1
+log_normal = {"false" if quiet else "true"}
 
 [timeouts]
 server = "{SERVER_TIMEOUT}s"
@@ -214,24 +218,34 @@ check = false
 """
 
 
-@pytest.fixture(scope="module")
-def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
+def _start(tmp_path_factory: pytest.TempPathFactory, quiet: bool) -> Iterator[Proxies]:
     require_binary("haproxy")
-    workdir = tmp_path_factory.mktemp("log-parity")
+    workdir = tmp_path_factory.mktemp("log-parity-quiet" if quiet else "log-parity")
     origin = Origin()
     down = free_port()  # nothing listens there: connections are refused
     names = ("http", "smtp", "smtp_down")
     ports = {name: {"haproxy": free_port(), "mta-ingress": free_port()} for name in names}
     (workdir / "ingress").mkdir()
     haproxy = HAProxyInstance(workdir / "haproxy", haproxy_config(
-        {name: ports[name]["haproxy"] for name in names}, origin, down))
+        {name: ports[name]["haproxy"] for name in names}, origin, down, quiet))
     ingress = IngressProcess(workdir / "ingress", ingress_config(
-        {name: ports[name]["mta-ingress"] for name in names}, origin, down))
+        {name: ports[name]["mta-ingress"] for name in names}, origin, down, quiet))
     try:
         with haproxy, ingress:
             yield Proxies(ports["http"], ports["smtp"], ports["smtp_down"], haproxy, ingress)
     finally:
         origin.stop()
+
+
+@pytest.fixture(scope="module")
+def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
+    yield from _start(tmp_path_factory, quiet=False)
+
+
+@pytest.fixture(scope="module")
+def quiet_proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
+    """HAProxy with ``option dontlog-normal``, mta-ingress with ``log_normal = false``."""
+    yield from _start(tmp_path_factory, quiet=True)
 
 
 def _lines(proxies: Proxies, name: str) -> list[str]:
@@ -414,3 +428,35 @@ def test_tcplog_line_says_what_haproxys_says(proxies: Proxies, case: str) -> Non
     assert (ours["frontend"], ours["backend"]) == (
         listener.replace("_", ""), "mta" if listener == "smtp" else "mtadown")
     assert "bytes_in" in extras(lines["mta-ingress"])
+
+
+def test_log_normal_off_logs_the_cases_haproxys_dontlog_normal_logs(
+        quiet_proxies: Proxies) -> None:
+    """Every case above through both, then a 503 as the marker that the last line is in: the
+    same cases, in the same order, leave a line on each (errors, timeouts, aborts, 5xx), and
+    the same ones (a normal request, a local answer, an SMTP session that ends with QUIT)
+    leave none."""
+    proxies = quiet_proxies
+    cases = [(proxies.http, play) for play, _ in HTTP_CASES.values()]
+    cases += [(proxies.smtp if listener == "smtp" else proxies.smtp_down, play)
+              for play, _, listener in TCP_CASES.values()]
+    states = {}
+    for name in ("haproxy", "mta-ingress"):
+        before = len(_lines(proxies, name))
+        for ports, play in [*cases, (proxies.http, server_down)]:
+            play(ports[name])
+        deadline = time.monotonic() + SERVER_TIMEOUT + 10
+        while time.monotonic() < deadline:
+            lines = _lines(proxies, name)[before:]
+            if lines and "/down/x" in lines[-1]:
+                break
+            time.sleep(0.05)
+        states[name] = [_termination(line) for line in lines]
+    print(f"termination states logged: {states}")
+    assert states["mta-ingress"] == states["haproxy"]
+    assert states["haproxy"] == ["PR--", "SC--", "sH--", "CD--", "CD--", "CD", "SC", "SC--"]
+
+
+def _termination(line: str) -> str:
+    fields = parse(HTTPLOG if line.split()[2] == "http" else TCPLOG, line)
+    return fields["termination_state"]

@@ -13,8 +13,8 @@ from ingress.config import ConfigError
 PRESET_LISTENERS = ("smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "http",
                     "http-proxied", "https", "https-proxied")
 PRESET_BACKENDS = "event-tracker-http, event-tracker-smtp, mta-http, mta-smtp, tls-http"
-TOP_KEYS = ("admin, backends, dns, kumomta_service, listeners, log_format, preset, release, "
-            "routes, timeouts, tls, workers")
+TOP_KEYS = ("admin, backends, dns, kumomta_service, listeners, log_format, log_normal, preset, "
+            "release, routes, timeouts, tls, workers")
 LISTENER_KEYS = (
     "accept_proxy, allow_clients, backend, bind, deny_destinations, egress_ports, egress_sources, "
     "enabled, forwarded_for, forwarded_proto, max_body, mode, on_backend_down, routes, tls, "

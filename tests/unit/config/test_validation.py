@@ -93,6 +93,7 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
     ("timeouts-not-table", 'timeouts = "5s"\n', "timeouts: must be a table, not a string"),
     ("log-format", 'log_format = "xml"\n',
      "log_format: must be one of 'logfmt', 'json', not 'xml'"),
+    ("log-normal", 'log_normal = "no"\n', "log_normal: must be true or false, not a string"),
     ("release-name", 'release = "bad release"\n',
      "release: must be a name like ga1, not 'bad release'"),
     ("release-number", "release = 7\n", "release: must be a name like ga1, not 7"),

@@ -76,10 +76,11 @@ def test_json_format() -> None:
     assert record["ts"].endswith("Z")
 
 
-def _written(log_format: str, write: Callable[[AccessLog], None]) -> list[str]:
+def _written(log_format: str, write: Callable[[AccessLog], None], *,
+             log_normal: bool = True) -> list[str]:
     read_fd, write_fd = os.pipe()
     try:
-        log = AccessLog(log_format, fd=write_fd)
+        log = AccessLog(log_format, fd=write_fd, log_normal=log_normal)
         write(log)
         log.flush()
         return read_all(read_fd).decode().splitlines()
@@ -308,3 +309,47 @@ def test_egress_refusal_line_in_json_carries_reason_and_detail() -> None:
         "egress", "refused", "destination-denied", "-")
     assert record["detail"] == "destination 127.0.0.1:25"
     assert record["connect_ms"] == -1
+
+
+def _tcp(log: AccessLog, termination: str, retries: int = 0) -> None:
+    log.tcp_session(frontend="smtp25", client="198.51.100.2:5000", backend="mta-smtp",
+                    server="10.0.0.9:25", queue_ms=0, connect_ms=2, total_ms=1500,
+                    bytes_out=430, bytes_in=2000, termination=termination,
+                    backend_connections=3, server_connections=1, retries=retries,
+                    end="closed" if termination == "--" else "client-aborted", worker=1,
+                    detail="")
+
+
+@pytest.mark.parametrize("log_format", ["logfmt", "json"])
+def test_log_normal_off_writes_only_what_haproxy_dontlog_normal_keeps(log_format: str) -> None:
+    def write(log: AccessLog) -> None:
+        _request(log, retries=0, target=b"/normal")  # dropped: 2xx, "----", no retry
+        _request(log, retries=0, status=404, target=b"/not-found")  # dropped: a 4xx is normal
+        _request(log, retries=0, termination="LR--", target=b"/local")  # dropped: answered here
+        _request(log, retries=0, status=503, target=b"/five-oh-three")
+        _request(log, retries=0, status=-1, termination="CD--", target=b"/client-left")
+        _request(log, retries=1, target=b"/retried")
+        _request(log, retries=0, termination="sH--", status=504, target=b"/timeout")
+        log.http_rejection(listener="http", client="::1:5", status=400,
+                           reason="bad-request", detail="no Host", worker=0)
+        _tcp(log, "--")  # dropped
+        _tcp(log, "--", retries=1)
+        _tcp(log, "CD")
+        _egress_line(log)  # egress sessions are the sending addresses' audit trail: kept
+    lines = _written(log_format, write, log_normal=False)
+    text = "\n".join(lines)
+    assert len(lines) == 8
+    for kept in ("/five-oh-three", "/client-left", "/retried", "/timeout", "BADREQ",
+                 "egress-socks"):
+        assert kept in text
+    for dropped in ("/normal", "/not-found", "/local"):
+        assert dropped not in text
+    tcp_terminations = [line for line in lines if "mta-smtp" in line]
+    assert len(tcp_terminations) == 2
+
+
+def test_log_normal_on_writes_every_line() -> None:
+    def write(log: AccessLog) -> None:
+        _request(log, retries=0)
+        _tcp(log, "--")
+    assert len(_written("logfmt", write)) == 2
