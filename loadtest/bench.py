@@ -54,6 +54,10 @@ from loadtest.bench_scenarios import (  # noqa: E402
 )
 from loadtest.bench_targets import BENCH_VENV, HAPROXY, haproxy_maxconn, stop_all_children  # noqa: E402
 
+# How the summary names the --access-log and --haproxy-log choices.
+LOG_NAMES = {"file": "file", "devnull": "/dev/null", "off": "off",
+             "errors": "errors only (dontlog-normal)"}
+
 
 def parse_burns(text: str) -> list[float]:
     try:
@@ -117,14 +121,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-rate", type=float, default=None,
                         help="http-latency: requests/s (default: half of HAProxy's median "
                              "http-keepalive rate, measured first if that scenario is not run)")
-    parser.add_argument("--access-log", choices=("file", "devnull"), default="file",
-                        help="where mta-ingress's access log (its stdout) goes")
+    parser.add_argument("--access-log", choices=("file", "devnull", "errors"), default="file",
+                        help="where mta-ingress's access log (its stdout) goes; errors: to the "
+                             "file, with log_normal = false (HAProxy's dontlog-normal)")
     parser.add_argument("--profile", choices=("off", "python", "native"), default="off",
                         help="sessions: one extra, uncounted mta-ingress run sampled by py-spy "
                              "(python: --nonblocking; native: C frames and system calls too)")
-    parser.add_argument("--haproxy-log", choices=("off", "file"), default="off",
+    parser.add_argument("--haproxy-log", choices=("off", "file", "errors"), default="off",
                         help="HAProxy's log: off, or one line per request or session to a file "
-                             "in the results directory, as the contract's HAProxy logs to stdout")
+                             "in the results directory, as the contract's HAProxy logs to "
+                             "stdout; errors: the same with option dontlog-normal")
     parser.add_argument("--floor", type=parse_burns, default=[], metavar="US[,US...]",
                         help="http-keepalive, https-keepalive and sessions (one worker): also "
                              "measure the reference relay loadtest/floor.py, once per value, "
@@ -296,8 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("\n" + "=" * 100)
     print(f"SUMMARY ({options.rounds} rounds per proxy, medians; CPU 100% = one core; "
-          f"mta-ingress access log: {'file' if options.access_log == 'file' else '/dev/null'}; "
-          f"HAProxy log: {'file' if options.haproxy_log == 'file' else 'off'})")
+          f"mta-ingress access log: {LOG_NAMES[options.access_log]}; "
+          f"HAProxy log: {LOG_NAMES[options.haproxy_log]})")
     for key, data in report["runs"].items():
         for line in data.get("summary_text", [f"{key}: incomplete"]):
             print(line)

@@ -379,15 +379,17 @@ def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
                   log: str = "off") -> ProxySetup:
     """``log``: "off", or "file": one line per request (``option httplog``) or session
     (``tcplog``) on stdout, which goes to a file in the results directory, as the contract's
-    HAProxy logs ("Logs go to stdout, one line per HTTP request or TCP session")."""
+    HAProxy logs ("Logs go to stdout, one line per HTTP request or TCP session"); or "errors":
+    the same with ``option dontlog-normal``."""
     path = workdir / "haproxy.cfg"
     maxconn, note = haproxy_maxconn()
-    logs = log == "file"
+    logs = log in ("file", "errors")
     path.write_text((HAPROXY_HTTP_CONFIG if http else HAPROXY_CONFIG).format(
         port=port, backend_port=backend_port, maxconn=maxconn, readiness=HAPROXY_READINESS,
         maxconn_note=f"  # {note}" if note else "",
         log_global="\n    log stdout format raw local0" if logs else "",
         log_defaults=(f"\n    log global\n    option {'httplog' if http else 'tcplog'}"
+                      + ("\n    option dontlog-normal" if log == "errors" else "")
                       if logs else ""),
         tls_global=HAPROXY_TLS_GLOBAL if certs else "\n",
         tls_bind=f" ssl crt {certs} alpn http/1.1" if certs else ""))
@@ -428,6 +430,8 @@ def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
                                           listener=listener, tls=tls)
     else:
         text = INGRESS_CONFIG.format(port=port, backend_port=backend_port, workers=workers)
+    if access_log == "errors":  # HAProxy's dontlog-normal: the lines of errors only
+        text = f"log_normal = false\n{text}"
     # Metrics are counted as in production; their listener stays on loopback, unscraped.
     path.write_text(f'{text}\n[admin]\nbind = ["127.0.0.1:{port + ADMIN_PORT_OFFSET}"]\n')
     binary = BENCH_VENV / "bin" / "mta-ingress"
