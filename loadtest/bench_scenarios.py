@@ -39,11 +39,12 @@ WRK_SCENARIOS = ("http-keepalive", "http-close", "http-1mib", "https-handshake-e
 HTTP_SCENARIOS = (*WRK_SCENARIOS, "http-latency", *S_TIME_SCENARIOS)
 
 
-# Where --floor measures the reference relay (loadtest/floor.py) too, over TLS in
-# https-keepalive, as a TCP relay (--tcp) in sessions. Not http-close nor the handshakes: the
-# HTTP relay opens a backend connection per client connection (mta-ingress pools them), so it
-# would measure more work than the proxy it is a floor for.
-FLOOR_SCENARIOS = ("http-keepalive", "https-keepalive", "sessions")
+# Where --floor measures the reference relay (loadtest/floor.py) too: over TLS in
+# https-keepalive and the bare handshakes (no request: the floor only handshakes, as the proxies
+# do), as a TCP relay (--tcp) in sessions. Not http-close nor https-handshake-*: the floor's HTTP
+# relay opens a backend connection per client connection (mta-ingress pools them), so it would
+# measure more work than the proxy it is a floor for.
+FLOOR_SCENARIOS = ("http-keepalive", "https-keepalive", "sessions", *S_TIME_SCENARIOS)
 
 
 COMPARED = ("haproxy", "mta-ingress")

@@ -22,6 +22,7 @@ a server is chosen.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from typing import cast
 
@@ -36,7 +37,7 @@ PENDING_LIMIT = 256 * 1024
 AWAIT_PROXY, NEGOTIATING, CONNECTING, RELAY, CLOSED = range(5)
 
 
-class Relay(asyncio.Protocol):
+class Relay(asyncio.Protocol, metaclass=abc.ABCMeta):
     __slots__ = (
         "_client_eof", "_connected_at", "_detail", "_end", "_last_activity", "_loop", "_pending",
         "_pending_paused", "_pending_size", "_server", "_server_eof", "_started", "_state",
@@ -147,8 +148,9 @@ class Relay(asyncio.Protocol):
             self._end = "client-closed"
             transport.write_eof()
 
+    @abc.abstractmethod
     def server_connected(self, transport: asyncio.Transport) -> None:
-        raise NotImplementedError
+        """The server connection is open: ``attach_server``, then ``send_pending``."""
 
     def server_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -220,8 +222,10 @@ class Relay(asyncio.Protocol):
     def _stop_connecting(self) -> None:
         """The client is gone: cancel whatever is opening the server connection."""
 
+    @abc.abstractmethod
     def _maybe_done(self) -> None:
-        raise NotImplementedError
+        """A side has ended: the session's log line and metrics, once ``_closed_now`` says
+        the session has just closed."""
 
 
 class ServerSide(asyncio.Protocol):
