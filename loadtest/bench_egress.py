@@ -190,13 +190,14 @@ HAPROXY_FORWARD_CONFIG = """\
 # HAProxy as KumoMTA documents it for ha_proxy_server: the PROXY header's source is the address
 # to send from (usesrc clientip: transparent binding, which needs root), its destination the
 # server (0.0.0.0: the connection's destination).  One thread, maxconn as the descriptor limit
-# allows, timeouts connect 5s / client 1m / server 1m, no log, no splice.
+# allows, timeouts connect 5s / client 1m / server 1m, no splice; logging as --haproxy-log says
+# (off, or a tcplog line per session on stdout, as the ingress writes its egress line).
 global
     nbthread 1
-    maxconn {maxconn}{maxconn_note}
+    maxconn {maxconn}{maxconn_note}{log_global}
 
 defaults
-    mode tcp
+    mode tcp{log_defaults}
     timeout connect 5s
     timeout client 1m
     timeout server 1m
@@ -249,9 +250,16 @@ def dante_config(port: int, sink_port: int, *, external: str = DANTE_EXTERNAL,
                                sink_port=sink_port)
 
 
-def haproxy_forward_config(port: int, maxconn: int, note: str = "") -> str:
-    return HAPROXY_FORWARD_CONFIG.format(port=port, maxconn=maxconn,
-                                         maxconn_note=f"  # {note}" if note else "")
+def haproxy_forward_config(port: int, maxconn: int, note: str = "", log: str = "off") -> str:
+    """``log``: "off", "file" (``option tcplog``, a line per session on stdout) or "errors"
+    (the same with ``option dontlog-normal``)."""
+    logs = log != "off"
+    return HAPROXY_FORWARD_CONFIG.format(
+        port=port, maxconn=maxconn, maxconn_note=f"  # {note}" if note else "",
+        log_global="\n    log stdout format raw local0" if logs else "",
+        log_defaults=("\n    log global\n    option tcplog"
+                      + ("\n    option dontlog-normal" if log == "errors" else "")
+                      if logs else ""))
 
 
 def ingress_egress_config(socks_port: int, forward_port: int, sink_port: int,
@@ -266,7 +274,7 @@ def ingress_egress_config(socks_port: int, forward_port: int, sink_port: int,
 
 
 def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int] | None,
-                  access_log: str) -> dict[str, ProxySetup]:
+                  access_log: str, haproxy_log: str = "off") -> dict[str, ProxySetup]:
     """Each target's configuration file, command line and port; the three mta-ingress targets
     share one configuration (both listeners), each measured in a process of its own."""
     dante_port, haproxy_port = ports.take(), ports.take()
@@ -275,7 +283,7 @@ def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int]
     dante_path.write_text(dante_config(dante_port, sink_port))
     haproxy_path = workdir / "haproxy-forward.cfg"
     maxconn, note = haproxy_maxconn()
-    haproxy_path.write_text(haproxy_forward_config(haproxy_port, maxconn, note))
+    haproxy_path.write_text(haproxy_forward_config(haproxy_port, maxconn, note, haproxy_log))
     ingress_path = workdir / "ingress-egress.toml"
     ingress_path.write_text(ingress_egress_config(socks_port, forward_port, sink_port))
     binary = BENCH_VENV / "bin" / "mta-ingress"
@@ -287,8 +295,10 @@ def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int]
         "dante": ProxySetup("dante", dante_port, dante_path,
                             [*taskset(cpus), DANTED, "-f", str(dante_path), "-N", "1",
                              "-p", str(workdir / "danted.pid")]),
-        "haproxy-forward": ProxySetup("haproxy-forward", haproxy_port, haproxy_path,
-                                      [*taskset(cpus), HAPROXY, "-db", "-f", str(haproxy_path)]),
+        "haproxy-forward": ProxySetup(
+            "haproxy-forward", haproxy_port, haproxy_path,
+            [*taskset(cpus), HAPROXY, "-db", "-f", str(haproxy_path)],
+            None if haproxy_log == "off" else str(workdir / "haproxy-forward-access-{tag}.log")),
     }
     for name, port in (("ingress-socks5", socks_port), ("ingress-socks5-bind", socks_port),
                        ("ingress-forward", forward_port)):
@@ -572,7 +582,8 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
                    arguments=("--host", SINK_HOST, "--message-bytes",
                               str(options.egress_message_mib << 20)))
     try:
-        setups = egress_setups(workdir, ports, sink.port, run.layout.proxy, options.access_log)
+        setups = egress_setups(workdir, ports, sink.port, run.layout.proxy, options.access_log,
+                               options.haproxy_log)
     except BaseException:
         sink.stop()
         raise

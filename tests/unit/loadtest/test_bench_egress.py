@@ -94,6 +94,15 @@ def test_setups_pin_every_proxy_and_share_the_ingress_configuration(tmp_path: Pa
     devnull = bench_egress.egress_setups(tmp_path, PortPool(31100), 25000, None, "devnull")
     assert devnull["ingress-forward"].access_log is None
     assert devnull["dante"].argv[0] == "/usr/sbin/danted"
+    assert "option tcplog" not in setups["haproxy-forward"].config_path.read_text()
+    (tmp_path / "logged").mkdir()
+    logged = bench_egress.egress_setups(tmp_path / "logged", PortPool(31200), 25000, None,
+                                        "file", "file")
+    text = logged["haproxy-forward"].config_path.read_text()
+    assert "log stdout format raw local0" in text
+    assert "option tcplog" in text
+    assert "dontlog-normal" not in text
+    assert "haproxy-forward-access-{tag}" in str(logged["haproxy-forward"].access_log)
 
 
 # --- the clients' openings ---------------------------------------------------------------------
