@@ -26,8 +26,10 @@ TLS_SCENARIOS = ("https-handshake-ecdsa", "https-handshake-rsa", "https-keepaliv
 
 
 # Bare full handshakes, no request: parallel ``openssl s_time -new`` (loadtest/load.py s_time),
-# the issue 21 harness's measurement.  The https-handshake-* scenarios add a request and the
-# origin's answer to each.
+# the issue 21 harness's measurement.  The https-handshake-* scenarios are something else: wrk
+# keeps each connection's SSL object across its reconnects (SSL_clear) with a client session
+# cache, so all but its first handshakes resume the session, with a request and the origin's
+# answer on each.
 S_TIME_SCENARIOS = ("tls-handshake-ecdsa", "tls-handshake-rsa")
 
 
@@ -153,7 +155,8 @@ def describe_scenario(run: Run, options: argparse.Namespace) -> str:
     if run.scenario.startswith("https-handshake"):
         key = "RSA-2048" if run.scenario.endswith("-rsa") else "ECDSA P-256"
         return (f"new TLS connections/s, {key} certificate, one request each (Connection: "
-                f"close, no session resumption: wrk does not resume), wrk -t1 "
+                f"close; wrk resumes each connection's TLS session: after the first, these "
+                f"are resumed handshakes), wrk -t1 "
                 f"-c{options.http_connections}, GET {HTTP_PATH}, {http}")
     if run.scenario in S_TIME_SCENARIOS:
         key = "RSA-2048" if run.scenario.endswith("-rsa") else "ECDSA P-256"
