@@ -8,6 +8,7 @@ import argparse
 import pytest
 
 from loadtest.bench_report import (
+    UNITS,
     abnormal_ends,
     health,
     qualified,
@@ -15,7 +16,18 @@ from loadtest.bench_report import (
     summarise,
     summary_text,
 )
-from loadtest.bench_scenarios import Layout, Measurement, Run
+from loadtest.bench_scenarios import (
+    HTTP_SCENARIOS,
+    S_TIME_SCENARIOS,
+    SCENARIOS,
+    TARGETS,
+    TLS_SCENARIOS,
+    WRK_SCENARIOS,
+    Layout,
+    Measurement,
+    Run,
+    describe_scenario,
+)
 
 CPU = {"proxy": 1.0, "proxy_sys": 0.5, "proxy_core": 1.0, "loadgen": 0.5, "backend": 0.5,
        "load_core": 1.0, "machine": None, "other": 0.0}
@@ -97,3 +109,42 @@ def test_the_origin_is_named_in_the_scenario_line() -> None:
     summary = summarise(RUN, [measurement("haproxy", 1, 10.0), measurement("mta-ingress", 1, 9.0)])
     assert "-c50 keep-alive" in "\n".join(summary_text(RUN, summary, options))
     assert ", nginx;" in "\n".join(summary_text(RUN, summary, options))
+
+
+def test_every_scenario_has_its_units_and_a_description() -> None:
+    options = argparse.Namespace(
+        concurrency=64, duration=8.0, warmup=1.0, bulk_connections=2, bulk_chunk=1 << 20,
+        http_duration=3.0, http_connections=50, http_1mib_connections=8, http_rate=None,
+        origin="nginx", handshake_clients=16, idle_connections=100, idle_batch=10,
+        idle_hold=1.0, idle_note="")
+    for scenario in SCENARIOS:
+        assert scenario in UNITS
+        assert describe_scenario(Run(scenario, 1, Layout({0}, {1})), options)
+    # the bare handshakes are TLS and HTTP scenarios (certificate, origin) but not wrk's
+    for scenario in S_TIME_SCENARIOS:
+        assert scenario in TLS_SCENARIOS
+        assert scenario in HTTP_SCENARIOS
+        assert scenario not in WRK_SCENARIOS
+        assert TARGETS[scenario] == pytest.approx(1 / 1.1)
+    assert "16 parallel openssl s_time -new" in describe_scenario(
+        Run("tls-handshake-rsa", 1, Layout({0}, {1})), options)
+
+
+def test_a_handshake_run_is_judged_by_cpu_per_handshake_when_the_load_core_limits() -> None:
+    run = Run("tls-handshake-ecdsa", 1, Layout({0}, {1}))
+    light = {**CPU, "proxy": 0.4, "proxy_core": 0.42}
+
+    def handshakes(proxy: str, round_number: int, us: float) -> Measurement:
+        return Measurement(proxy, round_number, 880.0, 1e6 / us, dict(light), {}, 0, {},
+                           {"proxy_us_per_handshake": us, "proxy_sys_us_per_handshake": 50.0})
+
+    summary = summarise(run, [handshakes("haproxy", 1, 400.0),
+                              handshakes("mta-ingress", 1, 430.0)])
+    assert summary["target"]["decided_by"] == "per-cpu"
+    assert summary["target"]["verdict"] == "PASS"  # 1.075x the CPU: within 1.1x
+    assert summary["medians"]["mta-ingress"]["proxy_us_per_handshake"] == 430.0
+    text = "\n".join(summary_text(run, summary, argparse.Namespace(
+        handshake_clients=16, http_duration=3.0, warmup=1.0, floor=[], origin="stub")))
+    assert "proxy CPU per handshake 430 us: user 380 us, kernel 50 us" in text
+    worse = summarise(run, [handshakes("haproxy", 1, 400.0), handshakes("mta-ingress", 1, 450.0)])
+    assert worse["target"]["verdict"] == "FAIL"  # 1.125x
