@@ -86,6 +86,7 @@ from loadtest.bench_targets import (
     Child,
     ProxySetup,
     access_log_ends,
+    haproxy_log_lines,
     haproxy_maxconn,
     taskset,
     wait_ready,
@@ -253,13 +254,9 @@ def dante_config(port: int, sink_port: int, *, external: str = DANTE_EXTERNAL,
 def haproxy_forward_config(port: int, maxconn: int, note: str = "", log: str = "off") -> str:
     """``log``: "off", "file" (``option tcplog``, a line per session on stdout) or "errors"
     (the same with ``option dontlog-normal``)."""
-    logs = log != "off"
     return HAPROXY_FORWARD_CONFIG.format(
         port=port, maxconn=maxconn, maxconn_note=f"  # {note}" if note else "",
-        log_global="\n    log stdout format raw local0" if logs else "",
-        log_defaults=("\n    log global\n    option tcplog"
-                      + ("\n    option dontlog-normal" if log == "errors" else "")
-                      if logs else ""))
+        **haproxy_log_lines(log, "tcplog"))
 
 
 def ingress_egress_config(socks_port: int, forward_port: int, sink_port: int,

@@ -374,6 +374,17 @@ def certificate_dir(workdir: Path, scenario: str) -> Path:
     return directory
 
 
+def haproxy_log_lines(log: str, layout: str) -> dict[str, str]:
+    """The ``log_global`` and ``log_defaults`` lines of a bench HAProxy configuration for
+    --haproxy-log ``log`` ("off", "file", "errors": with ``option dontlog-normal``), lines in
+    ``layout`` (``httplog`` or ``tcplog``) to stdout."""
+    if log == "off":
+        return {"log_global": "", "log_defaults": ""}
+    return {"log_global": "\n    log stdout format raw local0",
+            "log_defaults": f"\n    log global\n    option {layout}"
+                            + ("\n    option dontlog-normal" if log == "errors" else "")}
+
+
 def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
                   http: bool = False, certs: Path | None = None,
                   log: str = "off") -> ProxySetup:
@@ -383,14 +394,11 @@ def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
     the same with ``option dontlog-normal``."""
     path = workdir / "haproxy.cfg"
     maxconn, note = haproxy_maxconn()
-    logs = log in ("file", "errors")
+    logs = log != "off"
     path.write_text((HAPROXY_HTTP_CONFIG if http else HAPROXY_CONFIG).format(
         port=port, backend_port=backend_port, maxconn=maxconn, readiness=HAPROXY_READINESS,
         maxconn_note=f"  # {note}" if note else "",
-        log_global="\n    log stdout format raw local0" if logs else "",
-        log_defaults=(f"\n    log global\n    option {'httplog' if http else 'tcplog'}"
-                      + ("\n    option dontlog-normal" if log == "errors" else "")
-                      if logs else ""),
+        **haproxy_log_lines(log, "httplog" if http else "tcplog"),
         tls_global=HAPROXY_TLS_GLOBAL if certs else "\n",
         tls_bind=f" ssl crt {certs} alpn http/1.1" if certs else ""))
     # -db: stay in the foreground, one process, no master: what is measured is what serves.

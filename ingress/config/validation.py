@@ -172,8 +172,7 @@ def _kind(value: Any) -> str:
 
 
 _TOP_KEYS = {"preset", "release", "kumomta_service", "workers", "log_format", "log_normal",
-             "listeners",
-             "backends", "timeouts", "routes", "tls", "dns", "admin"}
+             "listeners", "backends", "timeouts", "routes", "tls", "dns", "admin"}
 _ADMIN_KEYS = {"enabled", "bind", "metrics_dir"}
 _DNS_KEYS = {"nameservers", "timeout"}
 _TLS_KEYS = {"cert_dir", "default_cert", "poll_interval", "self_signed_names",
