@@ -33,6 +33,7 @@ class HandshakeServer(threading.Thread):
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
+        self.accepted = 0
         self.handshakes = 0
         self.stopping = threading.Event()
 
@@ -42,6 +43,7 @@ class HandshakeServer(threading.Thread):
                 connection, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            self.accepted += 1
             connection.settimeout(5)
             try:
                 with self.context.wrap_socket(connection, server_side=True):
@@ -72,8 +74,10 @@ def test_s_time_sums_the_handshakes_of_parallel_clients_over_the_window(
     assert result.handshakes > 3
     # the window is the measured run's, not the warm-up's: about a second of the two
     assert 0.9 <= result.window.seconds <= time.monotonic() - started - 0.9
-    # every handshake the clients counted is one the server made (it also made the warm-up's)
-    assert server.handshakes >= result.handshakes
+    # every handshake the clients counted came on a connection the server accepted (the
+    # warm-up's too); the server may see a client's close before its session tickets are out
+    assert server.accepted >= result.handshakes
+    assert server.handshakes > 0
     assert result.loadgen_cpu_s > 0
 
 
