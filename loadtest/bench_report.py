@@ -13,13 +13,12 @@ from loadtest.bench_scenarios import (
     DISTURBED,
     HTTP_SCENARIOS,
     LATENCY_MAX_RATIO,
-    S_TIME_SCENARIOS,
     SATURATED,
     TARGETS,
-    WRK_SCENARIOS,
     Layout,
     Measurement,
     Run,
+    cost_unit,
     describe_scenario,
 )
 
@@ -158,14 +157,9 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
             **health(mine),
             "rounds": len(mine),
         }
-        if run.scenario == "sessions":
-            for key in ("proxy_us_per_session", "proxy_sys_us_per_session"):
-                per_proxy[proxy][key] = median([m.detail.get(key) for m in mine])
-        if run.scenario in WRK_SCENARIOS:
-            for key in ("proxy_us_per_request", "proxy_sys_us_per_request"):
-                per_proxy[proxy][key] = median([m.detail.get(key) for m in mine])
-        if run.scenario in S_TIME_SCENARIOS:
-            for key in ("proxy_us_per_handshake", "proxy_sys_us_per_handshake"):
+        unit = cost_unit(run.scenario)
+        if unit is not None:
+            for key in (f"proxy_us_per_{unit}", f"proxy_sys_us_per_{unit}"):
                 per_proxy[proxy][key] = median([m.detail.get(key) for m in mine])
         if run.scenario in HTTP_SCENARIOS:
             for cut in ("p50", "p99"):
@@ -338,6 +332,7 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
         lines.append(f"  target: {summary['target']['rule']}: {summary['target']['verdict']}")
         return lines
     unit, per_cpu_unit = UNITS[run.scenario]
+    what = cost_unit(run.scenario)
     for name, part in medians.items():
         cpu = part["cpu"]
         lines.append(
@@ -345,14 +340,13 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
             f"{number(part['per_cpu'])} {per_cpu_unit}  "
             f"errors {part['errors']}"
             + trouble(part))
-        for what in ("session", "request", "handshake"):
-            if part.get(f"proxy_us_per_{what}") is not None:
-                total, kernel = part[f"proxy_us_per_{what}"], part[f"proxy_sys_us_per_{what}"]
-                lines.append(f"  {'':<11} proxy CPU per {what} {total:.0f} us: user "
-                             f"{total - kernel:.0f} us, kernel {kernel:.0f} us"
-                             + (f"; wrk latency p50 {number(part['latency_p50_ms'], 2)} ms p99 "
-                                f"{number(part['latency_p99_ms'], 2)} ms (closed loop)"
-                                if what == "request" else ""))
+        if what is not None and part.get(f"proxy_us_per_{what}") is not None:
+            total, kernel = part[f"proxy_us_per_{what}"], part[f"proxy_sys_us_per_{what}"]
+            lines.append(f"  {'':<11} proxy CPU per {what} {total:.0f} us: user "
+                         f"{total - kernel:.0f} us, kernel {kernel:.0f} us"
+                         + (f"; wrk latency p50 {number(part['latency_p50_ms'], 2)} ms p99 "
+                            f"{number(part['latency_p99_ms'], 2)} ms (closed loop)"
+                            if what == "request" else ""))
     lines.append(f"  ratio ingress/haproxy: {number(summary['ratio'], 2)}x {unit}"
                  f"{rounds_text(summary['round_ratios'])}; {number(summary['ratio_per_cpu'], 2)}x "
                  f"{per_cpu_unit}{rounds_text(summary['round_ratios_per_cpu'])}")

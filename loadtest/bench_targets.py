@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from loadtest import procstat
-from loadtest.bench_scenarios import cpu_list
+from loadtest.bench_scenarios import cpu_list, key_type
 from tls import selfsigned
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -370,7 +370,7 @@ def certificate_dir(workdir: Path, scenario: str) -> Path:
     path = directory / CERTIFICATE_FILE
     if not path.exists():
         path.write_bytes(selfsigned.generate(
-            ("bench.localhost",), key_type="rsa" if scenario.endswith("-rsa") else "ecdsa"))
+            ("bench.localhost",), key_type=key_type(scenario)))
     return directory
 
 
