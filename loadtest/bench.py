@@ -52,7 +52,14 @@ from loadtest.bench_scenarios import (  # noqa: E402
     Measurement,
     plan,
 )
-from loadtest.bench_targets import BENCH_VENV, HAPROXY, haproxy_maxconn, stop_all_children  # noqa: E402
+from loadtest.bench_targets import (  # noqa: E402
+    BENCH_VENV,
+    HAPROXY,
+    JEMALLOC,
+    haproxy_maxconn,
+    jemalloc_available,
+    stop_all_children,
+)
 
 # How the summary names the --access-log and --haproxy-log choices.
 LOG_NAMES = {"file": "file", "devnull": "/dev/null", "off": "off",
@@ -127,6 +134,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=("off", "python", "native"), default="off",
                         help="sessions: one extra, uncounted mta-ingress run sampled by py-spy "
                              "(python: --nonblocking; native: C frames and system calls too)")
+    parser.add_argument("--allocator", choices=("glibc", "jemalloc", "both"), default="glibc",
+                        help="the ingress's C allocator: glibc's malloc, or jemalloc (Debian's "
+                             "libjemalloc2) preloaded as the image does; both: glibc's compared, "
+                             "jemalloc's measured beside it as mta-ingress+jemalloc")
     parser.add_argument("--haproxy-log", choices=("off", "file", "errors"), default="off",
                         help="HAProxy's log: off, or one line per request or session to a file "
                              "in the results directory, as the contract's HAProxy logs to "
@@ -189,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(binary) is None:
             print(f"bench: {binary} not found", file=sys.stderr)
             return 2
+    if options.allocator != "glibc" and not jemalloc_available():
+        print(f"bench: --allocator {options.allocator}: {JEMALLOC} not found "
+              "(Debian package libjemalloc2)", file=sys.stderr)
+        return 2
     if any(s in EGRESS_SCENARIOS for s in options.scenarios):
         missing = bench_egress.check_binaries()
         if missing:
@@ -304,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + "=" * 100)
     print(f"SUMMARY ({options.rounds} rounds per proxy, medians; CPU 100% = one core; "
           f"mta-ingress access log: {LOG_NAMES[options.access_log]}; "
-          f"HAProxy log: {LOG_NAMES[options.haproxy_log]})")
+          f"HAProxy log: {LOG_NAMES[options.haproxy_log]}; mta-ingress allocator: "
+          f"{options.allocator})")
     for key, data in report["runs"].items():
         for line in data.get("summary_text", [f"{key}: incomplete"]):
             print(line)

@@ -13,6 +13,7 @@ from loadtest.bench_scenarios import (
     DISTURBED,
     HTTP_SCENARIOS,
     LATENCY_MAX_RATIO,
+    S_TIME_SCENARIOS,
     SATURATED,
     TARGETS,
     Layout,
@@ -30,13 +31,13 @@ UNITS = {"sessions": ("sessions/s", "sessions per proxy-CPU-s"),
          "https-handshake-ecdsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
          "https-handshake-rsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
          "https-keepalive": ("requests/s", "requests per proxy-CPU-s"),
-         "tls-handshake-ecdsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
-         "tls-handshake-rsa": ("handshakes/s", "handshakes per proxy-CPU-s"),
+         **dict.fromkeys(S_TIME_SCENARIOS, ("handshakes/s", "handshakes per proxy-CPU-s")),
          "http-latency": ("ms p99", ""),
          "idle": ("KiB RSS per connection", "")}
 
 
-NORMAL_ENDS = {"closed", "client-closed", "server-closed", "ok"}
+# "local": a request the proxy answered itself (the readiness path of tls-request-*)
+NORMAL_ENDS = {"closed", "client-closed", "server-closed", "ok", "local"}
 # A client that left: in the middle of a response, or of a TLS handshake.
 CLIENT_LEFT_ENDS = ("client-aborted", "rejected:tls-handshake-aborted")
 
@@ -145,7 +146,7 @@ def health(mine: Sequence[Measurement]) -> dict[str, int]:
 
 def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
     per_proxy: dict[str, dict[str, Any]] = {}
-    # haproxy and mta-ingress, then the references of --floor, if measured
+    # haproxy and mta-ingress, then the references (--floor, --allocator both), if measured
     for proxy in dict.fromkeys([*COMPARED, *(m.proxy for m in measurements)]):
         mine = [m for m in measurements if m.proxy == proxy]
         per_proxy[proxy] = {
@@ -354,7 +355,10 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
     for name, reference in references.items():
         lines.append(f"  reference {name}/haproxy: {number(reference['ratio'], 2)}x {unit}; "
                      f"{number(reference['ratio_per_cpu'], 2)}x {per_cpu_unit}")
-    if references:
+    if any(name.startswith("mta-ingress+") for name in references):
+        lines.append("  (mta-ingress+jemalloc: the same build and configuration, with jemalloc "
+                     "preloaded as its C allocator)")
+    if any(name.startswith("floor") for name in references):
         if run.scenario == "sessions":
             lines.append("  (references: loadtest/floor.py --tcp, uvloop's TCP transports "
                          "without mta-ingress's work; +N us: that much busy CPU added per "

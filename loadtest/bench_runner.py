@@ -27,6 +27,8 @@ from loadtest.bench_scenarios import (
     HTTP_LARGE_PATH,
     HTTP_PATH,
     HTTP_SCENARIOS,
+    READINESS_PATH,
+    S_TIME_REQUEST_SCENARIOS,
     S_TIME_SCENARIOS,
     TLS_SCENARIOS,
     WRK_SCENARIOS,
@@ -124,7 +126,8 @@ def measure_wrk(run: Run, options: argparse.Namespace, proxy: RunningProxy, back
 
 def measure_handshakes(run: Run, options: argparse.Namespace, proxy: RunningProxy,
                        backend: Backend, round_number: int) -> Measurement:
-    argv = [*taskset(run.layout.load), load.OPENSSL, "s_time", "-new",
+    request = ["-www", READINESS_PATH] if run.scenario in S_TIME_REQUEST_SCENARIOS else []
+    argv = [*taskset(run.layout.load), load.OPENSSL, "s_time", "-new", *request,
             "-connect", f"127.0.0.1:{proxy.setup.port}"]
     result = load.s_time(argv, clients=options.handshake_clients, warmup=options.warmup,
                          duration=options.http_duration, mark=_marker(proxy, backend))
@@ -386,9 +389,15 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     setups = {
         "haproxy": haproxy_setup(workdir, ports.take(), backend.port, run.layout.proxy, http,
                                  certs, options.haproxy_log),
-        "mta-ingress": ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
-                                     run.workers, options.access_log, http, certs),
     }
+    # --allocator both: glibc's is the mta-ingress compared, jemalloc's a reference beside it
+    allocators = ("glibc", "jemalloc") if options.allocator == "both" else (options.allocator,)
+    for allocator in allocators:
+        setup = ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
+                              run.workers, options.access_log, http, certs, allocator)
+        if allocator == allocators[0]:
+            setup.name = "mta-ingress"  # the one the targets compare, whatever its allocator
+        setups[setup.name] = setup
     if run.scenario in FLOOR_SCENARIOS and run.workers == 1:
         for burn_us in options.floor:
             floor = floor_setup(ports.take(), backend.port, run.layout.proxy, burn_us, certs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import json
 import os
 import resource
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from loadtest import procstat
-from loadtest.bench_scenarios import cpu_list, key_type
+from loadtest.bench_scenarios import READINESS_PATH, cpu_list, key_type
 from tls import selfsigned
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,7 +292,7 @@ ECDHE-RSA-CHACHA20-POLY1305
 
 
 HAPROXY_READINESS = ('http-request return status 200 content-type text/plain string "ready\\n" '
-                     "if { path_beg /.kubernetes-readiness-probe }")
+                     f"if {{ path_beg {READINESS_PATH} }}")
 
 
 INGRESS_HTTP_CONFIG = """\
@@ -424,14 +425,27 @@ def floor_setup(port: int, backend_port: int, cpus: set[int] | None,
 ADMIN_PORT_OFFSET = 100
 
 
+# The allocators --allocator offers the ingress: glibc's malloc (no preload) or jemalloc, the
+# shared library of Debian's libjemalloc2, preloaded as the image does (Dockerfile).
+JEMALLOC = "libjemalloc.so.2"
+
+
+def jemalloc_available() -> bool:
+    return ctypes.util.find_library("jemalloc") is not None
+
+
 def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
                   workers: int, access_log: str, http: bool = False,
-                  certs: Path | None = None) -> ProxySetup:
-    path = workdir / "ingress.toml"
+                  certs: Path | None = None, allocator: str = "glibc") -> ProxySetup:
+    """``allocator``: "glibc", or "jemalloc": preloaded, and the setup named
+    ``mta-ingress+jemalloc`` (its own configuration file and ports)."""
+    name = "mta-ingress" if allocator == "glibc" else f"mta-ingress+{allocator}"
+    short = name.removeprefix("mta-")
+    path = workdir / f"{short}.toml"
     if http:
         listener = "https" if certs else "http"
-        disabled = "".join(f"\n[listeners.{name}]\nenabled = false\n"
-                           for name in (*INGRESS_DISABLED, "http") if name != listener)
+        disabled = "".join(f"\n[listeners.{other}]\nenabled = false\n"
+                           for other in (*INGRESS_DISABLED, "http") if other != listener)
         tls = f'\n[tls]\ncert_dir = "{certs}"\n' if certs else ""
         text = INGRESS_HTTP_CONFIG.format(port=port, backend_port=backend_port,
                                           workers=workers, disabled=disabled,
@@ -445,10 +459,11 @@ def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
     binary = BENCH_VENV / "bin" / "mta-ingress"
     if not binary.exists():
         binary = Path(sys.executable).parent / "mta-ingress"
-    return ProxySetup("mta-ingress", port, path,
-                      [*taskset(cpus), str(binary), "run", "--config", str(path)],
+    preload = [] if allocator == "glibc" else ["env", f"LD_PRELOAD={JEMALLOC}"]
+    return ProxySetup(name, port, path,
+                      [*taskset(cpus), *preload, str(binary), "run", "--config", str(path)],
                       None if access_log == "devnull"
-                      else str(workdir / "ingress-access-{tag}.log"))
+                      else str(workdir / f"{short}-access-{{tag}}.log"))
 
 
 def wait_ready(child: Child, port: int, *, ingress: bool) -> None:
@@ -473,7 +488,7 @@ def wait_ready(child: Child, port: int, *, ingress: bool) -> None:
 class RunningProxy:
     def __init__(self, setup: ProxySetup, workdir: Path, tag: str) -> None:
         self.setup = setup
-        ingress = setup.name == "mta-ingress"
+        ingress = setup.name.startswith("mta-ingress")
         self.access_log = (Path(setup.access_log.format(tag=tag))
                            if setup.access_log is not None else None)
         stdout: Path | int = self.access_log or subprocess.DEVNULL

@@ -73,6 +73,8 @@ def test_without_references_the_summary_is_the_comparison() -> None:
      {"rejected:tls-handshake-aborted": 129}),
     ({"ok": 900, "rejected:tls-handshake-failed": 1}, {"rejected:tls-handshake-failed": 1}),
     ({"ok": 900, "client-aborted": 3, "server-failed": 2}, {"server-failed": 2}),
+    # tls-request-*: every request answered by the proxy itself
+    ({"local": 900}, {}),
 ])
 def test_client_left_ends_are_the_loads_doing_up_to_one_per_connection_and_run(
         ends: dict[str, int], abnormal: dict[str, int]) -> None:
@@ -128,6 +130,23 @@ def test_every_scenario_has_its_units_and_a_description() -> None:
         assert TARGETS[scenario] == pytest.approx(1 / 1.1)
     assert "16 parallel openssl s_time -new" in describe_scenario(
         Run("tls-handshake-rsa", 1, Layout({0}, {1})), options)
+    finished = describe_scenario(Run("tls-request-ecdsa", 1, Layout({0}, {1})), options)
+    assert "16 parallel openssl s_time -new -www" in finished
+    assert "GET /.kubernetes-readiness-probe HTTP/1.0" in finished
+
+
+def test_a_jemalloc_reference_is_named_for_what_it_is_not_as_a_floor() -> None:
+    rounds = [measurement(name, 1, value) for name, value in
+              (("haproxy", 50_000.0), ("mta-ingress", 45_000.0),
+               ("mta-ingress+jemalloc", 47_500.0))]
+    summary = summarise(RUN, rounds)
+    assert summary["ratio"] == pytest.approx(0.9)  # the compared one: glibc's
+    assert summary["references"]["mta-ingress+jemalloc"]["ratio"] == pytest.approx(0.95)
+    text = "\n".join(summary_text(RUN, summary, argparse.Namespace(
+        http_connections=64, http_duration=3.0, warmup=1.0, floor=[], origin="stub")))
+    assert "reference mta-ingress+jemalloc/haproxy: 0.95x" in text
+    assert "with jemalloc preloaded as its C allocator" in text
+    assert "floor.py" not in text
 
 
 def test_a_handshake_run_is_judged_by_cpu_per_handshake_when_the_load_core_limits() -> None:

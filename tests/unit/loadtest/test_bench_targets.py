@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.bench_targets import Child, access_log_ends, floor_setup, wait_ready
+from loadtest.bench_targets import (
+    JEMALLOC,
+    Child,
+    access_log_ends,
+    floor_setup,
+    ingress_setup,
+    wait_ready,
+)
 
 
 def test_floor_setup_names_and_pins() -> None:
@@ -22,6 +29,24 @@ def test_floor_setup_names_and_pins() -> None:
     assert bare.argv[-6:] == ["--port", "30000", "--backend-port", "30001", "--burn-us", "0"]
     tls = floor_setup(30003, 30001, {1}, 0.0, Path("/results/certs"))
     assert tls.argv[-2:] == ["--tls-cert", "/results/certs/bench.pem"]
+
+
+def test_a_jemalloc_ingress_is_preloaded_and_kept_apart_from_the_glibc_one(
+        tmp_path: Path) -> None:
+    plain = ingress_setup(tmp_path, 30010, 30001, {1}, 1, "file", http=True)
+    preloaded = ingress_setup(tmp_path, 30011, 30001, {1}, 1, "file", http=True,
+                              allocator="jemalloc")
+    assert (plain.name, preloaded.name) == ("mta-ingress", "mta-ingress+jemalloc")
+    assert "env" not in plain.argv
+    # taskset, then env sets the preload for the ingress alone, then the ingress itself
+    assert preloaded.argv[:5] == ["taskset", "-c", "1", "env", f"LD_PRELOAD={JEMALLOC}"]
+    assert preloaded.argv[5:] == plain.argv[3:-1] + [str(preloaded.config_path)]
+    # both in one run (--allocator both): their files must not collide
+    assert plain.config_path != preloaded.config_path
+    assert plain.access_log is not None and preloaded.access_log is not None
+    assert plain.access_log != preloaded.access_log
+    assert '"127.0.0.1:30011"' in preloaded.config_path.read_text()
+    assert '"127.0.0.1:30010"' in plain.config_path.read_text()
 
 
 def test_access_log_ends_count_rejections_by_reason() -> None:
