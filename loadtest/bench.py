@@ -119,7 +119,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-connections", type=int, default=64,
                         help="http-keepalive, http-close, http-latency: connections")
     parser.add_argument("--handshake-clients", type=int, default=16,
-                        help="tls-handshake-*: openssl s_time -new processes at once")
+                        help="tls-handshake-* and tls-request-*: openssl s_time -new "
+                             "processes at once")
     parser.add_argument("--origin", choices=("stub", "nginx"), default="stub",
                         help="the HTTP scenarios' origin: backend.py's stub, or nginx (Debian "
                              "nginx-light, one worker: loadtest/nginx_origin.py)")
@@ -135,9 +136,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="sessions: one extra, uncounted mta-ingress run sampled by py-spy "
                              "(python: --nonblocking; native: C frames and system calls too)")
     parser.add_argument("--allocator", choices=("glibc", "jemalloc", "both"), default="glibc",
-                        help="the ingress's C allocator: glibc's malloc, or jemalloc (Debian's "
-                             "libjemalloc2) preloaded as the image does; both: glibc's compared, "
-                             "jemalloc's measured beside it as mta-ingress+jemalloc")
+                        help="the ingress's C allocator: glibc's malloc (as the image runs "
+                             "it), or jemalloc (Debian's libjemalloc2) preloaded; both: glibc's "
+                             "compared, jemalloc's measured beside it as mta-ingress+jemalloc")
     parser.add_argument("--haproxy-log", choices=("off", "file", "errors"), default="off",
                         help="HAProxy's log: off, or one line per request or session to a file "
                              "in the results directory, as the contract's HAProxy logs to "

@@ -425,8 +425,9 @@ def floor_setup(port: int, backend_port: int, cpus: set[int] | None,
 ADMIN_PORT_OFFSET = 100
 
 
-# The allocators --allocator offers the ingress: glibc's malloc (no preload) or jemalloc, the
-# shared library of Debian's libjemalloc2, preloaded as the image does (Dockerfile).
+# The allocators --allocator offers the ingress: glibc's malloc (no preload, as the image runs
+# it) or jemalloc, the shared library of Debian's libjemalloc2, preloaded: a measurement of
+# whether the image should preload it (docs/benchmarks.md: not so far).
 JEMALLOC = "libjemalloc.so.2"
 
 

@@ -40,10 +40,11 @@ def test_a_jemalloc_ingress_is_preloaded_and_kept_apart_from_the_glibc_one(
     assert "env" not in plain.argv
     # taskset, then env sets the preload for the ingress alone, then the ingress itself
     assert preloaded.argv[:5] == ["taskset", "-c", "1", "env", f"LD_PRELOAD={JEMALLOC}"]
-    assert preloaded.argv[5:] == plain.argv[3:-1] + [str(preloaded.config_path)]
+    assert preloaded.argv[5:] == [*plain.argv[3:-1], str(preloaded.config_path)]
     # both in one run (--allocator both): their files must not collide
     assert plain.config_path != preloaded.config_path
-    assert plain.access_log is not None and preloaded.access_log is not None
+    assert plain.access_log is not None
+    assert preloaded.access_log is not None
     assert plain.access_log != preloaded.access_log
     assert '"127.0.0.1:30011"' in preloaded.config_path.read_text()
     assert '"127.0.0.1:30010"' in plain.config_path.read_text()
