@@ -144,8 +144,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "in the results directory, as the contract's HAProxy logs to "
                              "stdout; errors: the same with option dontlog-normal")
     parser.add_argument("--floor", type=parse_burns, default=[], metavar="US[,US...]",
-                        help="http-keepalive, https-keepalive, sessions and tls-handshake-* "
-                             "(one worker): also "
+                        help="http-keepalive, https-keepalive, sessions, tls-handshake-* "
+                             "(one worker) and egress-sessions (forward mode): also "
                              "measure the reference relay loadtest/floor.py, once per value, "
                              "with that many microseconds of busy CPU added per request or "
                              "session (0: none)")

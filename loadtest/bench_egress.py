@@ -126,6 +126,30 @@ TARGETS = (
 TARGET_NAMES = tuple(target.name for target in TARGETS)
 
 
+# --floor in egress-sessions: loadtest/floor.py --forward beside them, once per --floor value, a
+# reference for forward mode (what uvloop's connect from a bound source and relay cost with none
+# of mta-ingress's work), compared with HAProxy's forward mode but never judged.
+FLOOR_SCENARIOS = ("egress-sessions",)
+
+
+def floor_name(burn_us: float) -> str:
+    return "floor-forward" if not burn_us else f"floor-forward+{burn_us:g}us"
+
+
+def floor_values(run: Run, options: argparse.Namespace) -> list[float]:
+    """The --floor values a run measures the forward floor with (none outside FLOOR_SCENARIOS)."""
+    return list(getattr(options, "floor", [])) if run.scenario in FLOOR_SCENARIOS else []
+
+
+def targets(run: Run, options: argparse.Namespace) -> tuple[Target, ...]:
+    floors = tuple(Target(floor_name(burn_us), "floor", "proxy-v2",
+                          "loadtest/floor.py --forward: the same connect and relay, none of "
+                          "mta-ingress's work" + (f", +{burn_us:g} us per session" if burn_us
+                                                  else ""))
+                   for burn_us in floor_values(run, options))
+    return (*TARGETS, *floors)
+
+
 @dataclass(frozen=True, slots=True)
 class Comparison:
     subject: str
@@ -271,9 +295,11 @@ def ingress_egress_config(socks_port: int, forward_port: int, sink_port: int,
 
 
 def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int] | None,
-                  access_log: str, haproxy_log: str = "off") -> dict[str, ProxySetup]:
+                  access_log: str, haproxy_log: str = "off",
+                  floor_burns: Sequence[float] = ()) -> dict[str, ProxySetup]:
     """Each target's configuration file, command line and port; the three mta-ingress targets
-    share one configuration (both listeners), each measured in a process of its own."""
+    share one configuration (both listeners), each measured in a process of its own; then a
+    forward floor per value of ``floor_burns``."""
     dante_port, haproxy_port = ports.take(), ports.take()
     socks_port, forward_port = ports.take(), ports.take()
     dante_path = workdir / "danted.conf"
@@ -302,13 +328,23 @@ def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int]
         setups[name] = ProxySetup(
             name, port, ingress_path, ingress_argv,
             None if access_log == "devnull" else str(workdir / f"{name}-access-{{tag}}.log"))
-    return {target.name: setups[target.name] for target in TARGETS}
+    floor_script = Path(__file__).with_name("floor.py")
+    for burn_us in floor_burns:
+        port = ports.take()
+        name = floor_name(burn_us)
+        setups[name] = ProxySetup(name, port, floor_script,
+                                  [*taskset(cpus), sys.executable, str(floor_script),
+                                   "--forward", "--port", str(port), "--burn-us", f"{burn_us:g}"])
+    return {target.name: setups[target.name] for target in TARGETS} | {
+        floor_name(burn_us): setups[floor_name(burn_us)] for burn_us in floor_burns}
 
 
 # --- the proxies under test --------------------------------------------------------------------
 
-_STOP = {"mta-ingress": signal.SIGINT, "haproxy": signal.SIGUSR1, "dante": signal.SIGTERM}
-_DEATH = {"mta-ingress": signal.SIGINT, "haproxy": signal.SIGTERM, "dante": signal.SIGTERM}
+_STOP = {"mta-ingress": signal.SIGINT, "haproxy": signal.SIGUSR1, "dante": signal.SIGTERM,
+         "floor": signal.SIGUSR1}
+_DEATH = {"mta-ingress": signal.SIGINT, "haproxy": signal.SIGTERM, "dante": signal.SIGTERM,
+          "floor": signal.SIGTERM}
 
 
 PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
@@ -579,14 +615,16 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
                    arguments=("--host", SINK_HOST, "--message-bytes",
                               str(options.egress_message_mib << 20)))
     try:
+        measured = targets(run, options)
+        floor_burns = floor_values(run, options)
         setups = egress_setups(workdir, ports, sink.port, run.layout.proxy, options.access_log,
-                               options.haproxy_log)
+                               options.haproxy_log, floor_burns)
     except BaseException:
         sink.stop()
         raise
     info: dict[str, Any] = {
         **load_info(run, sink),
-        "targets": {target.name: target.label for target in TARGETS},
+        "targets": {target.name: target.label for target in measured},
         "commands": {name: " ".join(s.argv) for name, s in setups.items()},
         "configs": {name: str(s.config_path) for name, s in setups.items()
                     if name in ("dante", "haproxy-forward", "ingress-socks5")},
@@ -606,7 +644,7 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     retries = getattr(options, "egress_retries", 0)
     try:
         for round_number in range(1, options.rounds + 1):
-            for target in TARGETS:
+            for target in measured:
                 for attempt in range(retries + 1):
                     measurement = _measure_once(run, options, target, setups[target.name],
                                                 sink, workdir, round_number, attempt)
@@ -721,10 +759,15 @@ def bottleneck(part: dict[str, Any]) -> str:
 
 
 def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
+    names = dict.fromkeys(m.proxy for m in measurements)
     parts = {name: _part_summary(run, [m for m in measurements if m.proxy == name])
-             for name in TARGET_NAMES if any(m.proxy == name for m in measurements)}
+             for name in sorted(names, key=lambda n: (TARGET_NAMES.index(n) if n in TARGET_NAMES
+                                                      else len(TARGET_NAMES), n))}
     comparisons = []
-    for comparison in COMPARISONS:
+    floors = [Comparison(name, "haproxy-forward",
+                         f"{name} / HAProxy forward (a reference: no target)")
+              for name in parts if name.startswith("floor-forward")]
+    for comparison in (*COMPARISONS, *floors):
         subject, reference = parts.get(comparison.subject), parts.get(comparison.reference)
         if subject is None or reference is None:
             continue
@@ -744,7 +787,7 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
             entry["ratio_pss"] = ratio(subject["bytes_per_session"]["total"]["pss"],
                                        reference["bytes_per_session"]["total"]["pss"])
         target = RATIO_TARGETS.get(run.scenario, {}).get(comparison.reference)
-        if target is not None:
+        if target is not None and comparison in COMPARISONS:
             both = (subject, reference)
             saturated = all(_proxy_core(p) >= SATURATED for p in both)
             decided_by = "throughput" if saturated else "per-cpu"

@@ -23,6 +23,14 @@ header (``ingress.protocol.proxy_protocol.encode_v1``), bytes passed on as they 
 passed on; no log, no metrics, no timeouts, no server choice, no 421. ``--burn-us`` is then per
 session.
 
+With ``--forward`` it is the floor of ``egress-sessions``' forward mode: each connection's PROXY
+header (v1 or v2, read by ``ingress.protocol.proxy_protocol.HeaderReader``) names the source to
+send from and the destination, and the connection is made as ``ingress.proxy.egress`` makes it: a
+socket bound to the source with ``IP_BIND_ADDRESS_NO_PORT`` (``bound_socket``), a non-blocking
+connect awaited by a writer callback, then ``create_connection(sock=)`` in a task; then bytes
+relayed as in ``--tcp``, no header sent on. No policy (it connects wherever the header says),
+no log, no metrics, no timeouts.
+
 It is a measuring instrument, not a proxy: it trusts its backend, answers nothing itself and
 drops a client whose backend cannot be reached. Loopback only, like everything in loadtest/.
 """
@@ -31,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -51,7 +61,12 @@ def _import_project() -> None:
 
 
 _import_project()
-from ingress.protocol.proxy_protocol import encode_v1  # noqa: E402  (the path above first)
+from ingress.protocol.proxy_protocol import (  # noqa: E402  (the path above first)
+    HeaderReader,
+    ProxyProtocolError,
+    encode_v1,
+)
+from ingress.proxy.egress import bound_socket  # noqa: E402
 from ingress.proxy.flow import Outbox, WriteBatch  # noqa: E402
 
 
@@ -238,6 +253,82 @@ class _TcpSession(asyncio.Protocol):
             self.server.close()
 
 
+class _ForwardSession(_TcpSession):
+    """One forward-mode session: the PROXY header first, then the relay of ``_TcpSession``
+    to the destination it names, from the source it names."""
+
+    def __init__(self, burn_seconds: float) -> None:
+        super().__init__(("", 0), burn_seconds)
+        self.reader: HeaderReader | None = HeaderReader()
+        self.sock: socket.socket | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = cast(asyncio.Transport, transport)
+        burn(self.burn_seconds)
+
+    def data_received(self, data: bytes) -> None:
+        if self.reader is None:
+            super().data_received(data)
+            return
+        try:
+            parsed = self.reader.feed(data)
+        except ProxyProtocolError:
+            self._drop()
+            return
+        if parsed is None:
+            return
+        self.reader = None
+        header, payload = parsed
+        if payload:
+            self.waiting.append(payload)
+        source, destination = header.client_address, header.destination
+        if source is None or destination is None:
+            self._drop()
+            return
+        try:
+            self.sock = bound_socket(source[0])
+        except OSError:
+            self._drop()
+            return
+        error = self.sock.connect_ex(destination)
+        if error == 0:
+            self._wrap()
+        elif error == errno.EINPROGRESS:
+            asyncio.get_running_loop().add_writer(self.sock.fileno(), self._writable)
+        else:
+            self._drop()
+
+    def _writable(self) -> None:
+        if self.sock is None:
+            return
+        asyncio.get_running_loop().remove_writer(self.sock.fileno())
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._drop()
+        else:
+            self._wrap()
+
+    def _wrap(self) -> None:
+        self.connecting = asyncio.get_running_loop().create_task(self._transport_of())
+
+    async def _transport_of(self) -> None:
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: _TcpServerSide(self),
+                                                               sock=self.sock)
+        except OSError:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.server is None and self.sock is not None and self.connecting is None:
+            # the client left while the connect was in progress
+            asyncio.get_running_loop().remove_writer(self.sock.fileno())
+            self.sock.close()
+
+
 def burn(seconds: float) -> None:
     if seconds:
         end = time.perf_counter() + seconds
@@ -257,7 +348,10 @@ def tls_context(cert: Path) -> ssl.SSLContext:
 
 
 def _factory(backend: tuple[str, int], burn_us: float, context: ssl.SSLContext | None,
-             writes: WriteBatch, tcp: bool = False) -> Callable[[], asyncio.Protocol]:
+             writes: WriteBatch, tcp: bool = False,
+             forward: bool = False) -> Callable[[], asyncio.Protocol]:
+    if forward:
+        return lambda: _ForwardSession(burn_us / 1e6)
     if tcp:
         return lambda: _TcpSession(backend, burn_us / 1e6)
 
@@ -274,14 +368,15 @@ def _factory(backend: tuple[str, int], burn_us: float, context: ssl.SSLContext |
 
 
 async def serve(port: int, backend: tuple[str, int], burn_us: float,
-                context: ssl.SSLContext | None = None, tcp: bool = False) -> None:
+                context: ssl.SSLContext | None = None, tcp: bool = False,
+                forward: bool = False) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # SIGUSR1 too: bench.py stops every proxy but mta-ingress with HAProxy's soft-stop signal
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.add_signal_handler(signum, stop.set)
-    server = await loop.create_server(_factory(backend, burn_us, context, WriteBatch(loop), tcp),
-                                      "127.0.0.1", port, backlog=4096)
+    server = await loop.create_server(_factory(backend, burn_us, context, WriteBatch(loop), tcp,
+                                               forward), "127.0.0.1", port, backlog=4096)
     async with server:
         await stop.wait()
 
@@ -289,8 +384,8 @@ async def serve(port: int, backend: tuple[str, int], burn_us: float,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True, help="listen on 127.0.0.1:PORT")
-    parser.add_argument("--backend-port", type=int, required=True,
-                        help="the origin on 127.0.0.1:PORT")
+    parser.add_argument("--backend-port", type=int,
+                        help="the origin on 127.0.0.1:PORT (not with --forward)")
     parser.add_argument("--burn-us", type=float, default=0.0,
                         help="busy CPU time added to every request (with --tcp: session), "
                              "in microseconds")
@@ -298,12 +393,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="serve HTTPS with this certificate, chain and key")
     parser.add_argument("--tcp", action="store_true",
                         help="relay TCP sessions behind a PROXY v1 header (the sessions floor)")
+    parser.add_argument("--forward", action="store_true",
+                        help="egress forward mode: connect from the PROXY header's source to "
+                             "its destination (the egress-sessions floor)")
     options = parser.parse_args(argv)
-    if options.tcp and options.tls_cert:
-        parser.error("--tcp relays plain TCP: no --tls-cert")
+    if (options.tcp or options.forward) and options.tls_cert:
+        parser.error("--tcp and --forward relay plain TCP: no --tls-cert")
+    if options.forward == (options.backend_port is not None):
+        parser.error("--backend-port is required, except with --forward, which has none")
     context = tls_context(options.tls_cert) if options.tls_cert else None
-    uvloop.run(serve(options.port, ("127.0.0.1", options.backend_port), options.burn_us,
-                     context, options.tcp))
+    uvloop.run(serve(options.port, ("127.0.0.1", options.backend_port or 0), options.burn_us,
+                     context, options.tcp, options.forward))
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ingress.protocol.proxy_protocol import encode_v1, encode_v2
 from tests.integration.origin import RawOrigin
 from tests.integration.peers import free_port
 from tls import selfsigned
@@ -31,10 +32,11 @@ def origin() -> Iterator[RawOrigin]:
         yield server
 
 
-def _start_floor(port: int, backend_port: int, *options: str) -> subprocess.Popen[bytes]:
+def _start_floor(port: int, backend_port: int | None, *options: str) -> subprocess.Popen[bytes]:
+    backend = [] if backend_port is None else ["--backend-port", str(backend_port)]
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "loadtest" / "floor.py"), "--port", str(port),
-         "--backend-port", str(backend_port), *options], cwd=ROOT, stderr=subprocess.PIPE)
+         *backend, *options], cwd=ROOT, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -142,6 +144,45 @@ def test_the_tcp_floor_relays_behind_a_proxy_v1_header_and_passes_half_close_on(
             server.join(10)
             assert heard[-1:] == [b"PROXY TCP4 127.0.0.1 127.0.0.1 %d %d\r\nQUIT\r\n"
                              % (client_port, port)]
+        finally:
+            _stop(floor)
+
+
+def test_the_forward_floor_connects_from_the_headers_source_to_its_destination() -> None:
+    """bench.py's egress-sessions floor (--forward): a PROXY v1 or v2 header naming a loopback
+    source and a destination; the destination hears the client's bytes (not the header) from
+    that source, and its reply comes back."""
+    heard: list[tuple[str, bytes]] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        sink = listener.getsockname()
+
+        def serve(count: int) -> None:
+            for _ in range(count):
+                connection, peer = listener.accept()
+                with connection:
+                    connection.sendall(b"220 sink\r\n")
+                    received = b""
+                    while chunk := connection.recv(65536):
+                        received += chunk
+                    heard.append((peer[0], received))
+                    connection.sendall(b"221 bye\r\n")
+
+        server = threading.Thread(target=serve, args=(2,))
+        server.start()
+        port = free_port()
+        floor = _start_floor(port, None, "--forward")
+        try:
+            headers = [encode_v1(("127.0.0.8", 40000), sink),
+                       encode_v2(("127.0.0.9", 40001), sink)]
+            for header in headers:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                    sock.sendall(header + b"QUIT\r\n")
+                    assert _read_until(sock, b"\r\n") == b"220 sink\r\n"
+                    sock.shutdown(socket.SHUT_WR)
+                    assert _read_until(sock, b"") == b"221 bye\r\n"
+            server.join(10)
+            assert heard == [("127.0.0.8", b"QUIT\r\n"), ("127.0.0.9", b"QUIT\r\n")]
         finally:
             _stop(floor)
 

@@ -570,3 +570,34 @@ def test_data_sink_counts_a_message_cut_short() -> None:
     _, stats = data_exchange(1000, b"x" * 10, close=True)
     assert stats["aborted"] == 1
     assert stats["bytes"] == 10
+
+
+def test_the_forward_floor_is_a_reference_beside_haproxy_never_judged() -> None:
+    summary = summarise(RUN, rounds({"haproxy-forward": 5000.0, "ingress-forward": 3000.0,
+                                     "floor-forward": 4000.0}))
+    floor = comparison(summary, "floor-forward")
+    assert floor["reference"] == "haproxy-forward"
+    assert floor["ratio"] == pytest.approx(0.8)
+    assert "target" not in floor
+    assert comparison(summary, "ingress-forward")["target"]["verdict"] == "FAIL"
+    # the targets first, in their order, the floors after them
+    assert list(summary["medians"]) == ["haproxy-forward", "ingress-forward", "floor-forward"]
+    text = "\n".join(summary_text(RUN, summary, argparse.Namespace(duration=8.0, warmup=1.0)))
+    assert "ratio floor-forward / HAProxy forward (a reference: no target): 0.80x" in text
+
+
+def test_floor_targets_and_setups_only_in_egress_sessions(tmp_path: Path) -> None:
+    options = argparse.Namespace(floor=[0.0, 8.0])
+    names = [t.name for t in bench_egress.targets(RUN, options)]
+    assert names == [*bench_egress.TARGET_NAMES, "floor-forward", "floor-forward+8us"]
+    bulk = Run("egress-bulk", 1, LAYOUT)
+    assert [t.name for t in bench_egress.targets(bulk, options)] == list(
+        bench_egress.TARGET_NAMES)
+    setups = bench_egress.egress_setups(tmp_path, PortPool(31300), 25000, {1}, "file",
+                                        floor_burns=[0.0, 8.0])
+    floor = setups["floor-forward"]
+    assert floor.argv[:3] == ["taskset", "-c", "1"]
+    assert floor.argv[-5:] == ["--forward", "--port", str(floor.port), "--burn-us", "0"]
+    assert setups["floor-forward+8us"].argv[-1] == "8"
+    assert floor.port != setups["floor-forward+8us"].port
+    assert floor.access_log is None
