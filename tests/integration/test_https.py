@@ -569,6 +569,51 @@ def test_access_log_records_tls_version_and_sni(
     assert without.endswith(" tls=TLSv1.3 sni=-"), without
 
 
+def test_sessions_resume_on_every_worker_and_under_another_files_name(
+        pki: Pki, cert_dir: Path, tmp_path: Path, cluster: Cluster) -> None:
+    """TLS 1.3 tickets are sealed with the front context's key, made before the workers fork
+    (tls/store.py): a session from one worker resumes on the other, and one made under a name
+    served by another file (an SNI switch of context) resumes too. Workers share a port by
+    SO_REUSEPORT, so the kernel spreads the connections: they are opened until both have
+    resumed sessions (bounded)."""
+    install(cert_dir, "a.pem", pki.issue("default.example.org"))
+    install(cert_dir, "b.pem", pki.issue("other.example.org"))
+    port, proxied = free_port(), free_port()
+    process = IngressProcess(tmp_path, https_config(cluster, cert_dir, port, proxied).replace(
+        "workers = 1", "workers = 2"))
+    process.start()
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(pki.ca_file)
+
+        def exchange(name: str, path: str, session: ssl.SSLSession | None
+                     ) -> tuple[ssl.SSLSession | None, bool]:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
+                    context.wrap_socket(raw, server_hostname=name, session=session) as tls, \
+                    tls.makefile("rb") as reader:
+                tls.sendall(http_request(name, path))
+                assert read_response(reader)[0] == 200
+                return tls.session, tls.session_reused
+
+        for name in ("default.example.org", "other.example.org"):
+            session, reused = exchange(name, "/click/first", None)
+            assert not reused
+            assert session is not None
+            for attempt in range(60):
+                # each resumption hands out new tickets; the first session stays valid too
+                _, reused = exchange(name, f"/click/resumed-{attempt}", session)
+                assert reused, f"{name}: connection {attempt} did a full handshake"
+                lines = [line for line in process.access_lines()
+                         if "/click/resumed-" in line and f"sni={name}" in line]
+                if {"worker=0", "worker=1"} <= {field for line in lines
+                                                  for field in line.split()}:
+                    break
+            else:
+                raise AssertionError(f"{name}: 60 resumed connections, one worker only")
+    finally:
+        process.stop()
+
+
 def test_access_log_of_proxied_https_has_the_header_address(
         pki: Pki, cert_dir: Path, start_ingress: Callable[[], HttpsIngress]) -> None:
     install(cert_dir, "p.pem", pki.issue("p.example.org"))
