@@ -569,6 +569,35 @@ def test_access_log_records_tls_version_and_sni(
     assert without.endswith(" tls=TLSv1.3 sni=-"), without
 
 
+def https_exchange(port: int, context: ssl.SSLContext, name: str, path: str,
+                   session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession | None, bool]:
+    """One request on a new connection, offering ``session``: the session to resume next time
+    (its tickets come after the handshake, read with the response) and whether it resumed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
+            context.wrap_socket(raw, server_hostname=name, session=session) as tls, \
+            tls.makefile("rb") as reader:
+        tls.sendall(http_request(name, path))
+        assert read_response(reader)[0] == 200
+        return tls.session, tls.session_reused
+
+
+def test_a_session_resumes_after_its_certificate_file_is_renewed(
+        pki: Pki, cert_dir: Path, start_ingress: Callable[[], HttpsIngress]) -> None:
+    """A renewal (the TLS pod's every 60 days or so) swaps the certificates, not the ticket key:
+    the clients' sessions still resume, so a renewal is no storm of full handshakes, while new
+    handshakes get the new certificate."""
+    name = "renew.example.org"
+    install(cert_dir, "a.pem", pki.issue(name))
+    ingress = start_ingress()
+    context = pki.client_context()
+    session, _ = https_exchange(ingress.port, context, name, "/click/before")
+    renewed = pki.issue(name)
+    install(cert_dir, "a.pem", renewed)
+    wait_for_serial(ingress.port, name, renewed.serial, POLL_INTERVAL + 2, context)
+    _, reused = https_exchange(ingress.port, context, name, "/click/after", session)
+    assert reused
+
+
 def test_sessions_resume_on_every_worker_and_under_another_files_name(
         pki: Pki, cert_dir: Path, tmp_path: Path, cluster: Cluster) -> None:
     """TLS 1.3 tickets are sealed with the front context's key, made before the workers fork
@@ -583,25 +612,15 @@ def test_sessions_resume_on_every_worker_and_under_another_files_name(
         "workers = 1", "workers = 2"))
     process.start()
     try:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(pki.ca_file)
-
-        def exchange(name: str, path: str, session: ssl.SSLSession | None
-                     ) -> tuple[ssl.SSLSession | None, bool]:
-            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
-                    context.wrap_socket(raw, server_hostname=name, session=session) as tls, \
-                    tls.makefile("rb") as reader:
-                tls.sendall(http_request(name, path))
-                assert read_response(reader)[0] == 200
-                return tls.session, tls.session_reused
-
+        context = pki.client_context()
         for name in ("default.example.org", "other.example.org"):
-            session, reused = exchange(name, "/click/first", None)
+            session, reused = https_exchange(port, context, name, "/click/first")
             assert not reused
             assert session is not None
             for attempt in range(60):
                 # each resumption hands out new tickets; the first session stays valid too
-                _, reused = exchange(name, f"/click/resumed-{attempt}", session)
+                _, reused = https_exchange(port, context, name, f"/click/resumed-{attempt}",
+                                           session)
                 assert reused, f"{name}: connection {attempt} did a full handshake"
                 lines = [line for line in process.access_lines()
                          if "/click/resumed-" in line and f"sni={name}" in line]
