@@ -37,8 +37,8 @@ _READ_SIZE = 65536
 # What every connection's records are decrypted into: the loop runs one callback at a time and
 # each read's plaintext is copied out before the next. A read without a buffer allocates a
 # 64 KiB bytes object and shrinks it to what was read, in the C heap OpenSSL allocates from;
-# with the buffer, a full handshake cost 3% less CPU (docs/benchmarks.md, "Where the
-# handshake's extra CPU goes").
+# the buffer saves 0.2-0.4 us of user time per HTTPS keep-alive request (docs/benchmarks.md,
+# "Where the handshake's extra CPU goes").
 _READ_BUFFER = memoryview(bytearray(_READ_SIZE))
 # The reasons on_failure is given, those of the access log's rejections.
 HANDSHAKE_FAILED = "tls-handshake-failed"
