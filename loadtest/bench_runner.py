@@ -124,11 +124,17 @@ def measure_wrk(run: Run, options: argparse.Namespace, proxy: RunningProxy, back
              window.utilisation()["proxy_sys"] * window.seconds, figures.get("requests", 0))})
 
 
+def s_time_argv(run: Run, port: int) -> list[str]:
+    """One s_time client of a handshake scenario, without ``-time``: bare, or (tls-request-*)
+    asking for the readiness path, which the proxy answers itself."""
+    request = ["-www", READINESS_PATH] if run.scenario in S_TIME_REQUEST_SCENARIOS else []
+    return [*taskset(run.layout.load), load.OPENSSL, "s_time", "-new", *request,
+            "-connect", f"127.0.0.1:{port}"]
+
+
 def measure_handshakes(run: Run, options: argparse.Namespace, proxy: RunningProxy,
                        backend: Backend, round_number: int) -> Measurement:
-    request = ["-www", READINESS_PATH] if run.scenario in S_TIME_REQUEST_SCENARIOS else []
-    argv = [*taskset(run.layout.load), load.OPENSSL, "s_time", "-new", *request,
-            "-connect", f"127.0.0.1:{proxy.setup.port}"]
+    argv = s_time_argv(run, proxy.setup.port)
     result = load.s_time(argv, clients=options.handshake_clients, warmup=options.warmup,
                          duration=options.http_duration, mark=_marker(proxy, backend))
     window = result.window

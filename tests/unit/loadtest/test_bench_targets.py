@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from loadtest import load
+from loadtest.bench_runner import s_time_argv
+from loadtest.bench_scenarios import READINESS_PATH, Layout, Run
 from loadtest.bench_targets import (
+    HAPROXY_READINESS,
     JEMALLOC,
     Child,
     access_log_ends,
@@ -96,3 +100,15 @@ def test_wait_ready_waits_for_the_port_and_the_ingress_ready_line(tmp_path: Path
         assert 'msg="ready"' in listening.stderr_tail()
     finally:
         listening.stop()
+
+
+def test_s_time_asks_for_the_readiness_path_only_in_the_request_scenarios() -> None:
+    layout = Layout({0}, {1})
+    bare = s_time_argv(Run("tls-handshake-ecdsa", 1, layout), 30020)
+    finished = s_time_argv(Run("tls-request-rsa", 1, layout), 30020)
+    assert bare[:3] == ["taskset", "-c", "0"]  # the load core
+    assert bare[3:] == [load.OPENSSL, "s_time", "-new", "-connect", "127.0.0.1:30020"]
+    assert finished[3:] == [load.OPENSSL, "s_time", "-new", "-www", READINESS_PATH,
+                            "-connect", "127.0.0.1:30020"]
+    # and both proxies answer that path themselves: HAProxy's configuration says so
+    assert f"path_beg {READINESS_PATH}" in HAPROXY_READINESS
