@@ -399,11 +399,11 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     # --allocator both: glibc's is the mta-ingress compared, jemalloc's a reference beside it
     allocators = ("glibc", "jemalloc") if options.allocator == "both" else (options.allocator,)
     for allocator in allocators:
-        setup = ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
-                              run.workers, options.access_log, http, certs, allocator)
-        if allocator == allocators[0]:
-            setup.name = "mta-ingress"  # the one the targets compare, whatever its allocator
-        setups[setup.name] = setup
+        # the first is the one the targets compare, whatever its allocator
+        name = "mta-ingress" if allocator == allocators[0] else f"mta-ingress+{allocator}"
+        setups[name] = ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
+                                     run.workers, options.access_log, http, certs, allocator,
+                                     name)
     if run.scenario in FLOOR_SCENARIOS and run.workers == 1:
         for burn_us in options.floor:
             floor = floor_setup(ports.take(), backend.port, run.layout.proxy, burn_us, certs,

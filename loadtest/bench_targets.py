@@ -437,10 +437,10 @@ def jemalloc_available() -> bool:
 
 def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
                   workers: int, access_log: str, http: bool = False,
-                  certs: Path | None = None, allocator: str = "glibc") -> ProxySetup:
-    """``allocator``: "glibc", or "jemalloc": preloaded, and the setup named
-    ``mta-ingress+jemalloc`` (its own configuration file and ports)."""
-    name = "mta-ingress" if allocator == "glibc" else f"mta-ingress+{allocator}"
+                  certs: Path | None = None, allocator: str = "glibc",
+                  name: str = "mta-ingress") -> ProxySetup:
+    """``allocator``: "glibc", or "jemalloc", preloaded. ``name``: the setup's, which its
+    configuration and access log files are named after (two setups of one run need two)."""
     short = name.removeprefix("mta-")
     path = workdir / f"{short}.toml"
     if http:

@@ -39,7 +39,7 @@ def test_a_jemalloc_ingress_is_preloaded_and_kept_apart_from_the_glibc_one(
         tmp_path: Path) -> None:
     plain = ingress_setup(tmp_path, 30010, 30001, {1}, 1, "file", http=True)
     preloaded = ingress_setup(tmp_path, 30011, 30001, {1}, 1, "file", http=True,
-                              allocator="jemalloc")
+                              allocator="jemalloc", name="mta-ingress+jemalloc")
     assert (plain.name, preloaded.name) == ("mta-ingress", "mta-ingress+jemalloc")
     assert "env" not in plain.argv
     # taskset, then env sets the preload for the ingress alone, then the ingress itself
