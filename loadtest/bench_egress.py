@@ -759,10 +759,11 @@ def bottleneck(part: dict[str, Any]) -> str:
 
 
 def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
-    names = dict.fromkeys(m.proxy for m in measurements)
+    measured = {m.proxy for m in measurements}
+    # the targets in their order, then the floors
     parts = {name: _part_summary(run, [m for m in measurements if m.proxy == name])
-             for name in sorted(names, key=lambda n: (TARGET_NAMES.index(n) if n in TARGET_NAMES
-                                                      else len(TARGET_NAMES), n))}
+             for name in dict.fromkeys([*TARGET_NAMES, *(m.proxy for m in measurements)])
+             if name in measured}
     comparisons = []
     floors = [Comparison(name, "haproxy-forward",
                          f"{name} / HAProxy forward (a reference: no target)")
