@@ -261,6 +261,7 @@ class _ForwardSession(_TcpSession):
         super().__init__(("", 0), burn_seconds)
         self.reader: HeaderReader | None = HeaderReader()
         self.sock: socket.socket | None = None
+        self.loop = asyncio.get_running_loop()  # made by the server's factory, in the loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.client = cast(asyncio.Transport, transport)
@@ -294,26 +295,25 @@ class _ForwardSession(_TcpSession):
         if error == 0:
             self._wrap()
         elif error == errno.EINPROGRESS:
-            asyncio.get_running_loop().add_writer(self.sock.fileno(), self._writable)
+            self.loop.add_writer(self.sock.fileno(), self._writable)
         else:
             self._drop()
 
     def _writable(self) -> None:
         if self.sock is None:
             return
-        asyncio.get_running_loop().remove_writer(self.sock.fileno())
+        self.loop.remove_writer(self.sock.fileno())
         if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             self._drop()
         else:
             self._wrap()
 
     def _wrap(self) -> None:
-        self.connecting = asyncio.get_running_loop().create_task(self._transport_of())
+        self.connecting = self.loop.create_task(self._transport_of())
 
     async def _transport_of(self) -> None:
         try:
-            await asyncio.get_running_loop().create_connection(lambda: _TcpServerSide(self),
-                                                               sock=self.sock)
+            await self.loop.create_connection(lambda: _TcpServerSide(self), sock=self.sock)
         except OSError:
             self._drop()
 
@@ -325,7 +325,7 @@ class _ForwardSession(_TcpSession):
         super().connection_lost(exc)
         if self.server is None and self.sock is not None and self.connecting is None:
             # the client left while the connect was in progress
-            asyncio.get_running_loop().remove_writer(self.sock.fileno())
+            self.loop.remove_writer(self.sock.fileno())
             self.sock.close()
 
 
