@@ -52,11 +52,12 @@ PROXY_HEADER_TIMEOUT = 2.0
 CLIENT_ADDRESS = ("203.0.113.7", 40123)
 
 
-def https_config(cluster: Cluster, cert_dir: Path, port: int, proxied: int) -> str:
+def https_config(cluster: Cluster, cert_dir: Path, port: int, proxied: int,
+                 workers: int = 1) -> str:
     disabled = "".join(f"[listeners.{name}]\nenabled = false\n" for name in (
         "smtp25", "smtp25-proxied", "smtp587", "smtp587-proxied", "http", "http-proxied"))
     return (
-        'preset = "greenarrow"\nworkers = 1\n'
+        f'preset = "greenarrow"\nworkers = {workers}\n'
         f'[timeouts]\ndrain = "0s"\nproxy_header = "{PROXY_HEADER_TIMEOUT:g}s"\n'
         f'[tls]\ncert_dir = "{cert_dir}"\npoll_interval = "{POLL_INTERVAL:g}s"\n'
         'handshake_timeout = "3s"\n'
@@ -608,8 +609,7 @@ def test_sessions_resume_on_every_worker_and_under_another_files_name(
     install(cert_dir, "a.pem", pki.issue("default.example.org"))
     install(cert_dir, "b.pem", pki.issue("other.example.org"))
     port, proxied = free_port(), free_port()
-    process = IngressProcess(tmp_path, https_config(cluster, cert_dir, port, proxied).replace(
-        "workers = 1", "workers = 2"))
+    process = IngressProcess(tmp_path, https_config(cluster, cert_dir, port, proxied, workers=2))
     process.start()
     try:
         context = pki.client_context()
