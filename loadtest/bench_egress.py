@@ -126,14 +126,23 @@ TARGETS = (
 TARGET_NAMES = tuple(target.name for target in TARGETS)
 
 
-# --floor in egress-sessions: loadtest/floor.py --forward beside them, once per --floor value, a
-# reference for forward mode (what uvloop's connect from a bound source and relay cost with none
-# of mta-ingress's work), compared with HAProxy's forward mode but never judged.
+# --floor in egress-sessions: loadtest/floor.py --forward beside them, once per --floor value and
+# engine, a reference for forward mode (what a connect from a bound source and the relay cost
+# with none of mta-ingress's work), compared with HAProxy's forward mode but never judged.
 FLOOR_SCENARIOS = ("egress-sessions",)
+# The floor's engines, by the suffix of their names: uvloop's transports (as the ingress relays
+# today), and an epoll set of the floor's own that uvloop watches as one descriptor (--epoll).
+FLOOR_ENGINES = ("", "-epoll")
 
 
-def floor_name(burn_us: float) -> str:
-    return "floor-forward" if not burn_us else f"floor-forward+{burn_us:g}us"
+def floor_name(burn_us: float, engine: str = "") -> str:
+    return f"floor-forward{engine}" + (f"+{burn_us:g}us" if burn_us else "")
+
+
+def floors(burns: Sequence[float]) -> list[tuple[str, float, str]]:
+    """(name, burn, engine) of each forward floor that ``burns`` asks for."""
+    return [(floor_name(burn_us, engine), burn_us, engine)
+            for burn_us in burns for engine in FLOOR_ENGINES]
 
 
 def floor_values(run: Run, options: argparse.Namespace) -> list[float]:
@@ -142,12 +151,14 @@ def floor_values(run: Run, options: argparse.Namespace) -> list[float]:
 
 
 def targets(run: Run, options: argparse.Namespace) -> tuple[Target, ...]:
-    floors = tuple(Target(floor_name(burn_us), "floor", "proxy-v2",
-                          "loadtest/floor.py --forward: the same connect and relay, none of "
-                          "mta-ingress's work" + (f", +{burn_us:g} us per session" if burn_us
-                                                  else ""))
-                   for burn_us in floor_values(run, options))
-    return (*TARGETS, *floors)
+    references = tuple(
+        Target(name, "floor", "proxy-v2",
+               "loadtest/floor.py --forward" + (" --epoll" if engine else "")
+               + ": the same connect and relay, none of mta-ingress's work"
+               + (" (its own epoll set, not uvloop's transports)" if engine else "")
+               + (f", +{burn_us:g} us per session" if burn_us else ""))
+        for name, burn_us, engine in floors(floor_values(run, options)))
+    return (*TARGETS, *references)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,14 +340,15 @@ def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int]
             name, port, ingress_path, ingress_argv,
             None if access_log == "devnull" else str(workdir / f"{name}-access-{{tag}}.log"))
     floor_script = Path(__file__).with_name("floor.py")
-    for burn_us in floor_burns:
+    references = floors(floor_burns)
+    for name, burn_us, engine in references:
         port = ports.take()
-        name = floor_name(burn_us)
         setups[name] = ProxySetup(name, port, floor_script,
                                   [*taskset(cpus), sys.executable, str(floor_script),
-                                   "--forward", "--port", str(port), "--burn-us", f"{burn_us:g}"])
+                                   "--forward", *(["--epoll"] if engine else []),
+                                   "--port", str(port), "--burn-us", f"{burn_us:g}"])
     return {target.name: setups[target.name] for target in TARGETS} | {
-        floor_name(burn_us): setups[floor_name(burn_us)] for burn_us in floor_burns}
+        name: setups[name] for name, _, _ in references}
 
 
 # --- the proxies under test --------------------------------------------------------------------

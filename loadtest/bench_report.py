@@ -361,8 +361,9 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
     if any(name.startswith("floor") for name in references):
         if run.scenario == "sessions":
             lines.append("  (references: loadtest/floor.py --tcp, uvloop's TCP transports "
-                         "without mta-ingress's work; +N us: that much busy CPU added per "
-                         "session)")
+                         "without mta-ingress's work; floor-epoll: the same relay on an epoll "
+                         "set of its own under uvloop (--epoll); +N us: that much busy CPU "
+                         "added per session)")
         else:
             lines.append("  (references: loadtest/floor.py, uvloop and httptools without "
                          "mta-ingress's work; +N us: that much busy CPU added per request)")

@@ -405,10 +405,13 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
                                      run.workers, options.access_log, http, certs, allocator,
                                      name)
     if run.scenario in FLOOR_SCENARIOS and run.workers == 1:
+        tcp = run.scenario == "sessions"
+        # the epoll engine relays TCP only: in sessions, each value measured on both engines
         for burn_us in options.floor:
-            floor = floor_setup(ports.take(), backend.port, run.layout.proxy, burn_us, certs,
-                                tcp=run.scenario == "sessions")
-            setups[floor.name] = floor
+            for epoll in (False, True) if tcp else (False,):
+                floor = floor_setup(ports.take(), backend.port, run.layout.proxy, burn_us, certs,
+                                    tcp=tcp, epoll=epoll)
+                setups[floor.name] = floor
     if run.scenario == "http-latency" and options.http_rate is None:
         try:
             options.http_rate = haproxy_peak_rate(run, options, setups["haproxy"], backend,

@@ -408,18 +408,20 @@ def haproxy_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
 
 
 def floor_setup(port: int, backend_port: int, cpus: set[int] | None,
-                burn_us: float, certs: Path | None = None, tcp: bool = False) -> ProxySetup:
+                burn_us: float, certs: Path | None = None, tcp: bool = False,
+                epoll: bool = False) -> ProxySetup:
     """loadtest/floor.py: the reference relay, ``burn_us`` of busy CPU added per request (per
-    session with ``tcp``, the TCP relay of the sessions scenario); with ``certs``
-    (certificate_dir's), over TLS with the certificate the proxies serve."""
+    session with ``tcp``, the TCP relay of the sessions scenario, on an epoll set of its own
+    with ``epoll``); with ``certs`` (certificate_dir's), over TLS with the certificate the
+    proxies serve."""
     # on this process's interpreter, as the backend and the load generator
     script = Path(__file__).with_name("floor.py")
-    name = "floor" if not burn_us else f"floor+{burn_us:g}us"
+    name = ("floor-epoll" if epoll else "floor") + (f"+{burn_us:g}us" if burn_us else "")
     tls = ["--tls-cert", str(certs / CERTIFICATE_FILE)] if certs else []
     return ProxySetup(name, port, script,
                       [*taskset(cpus), sys.executable, str(script), "--port", str(port),
                        "--backend-port", str(backend_port), "--burn-us", f"{burn_us:g}",
-                       *tls, *(["--tcp"] if tcp else [])])
+                       *tls, *(["--tcp"] if tcp else []), *(["--epoll"] if epoll else [])])
 
 
 ADMIN_PORT_OFFSET = 100

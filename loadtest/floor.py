@@ -31,6 +31,11 @@ connect awaited by a writer callback, then ``create_connection(sock=)`` in a tas
 relayed as in ``--tcp``, no header sent on. No policy (it connects wherever the header says),
 no log, no metrics, no timeouts.
 
+With ``--epoll`` (and ``--tcp`` or ``--forward``) the same relay runs on an epoll set of its own,
+edge-triggered, that uvloop watches as one descriptor (``EpollRelay``): the same header, connect
+and half-close, with sockets and system calls instead of uvloop's transports, tasks and futures.
+Its ratio to the transports' floor is what that layer costs per session.
+
 It is a measuring instrument, not a proxy: it trusts its backend, answers nothing itself and
 drops a client whose backend cannot be reached. Loopback only, like everything in loadtest/.
 """
@@ -40,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import select
 import signal
 import socket
 import ssl
@@ -329,6 +335,238 @@ class _ForwardSession(_TcpSession):
             self.sock.close()
 
 
+# --epoll: the relay on an epoll set of its own, edge-triggered, which uvloop watches as one
+# descriptor (add_reader); each socket is registered once, for reading and writing, and a read
+# shorter than the buffer ends a round (the edge of EPOLLRDHUP says whether the peer's EOF came
+# with it), so no call is made only to learn that nothing is left.
+_EPOLL_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_READ_SIZE = 65536
+# Bytes kept for a side that does not take them; past this the other side is not read until
+# they are written, so a session holds at most about this much whatever the speeds.
+_EPOLL_PENDING_LIMIT = 1024 * 1024
+
+
+class _EpollSide:
+    """One socket of a session: what is kept for it, and which EOFs have passed."""
+
+    __slots__ = ("closed", "connecting", "eof_in", "eof_out", "fd", "hangup", "peer", "pending",
+                 "reader", "sock", "starved")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer: _EpollSide = self
+        self.pending = b""  # bytes for this socket that it has not taken yet
+        self.hangup = False  # this socket's peer has sent its EOF, maybe behind unread bytes
+        self.eof_in = False  # ... and every byte before it has been read
+        self.eof_out = False  # the other side's EOF is to be passed on once pending is written
+        self.starved = False  # not read: the other side's pending is over the limit
+        self.connecting = False  # a server side until its first EPOLLOUT
+        self.closed = False
+        # --forward, client side only: reads go to the PROXY header until it is complete
+        self.reader: HeaderReader | None = None
+
+
+class EpollRelay:
+    """The TCP relay of ``--tcp`` and ``--forward`` (same header, same connect, same half-close)
+    on a nested epoll instead of uvloop's transports: what a relay costs in Python when each
+    session is two sockets and a few system calls, with no transport, task or future."""
+
+    def __init__(self, port: int, backend: tuple[str, int], burn_seconds: float,
+                 forward: bool) -> None:
+        self.backend = backend
+        self.burn_seconds = burn_seconds
+        self.forward = forward
+        self.epoll = select.epoll(sizehint=4096)
+        self.sides: dict[int, _EpollSide] = {}
+        self.listening = socket.socket()
+        self.listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listening.bind(("127.0.0.1", port))
+        self.listening.listen(4096)
+        self.listening.setblocking(False)
+        self.local = ("127.0.0.1", port)
+        self.epoll.register(self.listening.fileno(), select.EPOLLIN)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_reader(self.epoll.fileno(), self._ready)
+
+    def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(self.epoll.fileno())
+        for side in list(self.sides.values()):
+            self._close(side)
+        self.listening.close()
+        self.epoll.close()
+
+    def _ready(self) -> None:
+        listening = self.listening.fileno()
+        for fd, events in self.epoll.poll(0, 512):
+            if fd == listening:
+                self._accept()
+                continue
+            side = self.sides.get(fd)
+            if side is None:
+                continue
+            if events & select.EPOLLOUT:
+                side.connecting = False
+                if side.pending or side.eof_out:
+                    self._flush(side)
+            if events & select.EPOLLIN:
+                self._read(side, bool(events & (select.EPOLLRDHUP | select.EPOLLHUP)))
+            elif events & (select.EPOLLERR | select.EPOLLHUP):
+                self._close(side)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, address = self.listening.accept()
+            except BlockingIOError:
+                return
+            except OSError:  # out of descriptors, for instance: the next round tries again
+                return
+            client.setblocking(False)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            burn(self.burn_seconds)
+            side = _EpollSide(client)
+            self._register(side)
+            if self.forward:
+                side.reader = HeaderReader()
+            else:
+                self._connect(side, socket.socket(), self.backend,
+                              encode_v1((address[0], address[1]), self.local))
+
+    def _register(self, side: _EpollSide) -> None:
+        self.sides[side.fd] = side
+        self.epoll.register(side.fd, _EPOLL_EVENTS)
+
+    def _connect(self, client: _EpollSide, sock: socket.socket, destination: tuple[str, int],
+                 first: bytes) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        error = sock.connect_ex(destination)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._close(client)
+            return
+        server = _EpollSide(sock)
+        server.connecting = True
+        server.peer, client.peer = client, server
+        # written on the first EPOLLOUT, which is the connect completing
+        server.pending = first + client.pending
+        client.pending = b""
+        self._register(server)
+
+    def _read(self, side: _EpollSide, hangup: bool) -> None:
+        side.hangup = side.hangup or hangup
+        sock = side.sock
+        while not side.starved:
+            try:
+                data = sock.recv(_READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._close(side)
+                return
+            if not data:
+                side.hangup = True
+                break
+            if side.reader is not None:
+                if not self._read_header(side, data):
+                    return
+            else:
+                self._send(side.peer, data)
+                if side.peer.closed:
+                    return
+            if len(data) < _READ_SIZE:
+                break
+        if side.hangup and not side.eof_in and not side.starved:
+            side.eof_in = True
+            if side.peer is side:  # no server yet: nothing to pass the EOF to
+                self._close(side)
+                return
+            side.peer.eof_out = True
+            if not side.peer.pending and not side.peer.connecting:
+                self._shut(side.peer)
+
+    def _read_header(self, client: _EpollSide, data: bytes) -> bool:
+        """--forward: False when the session ended (a bad header, a refused connect)."""
+        assert client.reader is not None
+        try:
+            parsed = client.reader.feed(data)
+        except ProxyProtocolError:
+            self._close(client)
+            return False
+        if parsed is None:
+            return True
+        client.reader = None
+        header, payload = parsed
+        source, destination = header.client_address, header.destination
+        if source is None or destination is None:
+            self._close(client)
+            return False
+        try:
+            sock = bound_socket(source[0])
+        except OSError:
+            self._close(client)
+            return False
+        client.pending = payload
+        self._connect(client, sock, destination, b"")
+        return not client.closed
+
+    def _send(self, side: _EpollSide, data: bytes) -> None:
+        """Bytes for ``side``: written now, or kept behind what is already kept."""
+        if side.pending or side.connecting:
+            side.pending += data
+        else:
+            try:
+                sent = side.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._close(side)
+                return
+            if sent < len(data):
+                side.pending = data[sent:]
+        if len(side.pending) > _EPOLL_PENDING_LIMIT:
+            side.peer.starved = True
+
+    def _flush(self, side: _EpollSide) -> None:
+        if side.pending:
+            try:
+                sent = side.sock.send(side.pending)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._close(side)
+                return
+            side.pending = side.pending[sent:]
+            if side.pending:
+                return
+        if side.eof_out:
+            self._shut(side)
+        source = side.peer
+        if source.starved and not source.closed:
+            source.starved = False
+            self._read(source, False)
+
+    def _shut(self, side: _EpollSide) -> None:
+        """The other side's EOF, passed on; both sockets closed once both EOFs have passed."""
+        side.eof_out = False
+        if side.eof_in:
+            self._close(side)
+            return
+        try:
+            side.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(side)
+
+    def _close(self, side: _EpollSide) -> None:
+        for one in (side, side.peer):
+            if not one.closed:
+                one.closed = True
+                del self.sides[one.fd]
+                one.sock.close()  # which also takes it out of the epoll set
+
+
 def burn(seconds: float) -> None:
     if seconds:
         end = time.perf_counter() + seconds
@@ -369,12 +607,20 @@ def _factory(backend: tuple[str, int], burn_us: float, context: ssl.SSLContext |
 
 async def serve(port: int, backend: tuple[str, int], burn_us: float,
                 context: ssl.SSLContext | None = None, tcp: bool = False,
-                forward: bool = False) -> None:
+                forward: bool = False, epoll: bool = False) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # SIGUSR1 too: bench.py stops every proxy but mta-ingress with HAProxy's soft-stop signal
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.add_signal_handler(signum, stop.set)
+    if epoll:
+        relay = EpollRelay(port, backend, burn_us / 1e6, forward)
+        relay.start(loop)
+        try:
+            await stop.wait()
+        finally:
+            relay.close(loop)
+        return
     server = await loop.create_server(_factory(backend, burn_us, context, WriteBatch(loop), tcp,
                                                forward), "127.0.0.1", port, backlog=4096)
     async with server:
@@ -396,14 +642,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--forward", action="store_true",
                         help="egress forward mode: connect from the PROXY header's source to "
                              "its destination (the egress-sessions floor)")
+    parser.add_argument("--epoll", action="store_true",
+                        help="with --tcp or --forward: relay on an epoll set of its own that "
+                             "uvloop watches as one descriptor, instead of uvloop's transports")
     options = parser.parse_args(argv)
+    if options.epoll and not (options.tcp or options.forward):
+        parser.error("--epoll relays TCP: with --tcp or --forward only")
     if (options.tcp or options.forward) and options.tls_cert:
         parser.error("--tcp and --forward relay plain TCP: no --tls-cert")
     if options.forward == (options.backend_port is not None):
         parser.error("--backend-port is required, except with --forward, which has none")
     context = tls_context(options.tls_cert) if options.tls_cert else None
     uvloop.run(serve(options.port, ("127.0.0.1", options.backend_port or 0), options.burn_us,
-                     context, options.tcp, options.forward))
+                     context, options.tcp, options.forward, options.epoll))
     return 0
 
 

@@ -107,7 +107,13 @@ def test_the_floor_terminates_tls_like_the_https_listener(origin: RawOrigin,
         _stop(floor)
 
 
-def test_the_tcp_floor_relays_behind_a_proxy_v1_header_and_passes_half_close_on() -> None:
+# The floor's two engines: uvloop's transports, and its own epoll set under uvloop (--epoll)
+ENGINES = pytest.mark.parametrize("engine", [[], ["--epoll"]], ids=["transports", "epoll"])
+
+
+@ENGINES
+def test_the_tcp_floor_relays_behind_a_proxy_v1_header_and_passes_half_close_on(
+        engine: list[str]) -> None:
     """bench.py's sessions floor (--tcp): the server hears the client's real address in a PROXY
     v1 header, then the client's bytes; the client's EOF reaches the server, and the server's
     reply written after it still reaches the client."""
@@ -133,7 +139,7 @@ def test_the_tcp_floor_relays_behind_a_proxy_v1_header_and_passes_half_close_on(
         server = threading.Thread(target=serve, args=(2,))
         server.start()
         port = free_port()
-        floor = _start_floor(port, listener.getsockname()[1], "--tcp")
+        floor = _start_floor(port, listener.getsockname()[1], "--tcp", *engine)
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 assert _read_until(sock, b"\r\n") == b"220 floor test\r\n"
@@ -148,7 +154,9 @@ def test_the_tcp_floor_relays_behind_a_proxy_v1_header_and_passes_half_close_on(
             _stop(floor)
 
 
-def test_the_forward_floor_connects_from_the_headers_source_to_its_destination() -> None:
+@ENGINES
+def test_the_forward_floor_connects_from_the_headers_source_to_its_destination(
+        engine: list[str]) -> None:
     """bench.py's egress-sessions floor (--forward): a PROXY v1 or v2 header naming a loopback
     source and a destination; the destination hears the client's bytes (not the header) from
     that source, and its reply comes back."""
@@ -171,7 +179,7 @@ def test_the_forward_floor_connects_from_the_headers_source_to_its_destination()
         server = threading.Thread(target=serve, args=(2,))
         server.start()
         port = free_port()
-        floor = _start_floor(port, None, "--forward")
+        floor = _start_floor(port, None, "--forward", *engine)
         try:
             headers = [encode_v1(("127.0.0.8", 40000), sink),
                        encode_v2(("127.0.0.9", 40001), sink)]
@@ -183,6 +191,49 @@ def test_the_forward_floor_connects_from_the_headers_source_to_its_destination()
                     assert _read_until(sock, b"") == b"221 bye\r\n"
             server.join(10)
             assert heard == [("127.0.0.8", b"QUIT\r\n"), ("127.0.0.9", b"QUIT\r\n")]
+        finally:
+            _stop(floor)
+
+
+@ENGINES
+def test_the_tcp_floor_holds_back_a_fast_sender_for_a_slow_server_and_loses_nothing(
+        engine: list[str]) -> None:
+    """32 MiB from the client to a server that reads nothing for half a second: the floor keeps
+    at most its limit, then stops reading the client, and every byte arrives in order."""
+    payload = bytes(range(256)) * (32 * 4096)
+    received = bytearray()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def serve() -> None:
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    header = b""
+                    while not header.endswith(b"\r\n"):
+                        chunk = connection.recv(1)
+                        if not chunk:
+                            break
+                        header += chunk
+                    time.sleep(0.5)
+                    while chunk := connection.recv(65536):
+                        received.extend(chunk)
+                    if not received:  # _start_floor's probe, which sends nothing
+                        continue
+                    connection.sendall(b"done")
+                    return
+
+        server = threading.Thread(target=serve)
+        server.start()
+        port = free_port()
+        floor = _start_floor(port, listener.getsockname()[1], "--tcp", *engine)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                assert _read_until(sock, b"") == b"done"
+            server.join(10)
+            assert bytes(received) == payload
         finally:
             _stop(floor)
 

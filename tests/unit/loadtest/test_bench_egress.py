@@ -589,7 +589,8 @@ def test_the_forward_floor_is_a_reference_beside_haproxy_never_judged() -> None:
 def test_floor_targets_and_setups_only_in_egress_sessions(tmp_path: Path) -> None:
     options = argparse.Namespace(floor=[0.0, 8.0])
     names = [t.name for t in bench_egress.targets(RUN, options)]
-    assert names == [*bench_egress.TARGET_NAMES, "floor-forward", "floor-forward+8us"]
+    assert names == [*bench_egress.TARGET_NAMES, "floor-forward", "floor-forward-epoll",
+                     "floor-forward+8us", "floor-forward-epoll+8us"]
     bulk = Run("egress-bulk", 1, LAYOUT)
     assert [t.name for t in bench_egress.targets(bulk, options)] == list(
         bench_egress.TARGET_NAMES)
@@ -601,3 +602,8 @@ def test_floor_targets_and_setups_only_in_egress_sessions(tmp_path: Path) -> Non
     assert setups["floor-forward+8us"].argv[-1] == "8"
     assert floor.port != setups["floor-forward+8us"].port
     assert floor.access_log is None
+    epoll = setups["floor-forward-epoll"]
+    assert epoll.argv[-6:] == ["--forward", "--epoll", "--port", str(epoll.port), "--burn-us",
+                               "0"]
+    assert len({setup.port for setup in setups.values()
+                if setup.name.startswith("floor")}) == 4

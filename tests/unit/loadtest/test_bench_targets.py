@@ -33,6 +33,9 @@ def test_floor_setup_names_and_pins() -> None:
     assert bare.argv[-6:] == ["--port", "30000", "--backend-port", "30001", "--burn-us", "0"]
     tls = floor_setup(30003, 30001, {1}, 0.0, Path("/results/certs"))
     assert tls.argv[-2:] == ["--tls-cert", "/results/certs/bench.pem"]
+    epoll = floor_setup(30004, 30001, {1}, 8.0, tcp=True, epoll=True)
+    assert epoll.name == "floor-epoll+8us"
+    assert epoll.argv[-2:] == ["--tcp", "--epoll"]
 
 
 def test_a_jemalloc_ingress_is_preloaded_and_kept_apart_from_the_glibc_one(
