@@ -26,9 +26,9 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 log = logging.getLogger("mta_ingress.backends")
 
@@ -506,18 +506,24 @@ class NoServerReachedError(Exception):
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
+# How a connection is opened: loop.create_connection's signature (factory, host, port).
+Opener = Callable[[Callable[[], P], str, int], Awaitable[tuple[Any, P]]]
+
+
 async def connect_first(endpoints: Sequence[Endpoint],
                         factory: Callable[[Endpoint], Callable[[], P]],
-                        on_failure: Callable[[], None] | None = None) -> tuple[P, Endpoint]:
+                        on_failure: Callable[[], None] | None = None,
+                        open_connection: Opener[P] | None = None) -> tuple[P, Endpoint]:
     """Connect to the first endpoint, in order, that accepts; ``on_failure`` is told of each
     that does not.  No deadline here: each caller bounds the whole attempt its own way
-    (timeouts.connect covers every endpoint tried)."""
-    loop = asyncio.get_running_loop()
+    (timeouts.connect covers every endpoint tried).  ``open_connection``: the loop's
+    ``create_connection`` unless given (``ingress/proxy/sockets.py`` gives its own)."""
+    if open_connection is None:
+        open_connection = asyncio.get_running_loop().create_connection
     failure = NO_SERVER
     for endpoint in endpoints:
         try:
-            _, protocol = await loop.create_connection(factory(endpoint), endpoint.host,
-                                                       endpoint.port)
+            _, protocol = await open_connection(factory(endpoint), endpoint.host, endpoint.port)
         except OSError as error:
             failure = f"{endpoint.server} ({endpoint.host}): {error.strerror or error}"
             if on_failure is not None:

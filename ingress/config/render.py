@@ -81,6 +81,8 @@ def to_toml(config: Config) -> str:
         if listener.max_body is not None:
             lines.append(f"max_body = {listener.max_body}")
         lines.append(f"forwarded_proto = {_toml(listener.forwarded_proto)}")
+        if listener.mode == "tcp":
+            lines.append(f"io_engine = {_toml(listener.io_engine)}")
     for backend in config.backends.values():
         lines += ["", f"[backends.{_toml_key(backend.name)}]",
                   f"servers = {_toml([str(a) for a in backend.servers])}",

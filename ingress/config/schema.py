@@ -19,6 +19,7 @@ DEFAULT_RELEASE = "ga1"
 DEFAULT_KUMOMTA_SERVICE = presets.DEFAULT_KUMOMTA_SERVICE
 
 Mode = Literal["tcp", "http", "socks5", "forward"]
+IoEngine = Literal["uvloop", "epoll"]
 # The listener modes of the egress tier (docs/egress.md): no backend, a policy instead.
 EGRESS_MODES = ("socks5", "forward")
 SendProxy = Literal["v1", "v2", "none"]
@@ -58,6 +59,8 @@ class ListenerConfig:
     forwarded_for: ForwardedFor = "append"
     max_body: int | None = None
     forwarded_proto: bool = False
+    # tcp listeners only: "uvloop" (its transports) or "epoll" (ingress/proxy/sockets.py)
+    io_engine: IoEngine = "uvloop"
     # Egress modes only (routing/egress.py says what each check refuses).
     egress_sources: tuple[str, ...] = ()
     egress_ports: tuple[int, ...] = DEFAULT_PORTS

@@ -20,6 +20,7 @@ from ingress.config.schema import (
     Config,
     DnsConfig,
     ForwardedFor,
+    IoEngine,
     ListenerConfig,
     LogFormat,
     Mode,
@@ -182,7 +183,8 @@ _ACME_KEYS = {"enabled", "directory", "email", "domains", "ca_bundle", "expected
 _EGRESS_KEYS = {"egress_sources", "egress_ports", "allow_clients", "deny_destinations",
                 "users_file"}
 _LISTENER_KEYS = {"bind", "mode", "accept_proxy", "backend", "tls", "on_backend_down", "enabled",
-                  "routes", "forwarded_for", "max_body", "forwarded_proto"} | _EGRESS_KEYS
+                  "routes", "forwarded_for", "max_body", "forwarded_proto",
+                  "io_engine"} | _EGRESS_KEYS
 _RULE_KEYS = {"path_prefix", "host", "backend", "return"}
 _ANSWER_KEYS = {"status", "content_type", "body"}
 _BACKEND_KEYS = {"servers", "send_proxy", "check", "check_interval", "rise", "fall", "balance",
@@ -327,6 +329,8 @@ def _validate_listeners(check: _Checker, tree: Tree, backends: Mapping[str, Back
                 check.problem(f"{path}.routes", "routes apply to http listeners only")
             elif backend is None and route_name is None:
                 check.problem(f"{path}.routes", "an http listener needs routes or a backend")
+            elif mode != "tcp" and "io_engine" in body:
+                check.problem(f"{path}.io_engine", "applies to tcp listeners only")
             elif mode == "tcp" and body.get("tls") is True:
                 check.problem(f"{path}.tls", "TLS is terminated on http listeners only; a tcp "
                                              "listener relays TLS (STARTTLS) end to end")
@@ -351,6 +355,8 @@ def _validate_listeners(check: _Checker, tree: Tree, backends: Mapping[str, Back
                 body, path, "forwarded_for", "append", ("append", "replace"))),
             max_body=check.size(body, path, "max_body"),
             forwarded_proto=check.boolean(body, path, "forwarded_proto", False),
+            io_engine=cast(IoEngine, check.string(
+                body, path, "io_engine", "uvloop", ("uvloop", "epoll"))),
             **(_validate_egress(check, body, path, mode, enabled) if mode in EGRESS_MODES
                else {}),
         )
@@ -360,7 +366,7 @@ def _validate_listeners(check: _Checker, tree: Tree, backends: Mapping[str, Back
 def _refuse_ingress_keys(check: _Checker, body: Mapping[str, Any], path: str, mode: str) -> None:
     """An egress listener has a policy, not a backend: the ingress keys would mean nothing."""
     for key in ("backend", "routes", "max_body", "forwarded_for", "forwarded_proto",
-                "on_backend_down"):
+                "on_backend_down", "io_engine"):
         if key in body:
             check.problem(f"{path}.{key}", f"does not apply to a {mode} listener")
     if body.get("tls") is True:

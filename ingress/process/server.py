@@ -52,6 +52,7 @@ from ingress.protocol.http1 import Limits
 from ingress.proxy import egress
 from ingress.proxy import http as http_proxy
 from ingress.proxy.flow import WriteBatch
+from ingress.proxy.sockets import Engine, SocketListener
 from ingress.proxy.tcp import RelayContext, RelaySession, make_factory
 from ingress.proxy.tls_accept import ProxiedTlsListener, handshake_failure_logger
 from ingress.proxy.tls_transport import tls_factory
@@ -167,7 +168,9 @@ class Worker:
         self.state = http_proxy.WorkerState()
         self.pool = ConnectionPool(idle_timeout=config.timeouts.http_keep_alive)
         self.write_batch: WriteBatch | None = None  # made on the worker's loop
-        self.servers: list[asyncio.Server | ProxiedTlsListener] = []
+        self.servers: list[asyncio.Server | ProxiedTlsListener | SocketListener] = []
+        # io_engine = "epoll" listeners' epoll set, made on the worker's loop when one needs it
+        self.socket_engine: Engine | None = None
         # Open until the very end of a shutdown: /readyz must say "draining" meanwhile.
         self.admin_servers: list[asyncio.Server] = []
         self.started = False
@@ -201,6 +204,12 @@ class Worker:
                     handshake_timeout=self.config.tls.handshake_timeout,
                     on_failure=handshake_failure_logger(listener.name, self.access_log,
                                                         self.index))
+            if listener.mode == "tcp" and listener.io_engine == "epoll":
+                engine = self._socket_engine(loop)
+                for address in listener.bind:
+                    self.servers.append(SocketListener(engine, listening_socket(address),
+                                                       factory, LISTEN_BACKLOG))
+                continue
             for address in listener.bind:
                 server = await loop.create_server(factory, sock=listening_socket(address),
                                                   backlog=LISTEN_BACKLOG)
@@ -349,8 +358,15 @@ class Worker:
             sessions=self.sessions,
             loop=asyncio.get_running_loop(),
             worker=self.index,
+            engine=(self._socket_engine(asyncio.get_running_loop())
+                    if listener.io_engine == "epoll" else None),
         )
         return make_factory(ctx)
+
+    def _socket_engine(self, loop: asyncio.AbstractEventLoop) -> Engine:
+        if self.socket_engine is None:
+            self.socket_engine = Engine(loop)
+        return self.socket_engine
 
     def _egress_context(self, listener: ListenerConfig) -> egress.EgressContext:
         authenticator = None

@@ -30,6 +30,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from ingress.config import ListenerConfig, Timeouts
 from ingress.ops.logs import NO_SERVER as NO_SERVER_LABEL
@@ -38,6 +39,7 @@ from ingress.ops.metrics import Metrics
 from ingress.ops.metrics import metrics as metrics_of_this_process
 from ingress.protocol import proxy_protocol
 from ingress.proxy.relay import AWAIT_PROXY, CLOSED, CONNECTING, RELAY, Relay, ServerSide
+from ingress.proxy.sockets import Engine, create_connection
 from routing.backends import Backend, Endpoint, NoServerReachedError, connect_first
 
 log = logging.getLogger("mta_ingress.tcp")
@@ -60,6 +62,8 @@ class RelayContext:
     loop: asyncio.AbstractEventLoop
     worker: int = 0
     metrics: Metrics = field(default_factory=metrics_of_this_process)
+    # io_engine = "epoll": the worker's engine, which opens the backend connections too
+    engine: Engine | None = None
 
 
 def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int]) -> bytes:
@@ -166,8 +170,10 @@ class RelaySession(Relay):
         try:
             if endpoints is None:
                 endpoints = await self._ctx.backend.endpoints()
-            _, endpoint = await connect_first(endpoints, self._backend_factory_for,
-                                              self._connect_failed)
+            engine = self._ctx.engine
+            _, endpoint = await connect_first(
+                endpoints, self._backend_factory_for, self._connect_failed,
+                None if engine is None else partial(create_connection, engine))
         except NoServerReachedError as error:
             # The log names the last server tried, as HAProxy names the one that failed.
             if endpoints:

@@ -9,6 +9,7 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +48,23 @@ def mail_after_header(port: int, header: bytes) -> None:
         sock.sendall(MESSAGE + b".\r\n")
         assert read_reply(sock).startswith(b"250")
         sock.sendall(b"QUIT\r\n")
+
+
+@pytest.fixture(autouse=True, params=["uvloop", "epoll"])
+def io_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here on both engines of the tcp listeners (``io_engine``): each
+    configuration this module writes names the engine on its tcp listeners."""
+    engine: str = request.param
+
+    def with_engine(listeners: dict[str, dict[str, object]],
+                    backends: dict[str, dict[str, object]], **top: object) -> str:
+        return plain_tcp_config({name: {**body, "io_engine": engine}
+                           if body.get("mode", "tcp") == "tcp" else body
+                           for name, body in listeners.items()}, backends, **top)
+
+    plain_tcp_config = tcp_config
+    monkeypatch.setattr(sys.modules[__name__], "tcp_config", with_engine)
+    return engine
 
 
 @pytest.fixture

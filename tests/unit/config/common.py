@@ -17,8 +17,8 @@ TOP_KEYS = ("admin, backends, dns, kumomta_service, listeners, log_format, log_n
             "release, routes, timeouts, tls, workers")
 LISTENER_KEYS = (
     "accept_proxy, allow_clients, backend, bind, deny_destinations, egress_ports, egress_sources, "
-    "enabled, forwarded_for, forwarded_proto, max_body, mode, on_backend_down, routes, tls, "
-    "users_file")
+    "enabled, forwarded_for, forwarded_proto, io_engine, max_body, mode, on_backend_down, "
+    "routes, tls, users_file")
 WORKERS = "must be a whole number from 0 (one per CPU) to 1024, not"
 
 

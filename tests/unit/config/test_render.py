@@ -50,7 +50,7 @@ def test_to_toml_round_trip_of_a_changed_configuration(write: Any) -> None:
         '[listeners.smtp587]\nbind = ["127.0.0.1:2587", "[::1]:2587"]\n'
         '[listeners.http-proxied]\nenabled = false\n'
         '[listeners."smtp.alt"]\nbind = [":2525"]\nbackend = "relay.v2"\n'
-        'on_backend_down = "close"\n'
+        'on_backend_down = "close"\nio_engine = "epoll"\n'
         '[backends."relay.v2"]\nservers = ["relay.example:25"]\nsend_proxy = "v2"\n',
     )
     effective = config.load(path, environ={})

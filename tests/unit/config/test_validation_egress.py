@@ -82,6 +82,7 @@ def test_defaults_of_a_socks_listener(tmp_path: Path) -> None:
       "10.0.0.0/8"]),
     ('backend = "x"\n', ["listeners.out.backend: no backend named 'x' (none are defined)",
                          "listeners.out.backend: does not apply to a socks5 listener"]),
+    ('io_engine = "epoll"\n', ["listeners.out.io_engine: does not apply to a socks5 listener"]),
     ('tls = true\n', ["listeners.out.tls: a socks5 listener relays the MTA's own STARTTLS end "
                       "to end"]),
     ('accept_proxy = true\n', ["listeners.out.accept_proxy: a socks5 listener takes no PROXY "

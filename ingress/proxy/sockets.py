@@ -1,0 +1,467 @@
+"""Sockets on an epoll set of the worker's own, behind asyncio's transport interface.
+
+Why: a TCP session on uvloop's transports costs a transport and its handle per socket, a task
+and a future per connect, and the system calls of their registration; the same relay on an epoll
+set of its own costs 120 us a session against 155 on this machine, HAProxy 109
+(docs/benchmarks.md, "A relay on its own epoll set"). The sessions' protocols
+(``ingress/proxy/relay.py``) stay as they are: ``SocketTransport`` has the part of
+``asyncio.Transport`` they use, and calls the protocol's methods as asyncio does.
+
+How: one ``Engine`` per worker, an edge-triggered epoll set that the loop watches as one reader.
+Each socket is registered once, for reading and writing. A read shorter than the buffer ends a
+round unless the event said the peer's EOF came with it (EPOLLRDHUP), as nginx reads; so no call
+is made only to learn that nothing is left. Sockets closed during a round are closed after it,
+so that a descriptor number is not reused while events for its old socket are still being
+delivered. ``connection_lost`` is called soon after, never from inside the call that closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import socket
+from collections.abc import Callable
+from typing import Any
+
+EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+HANGUP_EVENTS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+READ_SIZE = 256 * 1024  # uvloop's read buffer
+DEFAULT_HIGH_WATER = 64 * 1024
+ACCEPTS_PER_ROUND = 128
+# accept() failures that say the process or the system is short of something: accepting pauses
+# for a second (as asyncio's own servers do) instead of spinning on a listener that stays ready.
+_SHORTAGES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ACCEPT_PAUSE = 1.0
+
+
+class Handler:
+    """What the engine calls with a registered descriptor's events."""
+
+    def on_events(self, events: int) -> None:
+        raise NotImplementedError
+
+    def on_error(self, error: Exception) -> None:
+        """``on_events`` raised: the descriptor's owner ends what it was doing."""
+
+
+class Engine:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.epoll = select.epoll()
+        self.handlers: dict[int, Handler] = {}
+        self._in_round = False
+        self._closing: list[socket.socket] = []
+        loop.add_reader(self.epoll.fileno(), self._ready)
+
+    def register(self, fd: int, handler: Handler, events: int = EVENTS) -> None:
+        self.handlers[fd] = handler
+        self.epoll.register(fd, events)
+
+    def close_socket(self, sock: socket.socket) -> None:
+        """Forget the socket and close it: at once, or after the round of events under way."""
+        self.handlers.pop(sock.fileno(), None)
+        if self._in_round:
+            self._closing.append(sock)
+        else:
+            sock.close()
+
+    def _ready(self) -> None:
+        self._in_round = True
+        handlers = self.handlers
+        try:
+            for fd, events in self.epoll.poll(0, 1024):
+                handler = handlers.get(fd)
+                if handler is None:
+                    continue
+                try:
+                    handler.on_events(events)
+                except Exception as error:  # one session's fault must not drop the round
+                    self.loop.call_exception_handler(
+                        {"message": "socket event handler failed", "exception": error})
+                    handler.on_error(error)
+        finally:
+            self._in_round = False
+            closing, self._closing = self._closing, []
+            for sock in closing:
+                sock.close()
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.epoll.fileno())
+        self.epoll.close()
+
+
+class SocketTransport(Handler):
+    """A connected TCP socket with the asyncio.Transport methods the sessions call."""
+
+    __slots__ = (
+        "_buffer",
+        "_buffer_size",
+        "_closing",
+        "_engine",
+        "_eof_wanted",
+        "_eof_written",
+        "_hangup",
+        "_high",
+        "_lost",
+        "_low",
+        "_peername",
+        "_protocol",
+        "_readable",
+        "_reading",
+        "_sock",
+        "_sockname",
+        "_writing_paused",
+    )
+
+    def __init__(self, engine: Engine, sock: socket.socket, protocol: asyncio.Protocol,
+                 peername: Any = None) -> None:
+        self._engine = engine
+        self._sock = sock
+        self._protocol = protocol
+        self._peername = peername
+        self._sockname: Any = None
+        self._buffer: list[bytes] = []
+        self._buffer_size = 0
+        self._high = DEFAULT_HIGH_WATER
+        self._low = DEFAULT_HIGH_WATER // 4
+        self._writing_paused = False
+        self._reading = True
+        self._readable = False  # an edge came that has not been read to its end
+        self._hangup = False  # the peer's EOF is behind what is left to read
+        self._eof_wanted = False
+        self._eof_written = False
+        self._closing = False
+        self._lost = False
+
+    # --- events --------------------------------------------------------------------------------
+
+    def on_events(self, events: int) -> None:
+        if events & select.EPOLLOUT and (self._buffer or self._eof_wanted):
+            self._flush()
+        if events & READ_EVENTS:
+            self._readable = True
+            if events & HANGUP_EVENTS:
+                self._hangup = True
+            if self._reading and not self._closing:
+                self._read()
+
+    def on_error(self, error: Exception) -> None:
+        self._fatal(error)
+
+    def _read(self) -> None:
+        sock, protocol = self._sock, self._protocol
+        while self._reading and not self._closing:
+            try:
+                data = sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                self._readable = False
+                return
+            except OSError as error:
+                self._fatal(error)
+                return
+            if not data:
+                self._readable = False
+                self._reading = False
+                if not protocol.eof_received():
+                    self.close()
+                return
+            protocol.data_received(data)
+            if len(data) < READ_SIZE and not self._hangup:
+                self._readable = False
+                return
+
+    def _resume_read(self) -> None:
+        if self._reading and self._readable and not self._closing:
+            self._read()
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._eof_wanted or not data:
+            return
+        if not self._buffer:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as error:
+                self._fatal(error)
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        chunk = bytes(data)
+        self._buffer.append(chunk)
+        self._buffer_size += len(chunk)
+        if not self._writing_paused and self._buffer_size > self._high:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.write(b"".join(chunks))
+
+    def _flush(self) -> None:
+        if self._buffer:
+            data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self._fatal(error)
+                return
+            rest = data[sent:]
+            self._buffer = [rest] if rest else []
+            self._buffer_size = len(rest)
+            if rest:
+                return
+            if self._writing_paused and not self._closing:
+                self._writing_paused = False
+                self._protocol.resume_writing()
+        if self._eof_wanted and not self._eof_written:
+            self._shutdown()
+        if self._closing and not self._buffer:
+            self._close_now(None)
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof_wanted:
+            return
+        self._eof_wanted = True
+        if not self._buffer:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._eof_written = True
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            # the peer is gone: the read side says how, with its reset or its EOF
+            pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffer_size
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = DEFAULT_HIGH_WATER if high is None else high
+        self._low = self._high // 4 if low is None else low
+
+    # --- reading control -------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        if self._reading or self._closing:
+            return
+        self._reading = True
+        if self._readable:
+            # not from inside the caller's callback: the data would arrive in the middle of it
+            self._engine.loop.call_soon(self._resume_read)
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    # --- ending --------------------------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """What is buffered is written first, then the socket closes."""
+        if self._closing:
+            return
+        self._closing = True
+        self._reading = False
+        if not self._buffer:
+            self._close_now(None)
+
+    def abort(self) -> None:
+        self._closing = True
+        self._buffer = []
+        self._buffer_size = 0
+        self._close_now(None)
+
+    def _fatal(self, error: Exception) -> None:
+        self._closing = True
+        self._buffer = []
+        self._buffer_size = 0
+        self._close_now(error)
+
+    def _close_now(self, error: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._engine.close_socket(self._sock)
+        self._engine.loop.call_soon(self._protocol.connection_lost, error)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            if self._peername is None and not self._lost:
+                try:
+                    self._peername = self._sock.getpeername()
+                except OSError:
+                    return default
+            return self._peername if self._peername is not None else default
+        if name == "sockname":
+            if self._sockname is None and not self._lost:
+                try:
+                    self._sockname = self._sock.getsockname()
+                except OSError:
+                    return default
+            return self._sockname if self._sockname is not None else default
+        if name == "socket":
+            return self._sock
+        return default
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        # as uvloop's TCP transports: a relay's small writes go out at once
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class SocketListener(Handler):
+    """A listening socket whose connections get a ``SocketTransport`` and a protocol from
+    ``factory``; has the ``close``/``wait_closed`` of an asyncio Server."""
+
+    def __init__(self, engine: Engine, sock: socket.socket,
+                 factory: Callable[[], asyncio.Protocol], backlog: int) -> None:
+        self._engine = engine
+        self._sock = sock
+        self._factory = factory
+        self._closed = False
+        sock.setblocking(False)
+        sock.listen(backlog)
+        # level-triggered: what one round leaves in the queue is there in the next
+        engine.register(sock.fileno(), self, select.EPOLLIN)
+
+    def on_events(self, events: int) -> None:
+        engine, listening = self._engine, self._sock
+        for _ in range(ACCEPTS_PER_ROUND):
+            try:
+                sock, peer = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno in _SHORTAGES:
+                    self._pause_accepting(error)
+                # ECONNABORTED and the like: that one connection is gone, the next may not be
+                return
+            try:
+                _tune(sock)
+                protocol = self._factory()
+                transport = SocketTransport(engine, sock, protocol, peer)
+                engine.register(sock.fileno(), transport)
+            except BaseException:
+                sock.close()
+                raise
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+
+    def _pause_accepting(self, error: OSError) -> None:
+        engine = self._engine
+        engine.loop.call_exception_handler(
+            {"message": f"accept failed, pausing {_ACCEPT_PAUSE:g}s", "exception": error})
+        engine.epoll.modify(self._sock.fileno(), 0)
+        engine.loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if not self._closed:
+            self._engine.epoll.modify(self._sock.fileno(), select.EPOLLIN)
+
+    def close(self) -> None:
+        """Stop accepting; connections already accepted go on, as with a Server."""
+        if self._closed:
+            return
+        self._closed = True
+        self._engine.close_socket(self._sock)
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class _Connecting(Handler):
+    """A socket whose connect is in progress: its first event wakes the connect."""
+
+    __slots__ = ("events", "waiter")
+
+    def __init__(self, waiter: asyncio.Future[None]) -> None:
+        self.waiter = waiter
+        self.events = 0
+
+    def on_events(self, events: int) -> None:
+        self.events |= events
+        if not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+async def create_connection(engine: Engine, factory: Callable[[], asyncio.Protocol], host: str,
+                            port: int) -> tuple[SocketTransport, asyncio.Protocol]:
+    """``loop.create_connection(factory, host, port)`` on the engine: each address of ``host``
+    in turn; raises the last one's OSError when none accepts."""
+    loop = engine.loop
+    addresses: list[tuple[int, tuple[Any, ...]]]
+    if _is_address(host, socket.AF_INET):
+        addresses = [(socket.AF_INET, (host, port))]
+    elif _is_address(host, socket.AF_INET6):
+        addresses = [(socket.AF_INET6, (host, port))]
+    else:
+        addresses = [(family, address) for family, _, _, _, address in
+                     await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+        if not addresses:
+            raise OSError(f"no address for {host}")
+    failure: OSError | None = None
+    for family, address in addresses:
+        try:
+            return await _connect_one(engine, factory, family, address)
+        except OSError as error:
+            failure = error
+    assert failure is not None
+    raise failure
+
+
+async def _connect_one(engine: Engine, factory: Callable[[], asyncio.Protocol], family: int,
+                       address: tuple[Any, ...]) -> tuple[SocketTransport, asyncio.Protocol]:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    connecting: _Connecting | None = None
+    try:
+        _tune(sock)
+        error = sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS):
+            raise OSError(error, os.strerror(error))
+        connecting = _Connecting(engine.loop.create_future())
+        engine.register(sock.fileno(), connecting)
+        if error == errno.EINPROGRESS:
+            await connecting.waiter
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+        protocol = factory()
+        transport = SocketTransport(engine, sock, protocol, address)
+    except BaseException:
+        # a refused or cancelled connect: the socket goes with it
+        if connecting is not None:
+            engine.close_socket(sock)
+        else:
+            sock.close()
+        raise
+    engine.handlers[sock.fileno()] = transport
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    if connecting.events & READ_EVENTS:
+        # what came with the connect's edge: that edge was the connect's, not the transport's
+        transport.on_events(connecting.events & READ_EVENTS)
+    return transport, protocol
+
+
+def _is_address(host: str, family: int) -> bool:
+    try:
+        socket.inet_pton(family, host)
+    except OSError:
+        return False
+    return True
