@@ -301,23 +301,27 @@ class SocketTransport(Handler):
         self._engine.loop.call_soon(self._protocol.connection_lost, error)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # asked for once a session at most: a system call only then (an accepted socket's peer
+        # came with accept)
         if name == "peername":
-            if self._peername is None and not self._lost:
-                try:
-                    self._peername = self._sock.getpeername()
-                except OSError:
-                    return default
-            return self._peername if self._peername is not None else default
+            if self._peername is None:
+                self._peername = self._address(self._sock.getpeername)
+            return default if self._peername is None else self._peername
         if name == "sockname":
-            if self._sockname is None and not self._lost:
-                try:
-                    self._sockname = self._sock.getsockname()
-                except OSError:
-                    return default
-            return self._sockname if self._sockname is not None else default
+            if self._sockname is None:
+                self._sockname = self._address(self._sock.getsockname)
+            return default if self._sockname is None else self._sockname
         if name == "socket":
             return self._sock
         return default
+
+    def _address(self, ask: Callable[[], Any]) -> Any:
+        if self._lost:
+            return None
+        try:
+            return ask()
+        except OSError:
+            return None
 
 
 def _tune(sock: socket.socket) -> None:
@@ -362,7 +366,12 @@ class SocketListener(Handler):
             except BaseException:
                 sock.close()
                 raise
-            protocol.connection_made(transport)  # type: ignore[arg-type]
+            try:
+                protocol.connection_made(transport)  # type: ignore[arg-type]
+            except Exception:
+                # the next connections are still accepted: the engine reports this one's fault
+                transport.abort()
+                raise
 
     def _pause_accepting(self, error: OSError) -> None:
         engine = self._engine

@@ -1,0 +1,276 @@
+"""ingress.proxy.sockets: the epoll engine's transports over real loopback sockets, on uvloop.
+
+What the sessions rely on: bytes and EOF in order, even when they arrive together; writes that a
+peer does not take are buffered, pause the protocol past the high-water mark and resume it once
+written; paused reading resumes with what came meanwhile; close() writes what is buffered first;
+connection_lost comes once, after the call that closed; a refused or cancelled connect leaves no
+descriptor behind."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from ingress.proxy.sockets import Engine, SocketListener, SocketTransport, create_connection
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.transport: SocketTransport | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+        self.keep_open = True
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.events.append(("made", None))
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append(("data", data))
+
+    def eof_received(self) -> bool:
+        self.events.append(("eof", None))
+        return self.keep_open
+
+    def pause_writing(self) -> None:
+        self.events.append(("pause_writing", None))
+
+    def resume_writing(self) -> None:
+        self.events.append(("resume_writing", None))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append(("lost", exc))
+        self.lost.set_result(exc)
+
+    def received(self) -> bytes:
+        return b"".join(item for kind, item in self.events if kind == "data")
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    uvloop.run(asyncio.wait_for(test(), 20))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    # the conditions are the protocol's records, which nothing signals: polled
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+
+
+async def accepted_pair(engine: Engine) -> tuple[Recorder, socket.socket, SocketListener]:
+    """A SocketListener's accepted connection (its protocol) and the plain client socket."""
+    protocols: list[Recorder] = []
+
+    def factory() -> Recorder:
+        protocols.append(Recorder())
+        return protocols[-1]
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listener = SocketListener(engine, listening, factory, 16)
+    client = socket.create_connection(listening.getsockname())
+    client.setblocking(False)
+    await until(lambda: bool(protocols))
+    return protocols[0], client, listener
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_bytes_and_eof_that_arrive_together_come_in_order() -> None:
+    async def scenario() -> None:
+        engine = Engine(asyncio.get_running_loop())
+        protocol, client, listener = await accepted_pair(engine)
+        client.sendall(b"x" * 100_000)
+        client.shutdown(socket.SHUT_WR)
+        await until(lambda: protocol.events[-1][0] == "eof")
+        assert protocol.received() == b"x" * 100_000
+        assert [kind for kind, _ in protocol.events].count("eof") == 1
+        # kept open (eof_received said so): the other direction still works
+        assert protocol.transport is not None
+        protocol.transport.write(b"reply")
+        await until(lambda: _recv(client) == b"reply")
+        protocol.transport.close()
+        assert await protocol.lost is None
+        client.close()
+        listener.close()
+        engine.close()
+
+    run(scenario)
+
+
+def test_eof_received_false_closes_the_transport() -> None:
+    async def scenario() -> None:
+        engine = Engine(asyncio.get_running_loop())
+        protocol, client, listener = await accepted_pair(engine)
+        protocol.keep_open = False
+        client.shutdown(socket.SHUT_WR)
+        assert await protocol.lost is None
+        assert protocol.transport is not None
+        assert protocol.transport.is_closing()
+        client.close()
+        listener.close()
+        engine.close()
+
+    run(scenario)
+
+
+def test_a_peer_that_does_not_read_pauses_the_writer_and_gets_everything_later() -> None:
+    async def scenario() -> None:
+        engine = Engine(asyncio.get_running_loop())
+        protocol, client, listener = await accepted_pair(engine)
+        transport = protocol.transport
+        assert transport is not None
+        transport.set_write_buffer_limits(high=64 * 1024)
+        payload = bytes(range(256)) * 32 * 1024  # 8 MiB: more than the socket buffers hold
+        transport.write(payload)
+        assert ("pause_writing", None) in protocol.events
+        assert transport.get_write_buffer_size() > 0
+        got = bytearray()
+        while len(got) < len(payload):
+            got += await asyncio.get_running_loop().sock_recv(client, 1 << 20)
+        assert bytes(got) == payload
+        await until(lambda: ("resume_writing", None) in protocol.events)
+        assert transport.get_write_buffer_size() == 0
+        transport.close()
+        await protocol.lost
+        client.close()
+        listener.close()
+        engine.close()
+
+    run(scenario)
+
+
+def test_paused_reading_resumes_with_what_came_meanwhile() -> None:
+    async def scenario() -> None:
+        engine = Engine(asyncio.get_running_loop())
+        protocol, client, listener = await accepted_pair(engine)
+        transport = protocol.transport
+        assert transport is not None
+        transport.pause_reading()
+        client.sendall(b"while paused")
+        await asyncio.sleep(0.1)
+        assert protocol.received() == b""
+        transport.resume_reading()
+        await until(lambda: protocol.received() == b"while paused")
+        transport.abort()
+        await protocol.lost
+        client.close()
+        listener.close()
+        engine.close()
+
+    run(scenario)
+
+
+def test_close_writes_what_is_buffered_first_and_reports_lost_once_after_the_call() -> None:
+    async def scenario() -> None:
+        engine = Engine(asyncio.get_running_loop())
+        protocol, client, listener = await accepted_pair(engine)
+        transport = protocol.transport
+        assert transport is not None
+        payload = b"y" * (8 << 20)
+        transport.write(payload)
+        transport.close()
+        assert protocol.events[-1][0] != "lost"  # not from inside close()
+        got = bytearray()
+        while chunk := await asyncio.get_running_loop().sock_recv(client, 1 << 20):
+            got += chunk
+        assert bytes(got) == payload
+        await protocol.lost
+        assert [kind for kind, _ in protocol.events].count("lost") == 1
+        client.close()
+        listener.close()
+        engine.close()
+
+    run(scenario)
+
+
+def test_a_reset_reaches_connection_lost_with_its_error() -> None:
+    async def scenario() -> None:
+        engine = Engine(asyncio.get_running_loop())
+        protocol, client, listener = await accepted_pair(engine)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()
+        error = await protocol.lost
+        assert isinstance(error, ConnectionResetError)
+        listener.close()
+        engine.close()
+
+    run(scenario)
+
+
+def test_connect_relays_both_ways_and_a_refused_one_raises_and_leaves_no_descriptor() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        engine = Engine(loop)
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]  # nothing listens there once the block ends
+            server.setblocking(False)
+            transport, protocol = await create_connection(engine, Recorder, "127.0.0.1", port)
+            assert isinstance(protocol, Recorder)
+            peer, _ = await loop.sock_accept(server)
+            await loop.sock_sendall(peer, b"220 banner\r\n")
+            await until(lambda: protocol.received() == b"220 banner\r\n")
+            transport.write(b"QUIT\r\n")
+            assert await loop.sock_recv(peer, 100) == b"QUIT\r\n"
+            transport.write_eof()
+            assert await loop.sock_recv(peer, 100) == b""
+            peer.close()
+            await until(lambda: protocol.events[-1][0] == "eof")
+            transport.close()  # both EOFs passed: closing is the protocol's call, as in asyncio
+            await protocol.lost
+        before = open_descriptors()
+        with pytest.raises(ConnectionRefusedError) as refused:
+            await create_connection(engine, Recorder, "127.0.0.1", port)
+        assert refused.value.errno == errno.ECONNREFUSED
+        await asyncio.sleep(0)
+        assert open_descriptors() == before
+        engine.close()
+
+    run(scenario)
+
+
+def test_a_cancelled_connect_closes_its_socket() -> None:
+    async def scenario() -> None:
+        engine = Engine(asyncio.get_running_loop())
+        with socket.socket() as full:
+            # a loopback listener whose accept queue is full drops further SYNs: the next
+            # connect to it stays in progress until cancelled
+            full.bind(("127.0.0.1", 0))
+            full.listen(0)
+            queued = []
+            for _ in range(4):
+                attempt = socket.socket()
+                attempt.setblocking(False)
+                attempt.connect_ex(full.getsockname())
+                queued.append(attempt)
+            await asyncio.sleep(0.05)
+            before = open_descriptors()
+            task = asyncio.get_running_loop().create_task(
+                create_connection(engine, Recorder, *full.getsockname()))
+            await asyncio.sleep(0.1)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0)
+            assert open_descriptors() == before
+            for attempt in queued:
+                attempt.close()
+        engine.close()
+
+    run(scenario)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return b""
