@@ -139,6 +139,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the ingress's C allocator: glibc's malloc (as the image runs "
                              "it), or jemalloc (Debian's libjemalloc2) preloaded; both: glibc's "
                              "compared, jemalloc's measured beside it as mta-ingress+jemalloc")
+    parser.add_argument("--io-engine", choices=("uvloop", "epoll", "both"), default="uvloop",
+                        help="the SMTP scenarios' tcp listener's io_engine (docs/configuration.md)"
+                             "; both: uvloop's compared, epoll's measured beside it as "
+                             "mta-ingress+epoll")
     parser.add_argument("--haproxy-log", choices=("off", "file", "errors"), default="off",
                         help="HAProxy's log: off, or one line per request or session to a file "
                              "in the results directory, as the contract's HAProxy logs to "

@@ -355,9 +355,12 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
     for name, reference in references.items():
         lines.append(f"  reference {name}/haproxy: {number(reference['ratio'], 2)}x {unit}; "
                      f"{number(reference['ratio_per_cpu'], 2)}x {per_cpu_unit}")
-    if any(name.startswith("mta-ingress+") for name in references):
+    if "mta-ingress+jemalloc" in references:
         lines.append("  (mta-ingress+jemalloc: the same build and configuration, with jemalloc "
                      "preloaded as its C allocator)")
+    if "mta-ingress+epoll" in references:
+        lines.append('  (mta-ingress+epoll: the same build and configuration, with io_engine = '
+                     '"epoll" on its tcp listener)')
     if any(name.startswith("floor") for name in references):
         if run.scenario == "sessions":
             lines.append("  (references: loadtest/floor.py --tcp, uvloop's TCP transports "

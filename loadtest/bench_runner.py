@@ -259,6 +259,18 @@ def cpu_figures(window: load.Window, layout: Layout,
     return figures
 
 
+def ingress_variants(allocator: str, io_engine: str) -> list[tuple[str, str, str]]:
+    """(name, allocator, io_engine) of each mta-ingress a run measures. The first is the one
+    the targets compare: glibc's malloc and uvloop's transports unless one alone is asked for;
+    "both" adds the other as a reference beside it (mta-ingress+jemalloc, mta-ingress+epoll)."""
+    allocators = ("glibc", "jemalloc") if allocator == "both" else (allocator,)
+    engines = ("uvloop", "epoll") if io_engine == "both" else (io_engine,)
+    variants = [("mta-ingress", allocators[0], engines[0])]
+    variants += [(f"mta-ingress+{other}", other, engines[0]) for other in allocators[1:]]
+    variants += [(f"mta-ingress+{other}", allocators[0], other) for other in engines[1:]]
+    return variants
+
+
 def per_session_us(cpu_seconds: float, sessions: int) -> float | None:
     return cpu_seconds / sessions * 1e6 if sessions else None
 
@@ -396,14 +408,11 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
         "haproxy": haproxy_setup(workdir, ports.take(), backend.port, run.layout.proxy, http,
                                  certs, options.haproxy_log),
     }
-    # --allocator both: glibc's is the mta-ingress compared, jemalloc's a reference beside it
-    allocators = ("glibc", "jemalloc") if options.allocator == "both" else (options.allocator,)
-    for allocator in allocators:
-        # the first is the one the targets compare, whatever its allocator
-        name = "mta-ingress" if allocator == allocators[0] else f"mta-ingress+{allocator}"
+    for name, allocator, io_engine in ingress_variants(options.allocator,
+                                                       "uvloop" if http else options.io_engine):
         setups[name] = ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
                                      run.workers, options.access_log, http, certs, allocator,
-                                     name)
+                                     name, io_engine)
     if run.scenario in FLOOR_SCENARIOS and run.workers == 1:
         tcp = run.scenario == "sessions"
         # the epoll engine relays TCP only: in sessions, each value measured on both engines

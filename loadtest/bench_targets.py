@@ -237,6 +237,7 @@ log_format = "logfmt"
 bind = ["127.0.0.1:{port}"]
 mode = "tcp"
 backend = "mta-smtp"
+io_engine = "{io_engine}"
 
 [backends.mta-smtp]
 servers = ["127.0.0.1:{backend_port}"]
@@ -440,9 +441,10 @@ def jemalloc_available() -> bool:
 def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
                   workers: int, access_log: str, http: bool = False,
                   certs: Path | None = None, allocator: str = "glibc",
-                  name: str = "mta-ingress") -> ProxySetup:
+                  name: str = "mta-ingress", io_engine: str = "uvloop") -> ProxySetup:
     """``allocator``: "glibc", or "jemalloc", preloaded. ``name``: the setup's, which its
-    configuration and access log files are named after (two setups of one run need two)."""
+    configuration and access log files are named after (two setups of one run need two).
+    ``io_engine``: the tcp listener's (not in the HTTP scenarios, whose listeners have none)."""
     short = name.removeprefix("mta-")
     path = workdir / f"{short}.toml"
     if http:
@@ -454,7 +456,8 @@ def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | 
                                           workers=workers, disabled=disabled,
                                           listener=listener, tls=tls)
     else:
-        text = INGRESS_CONFIG.format(port=port, backend_port=backend_port, workers=workers)
+        text = INGRESS_CONFIG.format(port=port, backend_port=backend_port, workers=workers,
+                                     io_engine=io_engine)
     if access_log == "errors":  # HAProxy's dontlog-normal: the lines of errors only
         text = f"log_normal = false\n{text}"
     # Metrics are counted as in production; their listener stays on loopback, unscraped.
