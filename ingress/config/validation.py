@@ -330,7 +330,8 @@ def _validate_listeners(check: _Checker, tree: Tree, backends: Mapping[str, Back
             elif backend is None and route_name is None:
                 check.problem(f"{path}.routes", "an http listener needs routes or a backend")
             elif mode != "tcp" and "io_engine" in body:
-                check.problem(f"{path}.io_engine", "applies to tcp listeners only")
+                check.problem(f"{path}.io_engine",
+                              "applies to tcp, socks5 and forward listeners only")
             elif mode == "tcp" and body.get("tls") is True:
                 check.problem(f"{path}.tls", "TLS is terminated on http listeners only; a tcp "
                                              "listener relays TLS (STARTTLS) end to end")
@@ -366,7 +367,7 @@ def _validate_listeners(check: _Checker, tree: Tree, backends: Mapping[str, Back
 def _refuse_ingress_keys(check: _Checker, body: Mapping[str, Any], path: str, mode: str) -> None:
     """An egress listener has a policy, not a backend: the ingress keys would mean nothing."""
     for key in ("backend", "routes", "max_body", "forwarded_for", "forwarded_proto",
-                "on_backend_down", "io_engine"):
+                "on_backend_down"):
         if key in body:
             check.problem(f"{path}.{key}", f"does not apply to a {mode} listener")
     if body.get("tls") is True:

@@ -204,7 +204,7 @@ class Worker:
                     handshake_timeout=self.config.tls.handshake_timeout,
                     on_failure=handshake_failure_logger(listener.name, self.access_log,
                                                         self.index))
-            if listener.mode == "tcp" and listener.io_engine == "epoll":
+            if listener.io_engine == "epoll":  # tcp and egress listeners (validation.py)
                 engine = self._socket_engine(loop)
                 for address in listener.bind:
                     self.servers.append(SocketListener(engine, listening_socket(address),
@@ -376,7 +376,9 @@ class Worker:
         return egress.EgressContext(
             listener=listener, policy=egress.policy_of(listener), authenticator=authenticator,
             timeouts=self.config.timeouts, access_log=self.access_log,
-            sessions=self.egress_sessions, loop=asyncio.get_running_loop(), worker=self.index)
+            sessions=self.egress_sessions, loop=asyncio.get_running_loop(), worker=self.index,
+            engine=(self._socket_engine(asyncio.get_running_loop())
+                    if listener.io_engine == "epoll" else None))
 
     def begin_shutdown(self, fast: bool) -> None:
         if self.stopping:

@@ -57,6 +57,7 @@ from ingress.proxy.relay import (
     Relay,
     ServerSide,
 )
+from ingress.proxy.sockets import Engine, PendingConnect, connect_socket
 from routing import egress
 from routing.egress import EgressPolicy
 
@@ -108,6 +109,8 @@ class EgressContext:
     loop: asyncio.AbstractEventLoop
     worker: int = 0
     metrics: Metrics = field(default_factory=metrics_of_this_process)
+    # io_engine = "epoll": the worker's engine, which opens the remote connections too
+    engine: Engine | None = None
 
 
 def policy_of(listener: ListenerConfig) -> EgressPolicy:
@@ -155,7 +158,8 @@ def source_warnings(listeners: list[ListenerConfig]) -> list[str]:
 class EgressSession(Relay):
     __slots__ = (
         "_buffer", "_checking", "_connect_handle", "_connect_started", "_connect_task", "_ctx",
-        "_destination", "_inbound", "_reason", "_socket", "_source", "_step", "_writer",
+        "_destination", "_inbound", "_pending_connect", "_reason", "_socket", "_source", "_step",
+        "_writer",
         "client_address", "user",
     )
 
@@ -171,6 +175,7 @@ class EgressSession(Relay):
         self._connect_task: asyncio.Task[None] | None = None
         self._connect_handle: asyncio.TimerHandle | None = None
         self._writer = -1  # the socket's descriptor while its connect is awaited
+        self._pending_connect: PendingConnect | None = None  # the same, on the engine
         self._checking: asyncio.Future[bool] | None = None
         self._reason = ""
         self.user = "-"
@@ -410,6 +415,16 @@ class EgressSession(Relay):
         self._connect_started = loop.time()
         self._connect_handle = loop.call_at(self._connect_started + self._ctx.timeouts.connect,
                                             self._connect_deadline)
+        engine = self._ctx.engine
+        if engine is not None:
+            # the engine makes the transport when the connect completes: no task either
+            try:
+                self._pending_connect = connect_socket(engine, sock, destination,
+                                                       self._remote_factory,
+                                                       self._engine_connect_failed)
+            except OSError as refused:
+                self._connect_failed(refused)
+            return
         error = sock.connect_ex(destination)
         if error == 0:
             self._wrap_socket()
@@ -441,6 +456,12 @@ class EgressSession(Relay):
             await self._loop.create_connection(self._remote_factory, sock=sock)
         except OSError as error:
             self._connect_failed(error)
+
+    def _engine_connect_failed(self, error: OSError) -> None:
+        # the engine has closed the socket already
+        self._pending_connect = None
+        self._socket = None
+        self._connect_failed(error)
 
     def _connect_deadline(self) -> None:
         self._connect_handle = None
@@ -478,6 +499,7 @@ class EgressSession(Relay):
 
     def server_connected(self, transport: asyncio.Transport) -> None:
         self._socket = None  # the transport's now, closed with it
+        self._pending_connect = None
         if self._connect_handle is not None:
             self._connect_handle.cancel()
             self._connect_handle = None
@@ -523,9 +545,13 @@ class EgressSession(Relay):
             self._finish("idle-timeout")
 
     def _close_socket(self) -> None:
-        if self._socket is not None:
+        if self._pending_connect is not None:
+            # through the engine, which forgets the socket and closes it after its round
+            self._pending_connect.cancel()
+            self._pending_connect = None
+        elif self._socket is not None:
             self._socket.close()
-            self._socket = None
+        self._socket = None
 
     def _maybe_done(self) -> None:
         state = self._closed_now()

@@ -395,19 +395,97 @@ class SocketListener(Handler):
         return None
 
 
-class _Connecting(Handler):
-    """A socket whose connect is in progress: its first event wakes the connect."""
+# What a connect calls once it has made the transport and its protocol's connection_made has run.
+Connected = Callable[["SocketTransport", asyncio.Protocol], None]
 
-    __slots__ = ("events", "waiter")
 
-    def __init__(self, waiter: asyncio.Future[None]) -> None:
-        self.waiter = waiter
-        self.events = 0
+class PendingConnect(Handler):
+    """A socket whose non-blocking connect is under way on the engine. Its first event ends the
+    wait: the socket becomes a ``SocketTransport`` whose protocol is ``factory()`` (and
+    ``connection_made`` is called), or ``failed`` is called with the connect's error. A
+    callback, not a future: a session that connects this way needs no task."""
+
+    __slots__ = ("_connected", "_engine", "_factory", "_failed", "_sock", "address")
+
+    def __init__(self, engine: Engine, sock: socket.socket, address: tuple[Any, ...],
+                 factory: Callable[[], asyncio.Protocol], failed: Callable[[OSError], None],
+                 connected: Connected | None) -> None:
+        self._engine = engine
+        self._sock = sock
+        self.address = address
+        self._factory = factory
+        self._failed = failed
+        self._connected = connected
 
     def on_events(self, events: int) -> None:
-        self.events |= events
-        if not self.waiter.done():
-            self.waiter.set_result(None)
+        error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self.cancel()
+            self._failed(OSError(error, os.strerror(error)))
+            return
+        # what came with the connect's edge (a server that speaks first): that edge was the
+        # connect's, so the transport is handed it
+        _become_transport(self._engine, self._sock, self._factory, self.address,
+                          events & READ_EVENTS, self._connected)
+
+    def on_error(self, error: Exception) -> None:
+        # the protocol's connection_made failed: its transport, registered by now, goes
+        handler = self._engine.handlers.get(self._sock.fileno())
+        if isinstance(handler, SocketTransport):
+            handler.abort()
+        else:
+            self.cancel()
+
+    def waiting(self) -> bool:
+        """Neither connected nor failed yet."""
+        sock = self._sock
+        return sock.fileno() >= 0 and self._engine.handlers.get(sock.fileno()) is self
+
+    def cancel(self) -> None:
+        """The connect is given up (a timeout, the client gone): the socket closes."""
+        self._engine.close_socket(self._sock)
+
+
+def connect_socket(engine: Engine, sock: socket.socket, address: tuple[Any, ...],
+                   factory: Callable[[], asyncio.Protocol], failed: Callable[[OSError], None],
+                   connected: Connected | None = None) -> PendingConnect | None:
+    """Connect ``sock`` (bound or not) to ``address`` on the engine. When it is connected, the
+    socket becomes a transport, the protocol's ``connection_made`` is called, then
+    ``connected(transport, protocol)``; a connect that fails later calls ``failed``.
+    Returns None when that all happened before returning, else the connect's wait, to
+    ``cancel`` when it is given up. A connect refused at once raises its OSError; the socket
+    is then the caller's to close."""
+    _tune(sock)
+    error = sock.connect_ex(address)
+    if error == 0:
+        _become_transport(engine, sock, factory, address, 0, connected, register=True)
+        return None
+    if error != errno.EINPROGRESS:
+        raise OSError(error, os.strerror(error))
+    pending = PendingConnect(engine, sock, address, factory, failed, connected)
+    engine.register(sock.fileno(), pending)
+    return pending
+
+
+def _become_transport(engine: Engine, sock: socket.socket,
+                      factory: Callable[[], asyncio.Protocol], address: tuple[Any, ...],
+                      read_events: int, connected: Connected | None, *,
+                      register: bool = False) -> None:
+    protocol = factory()
+    transport = SocketTransport(engine, sock, protocol, address)
+    if register:
+        engine.register(sock.fileno(), transport)
+    else:
+        engine.handlers[sock.fileno()] = transport
+    try:
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+    except BaseException:
+        transport.abort()
+        raise
+    if connected is not None:
+        connected(transport, protocol)
+    if read_events:
+        transport.on_events(read_events)
 
 
 async def create_connection(engine: Engine, factory: Callable[[], asyncio.Protocol], host: str,
@@ -437,35 +515,28 @@ async def create_connection(engine: Engine, factory: Callable[[], asyncio.Protoc
 
 async def _connect_one(engine: Engine, factory: Callable[[], asyncio.Protocol], family: int,
                        address: tuple[Any, ...]) -> tuple[SocketTransport, asyncio.Protocol]:
+    done: asyncio.Future[tuple[SocketTransport, asyncio.Protocol]] = engine.loop.create_future()
+
+    def connected(transport: SocketTransport, protocol: asyncio.Protocol) -> None:
+        done.set_result((transport, protocol))
+
     sock = socket.socket(family, socket.SOCK_STREAM)
-    connecting: _Connecting | None = None
     try:
-        _tune(sock)
-        error = sock.connect_ex(address)
-        if error not in (0, errno.EINPROGRESS):
-            raise OSError(error, os.strerror(error))
-        connecting = _Connecting(engine.loop.create_future())
-        engine.register(sock.fileno(), connecting)
-        if error == errno.EINPROGRESS:
-            await connecting.waiter
-            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if error:
-                raise OSError(error, os.strerror(error))
-        protocol = factory()
-        transport = SocketTransport(engine, sock, protocol, address)
+        pending = connect_socket(engine, sock, address, factory, done.set_exception, connected)
     except BaseException:
-        # a refused or cancelled connect: the socket goes with it
-        if connecting is not None:
-            engine.close_socket(sock)
-        else:
-            sock.close()
+        sock.close()
         raise
-    engine.handlers[sock.fileno()] = transport
-    protocol.connection_made(transport)  # type: ignore[arg-type]
-    if connecting.events & READ_EVENTS:
-        # what came with the connect's edge: that edge was the connect's, not the transport's
-        transport.on_events(connecting.events & READ_EVENTS)
-    return transport, protocol
+    try:
+        return await done
+    except asyncio.CancelledError:
+        # the task's cancel cancels the future it awaits: "done" says nothing of the connect
+        if pending is not None and pending.waiting():
+            pending.cancel()
+        elif done.done() and not done.cancelled() and done.exception() is None:
+            # connected, but the caller gave up meanwhile: not kept, as with
+            # loop.create_connection
+            done.result()[0].abort()
+        raise
 
 
 def _is_address(host: str, family: int) -> bool:

@@ -13,6 +13,7 @@ import contextlib
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -84,9 +85,22 @@ def counter() -> Iterator[ConnectionCounter]:
     listener.close()
 
 
+@pytest.fixture(autouse=True, params=["uvloop", "epoll"])
+def io_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here on both engines of the egress listeners (``io_engine``), which
+    ``egress_config`` names on both listeners."""
+    engine: str = request.param
+    monkeypatch.setattr(sys.modules[__name__], "IO_ENGINE", engine)
+    return engine
+
+
+IO_ENGINE = "uvloop"
+
+
 def egress_config(socks_port: int, forward_port: int, ports: list[int], *,
                   users_file: Path | None = None, **top: object) -> str:
     common: dict[str, object] = {
+        "io_engine": IO_ENGINE,
         "egress_sources": SOURCES, "egress_ports": ports,
         "allow_clients": ["127.0.0.1/32"],
         # Loopback is the test's whole network: off the deny list, except one address that a

@@ -153,7 +153,7 @@ FILE_PROBLEMS: list[tuple[str, str, str]] = [
     ("io-engine-unknown", '[listeners.smtp25]\nio_engine = "io_uring"\n',
      "listeners.smtp25.io_engine: must be one of 'uvloop', 'epoll', not 'io_uring'"),
     ("io-engine-on-http", '[listeners.http]\nio_engine = "epoll"\n',
-     "listeners.http.io_engine: applies to tcp listeners only"),
+     "listeners.http.io_engine: applies to tcp, socks5 and forward listeners only"),
     ("tcp-listener-without-backend", '[listeners.extra]\nbind = ["0.0.0.0:2525"]\n',
      "listeners.extra.backend: a tcp listener needs a backend"),
     ("backend-does-not-exist", '[listeners.smtp25]\nbackend = "nope"\n',

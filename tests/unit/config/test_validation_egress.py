@@ -66,7 +66,14 @@ def test_the_egress_preset_as_the_issue_writes_it(tmp_path: Path) -> None:
 def test_defaults_of_a_socks_listener(tmp_path: Path) -> None:
     effective = load(tmp_path, 'preset = "none"\n' + SOCKS)
     assert effective.listeners["out"].egress_ports == (25,)
+    assert effective.listeners["out"].io_engine == "uvloop"
     assert effective.timeouts.socks_handshake == 10.0
+
+
+@pytest.mark.parametrize("mode", ["socks5", "forward"])
+def test_an_egress_listener_may_run_on_the_epoll_engine(tmp_path: Path, mode: str) -> None:
+    text = SOCKS.replace('"socks5"', f'"{mode}"') + 'io_engine = "epoll"\n'
+    assert load(tmp_path, 'preset = "none"\n' + text).listeners["out"].io_engine == "epoll"
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
@@ -82,7 +89,8 @@ def test_defaults_of_a_socks_listener(tmp_path: Path) -> None:
       "10.0.0.0/8"]),
     ('backend = "x"\n', ["listeners.out.backend: no backend named 'x' (none are defined)",
                          "listeners.out.backend: does not apply to a socks5 listener"]),
-    ('io_engine = "epoll"\n', ["listeners.out.io_engine: does not apply to a socks5 listener"]),
+    ('io_engine = "io_uring"\n', ["listeners.out.io_engine: must be one of 'uvloop', 'epoll', "
+                                  "not 'io_uring'"]),
     ('tls = true\n', ["listeners.out.tls: a socks5 listener relays the MTA's own STARTTLS end "
                       "to end"]),
     ('accept_proxy = true\n', ["listeners.out.accept_proxy: a socks5 listener takes no PROXY "

@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 import uvloop
 
-from ingress.proxy.sockets import Engine, SocketListener, SocketTransport, create_connection
+from ingress.proxy.sockets import (
+    Engine,
+    SocketListener,
+    SocketTransport,
+    connect_socket,
+    create_connection,
+)
 
 
 class Recorder(asyncio.Protocol):
@@ -274,3 +280,69 @@ def _recv(sock: socket.socket) -> bytes:
         return sock.recv(65536)
     except BlockingIOError:
         return b""
+
+
+def test_connect_socket_from_a_bound_source_calls_back_without_a_task() -> None:
+    """The egress sessions' connect: a socket bound to a source, its transport made by the
+    engine and handed to ``connected`` after the protocol's connection_made; the server's
+    banner, sent at once, reaches the protocol."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        engine = Engine(loop)
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(8)
+            server.setblocking(False)
+            sock = socket.socket()
+            sock.bind(("127.0.0.9", 0))
+            calls: list[str] = []
+            protocol = Recorder()
+
+            def connected(transport: SocketTransport, made: asyncio.Protocol) -> None:
+                calls.append("connected")
+                assert made is protocol
+                assert protocol.events == [("made", None)]
+                assert transport.get_extra_info("sockname")[0] == "127.0.0.9"
+
+            def failed(error: OSError) -> None:
+                calls.append(f"failed {error}")
+
+            connect_socket(engine, sock, server.getsockname(), lambda: protocol, failed,
+                           connected)
+            accepted, peer = await loop.sock_accept(server)
+            assert peer[0] == "127.0.0.9"
+            accepted.sendall(b"220 banner\r\n")
+            await until(lambda: protocol.received() == b"220 banner\r\n")
+            assert calls == ["connected"]
+            protocol.keep_open = False
+            accepted.close()
+            await asyncio.wait_for(protocol.lost, 5)
+        engine.close()
+
+    run(scenario)
+
+
+def test_connect_socket_reports_a_refusal_and_closes_the_socket() -> None:
+    async def scenario() -> None:
+        engine = Engine(asyncio.get_running_loop())
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            address = unused.getsockname()
+        before = open_descriptors()
+        failures: list[OSError] = []
+        sock = socket.socket()
+        try:
+            pending = connect_socket(engine, sock, address, Recorder, failures.append)
+        except ConnectionRefusedError as refused:
+            # refused within connect() itself: the socket is the caller's to close
+            sock.close()
+            pending = None
+            failures.append(refused)
+        await until(lambda: bool(failures))
+        await asyncio.sleep(0)
+        assert failures[0].errno == errno.ECONNREFUSED
+        assert pending is None or not pending.waiting()
+        assert open_descriptors() == before
+        engine.close()
+
+    run(scenario)
