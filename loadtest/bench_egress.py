@@ -150,7 +150,26 @@ def floor_values(run: Run, options: argparse.Namespace) -> list[float]:
     return list(getattr(options, "floor", [])) if run.scenario in FLOOR_SCENARIOS else []
 
 
+# --io-engine in the egress scenarios: "epoll" runs the targets' listeners on the engine;
+# "both" keeps them on uvloop's transports and measures each mta-ingress target again with
+# io_engine = "epoll", named with this suffix, as a reference beside the same proxy.
+EPOLL_SUFFIX = "+epoll"
+
+
+def io_engines(options: argparse.Namespace) -> tuple[str, bool]:
+    """The targets' io_engine, and whether the epoll references are measured beside them."""
+    engine = getattr(options, "io_engine", "uvloop")
+    return ("uvloop", True) if engine == "both" else (engine, False)
+
+
+def epoll_references() -> tuple[Target, ...]:
+    return tuple(Target(target.name + EPOLL_SUFFIX, target.proxy, target.protocol,
+                        target.label + ', io_engine = "epoll"')
+                 for target in TARGETS if target.proxy == "mta-ingress")
+
+
 def targets(run: Run, options: argparse.Namespace) -> tuple[Target, ...]:
+    engines = epoll_references() if io_engines(options)[1] else ()
     references = tuple(
         Target(name, "floor", "proxy-v2",
                "loadtest/floor.py --forward" + (" --epoll" if engine else "")
@@ -158,7 +177,7 @@ def targets(run: Run, options: argparse.Namespace) -> tuple[Target, ...]:
                + (" (its own epoll set, not uvloop's transports)" if engine else "")
                + (f", +{burn_us:g} us per session" if burn_us else ""))
         for name, burn_us, engine in floors(floor_values(run, options)))
-    return (*TARGETS, *references)
+    return (*TARGETS, *engines, *references)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,8 +314,9 @@ def haproxy_forward_config(port: int, maxconn: int, note: str = "", log: str = "
 
 
 def ingress_egress_config(socks_port: int, forward_port: int, sink_port: int,
-                          sources: Sequence[str] = SOURCES) -> str:
-    common = (f"egress_sources = {_toml_list(sources)}\n"
+                          sources: Sequence[str] = SOURCES, io_engine: str = "uvloop") -> str:
+    common = (f'io_engine = "{io_engine}"\n'
+              f"egress_sources = {_toml_list(sources)}\n"
               f"egress_ports = {_toml_list([sink_port])}\n"
               f"allow_clients = {_toml_list([CLIENT_NETWORK])}\n"
               'deny_destinations = ["10.0.0.0/8"]\n')
@@ -307,10 +327,12 @@ def ingress_egress_config(socks_port: int, forward_port: int, sink_port: int,
 
 def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int] | None,
                   access_log: str, haproxy_log: str = "off",
-                  floor_burns: Sequence[float] = ()) -> dict[str, ProxySetup]:
+                  floor_burns: Sequence[float] = (), io_engine: str = "uvloop",
+                  epoll_beside: bool = False) -> dict[str, ProxySetup]:
     """Each target's configuration file, command line and port; the three mta-ingress targets
-    share one configuration (both listeners), each measured in a process of its own; then a
-    forward floor per value of ``floor_burns``."""
+    share one configuration (both listeners, on ``io_engine``), each measured in a process of
+    its own; with ``epoll_beside``, the same three again on a configuration with io_engine =
+    "epoll" (EPOLL_SUFFIX); then a forward floor per value of ``floor_burns``."""
     dante_port, haproxy_port = ports.take(), ports.take()
     socks_port, forward_port = ports.take(), ports.take()
     dante_path = workdir / "danted.conf"
@@ -318,12 +340,9 @@ def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int]
     haproxy_path = workdir / "haproxy-forward.cfg"
     maxconn, note = haproxy_maxconn()
     haproxy_path.write_text(haproxy_forward_config(haproxy_port, maxconn, note, haproxy_log))
-    ingress_path = workdir / "ingress-egress.toml"
-    ingress_path.write_text(ingress_egress_config(socks_port, forward_port, sink_port))
     binary = BENCH_VENV / "bin" / "mta-ingress"
     if not binary.exists():
         binary = Path(sys.executable).parent / "mta-ingress"
-    ingress_argv = [*taskset(cpus), str(binary), "run", "--config", str(ingress_path)]
     setups = {
         # -N 1: one main process (its default), which forks its children as it needs them.
         "dante": ProxySetup("dante", dante_port, dante_path,
@@ -334,11 +353,21 @@ def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int]
             [*taskset(cpus), HAPROXY, "-db", "-f", str(haproxy_path)],
             None if haproxy_log == "off" else str(workdir / "haproxy-forward-access-{tag}.log")),
     }
-    for name, port in (("ingress-socks5", socks_port), ("ingress-socks5-bind", socks_port),
-                       ("ingress-forward", forward_port)):
-        setups[name] = ProxySetup(
-            name, port, ingress_path, ingress_argv,
-            None if access_log == "devnull" else str(workdir / f"{name}-access-{{tag}}.log"))
+    configurations = [("", "ingress-egress.toml", io_engine, socks_port, forward_port)]
+    if epoll_beside:
+        configurations.append((EPOLL_SUFFIX, "ingress-egress-epoll.toml", "epoll", ports.take(),
+                               ports.take()))
+    for suffix, file_name, engine, socks, forward in configurations:
+        ingress_path = workdir / file_name
+        ingress_path.write_text(ingress_egress_config(socks, forward, sink_port,
+                                                      io_engine=engine))
+        ingress_argv = [*taskset(cpus), str(binary), "run", "--config", str(ingress_path)]
+        for base, port in (("ingress-socks5", socks), ("ingress-socks5-bind", socks),
+                           ("ingress-forward", forward)):
+            name = base + suffix
+            setups[name] = ProxySetup(
+                name, port, ingress_path, ingress_argv,
+                None if access_log == "devnull" else str(workdir / f"{name}-access-{{tag}}.log"))
     floor_script = Path(__file__).with_name("floor.py")
     references = floors(floor_burns)
     for name, burn_us, engine in references:
@@ -347,7 +376,9 @@ def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int]
                                   [*taskset(cpus), sys.executable, str(floor_script),
                                    "--forward", *(["--epoll"] if engine else []),
                                    "--port", str(port), "--burn-us", f"{burn_us:g}"])
+    engines = [target.name for target in epoll_references()] if epoll_beside else []
     return {target.name: setups[target.name] for target in TARGETS} | {
+        name: setups[name] for name in engines} | {
         name: setups[name] for name, _, _ in references}
 
 
@@ -629,8 +660,9 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     try:
         measured = targets(run, options)
         floor_burns = floor_values(run, options)
+        io_engine, epoll_beside = io_engines(options)
         setups = egress_setups(workdir, ports, sink.port, run.layout.proxy, options.access_log,
-                               options.haproxy_log, floor_burns)
+                               options.haproxy_log, floor_burns, io_engine, epoll_beside)
     except BaseException:
         sink.stop()
         raise
@@ -780,7 +812,10 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
     floors = [Comparison(name, "haproxy-forward",
                          f"{name} / HAProxy forward (a reference: no target)")
               for name in parts if name.startswith("floor-forward")]
-    for comparison in (*COMPARISONS, *floors):
+    engines = [Comparison(c.subject + EPOLL_SUFFIX, c.reference,
+                          f'{c.label}, io_engine = "epoll" (a reference: no target)')
+               for c in COMPARISONS if c.subject + EPOLL_SUFFIX in parts]
+    for comparison in (*COMPARISONS, *engines, *floors):
         subject, reference = parts.get(comparison.subject), parts.get(comparison.reference)
         if subject is None or reference is None:
             continue
