@@ -525,12 +525,17 @@ async def connect_first(endpoints: Sequence[Endpoint],
         try:
             _, protocol = await open_connection(factory(endpoint), endpoint.host, endpoint.port)
         except OSError as error:
-            failure = f"{endpoint.server} ({endpoint.host}): {error.strerror or error}"
+            failure = connect_failure(endpoint, error)
             if on_failure is not None:
                 on_failure()
             continue
         return protocol, endpoint
     raise NoServerReachedError(failure)
+
+
+def connect_failure(endpoint: Endpoint, error: OSError) -> str:
+    """Why a connect to ``endpoint`` failed, as the client's log line and refusal say it."""
+    return f"{endpoint.server} ({endpoint.host}): {error.strerror or error}"
 
 
 def _label(host: str, port: int) -> str:

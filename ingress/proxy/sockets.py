@@ -5,7 +5,8 @@ and a future per connect, and the system calls of their registration; the same r
 set of its own costs 120 us a session against 155 on this machine, HAProxy 109
 (docs/benchmarks.md, "A relay on its own epoll set"). The sessions' protocols
 (``ingress/proxy/relay.py``) stay as they are: ``SocketTransport`` has the part of
-``asyncio.Transport`` they use, and calls the protocol's methods as asyncio does.
+``asyncio.Transport`` they use, and calls the protocol's methods as asyncio does. A connect
+ends in a callback (``connect_socket``), so a session that connects to an address needs no task.
 
 How: one ``Engine`` per worker, an edge-triggered epoll set that the loop watches as one reader.
 Each socket is registered once, for reading and writing. A read shorter than the buffer ends a

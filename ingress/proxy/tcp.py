@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,8 +40,21 @@ from ingress.ops.metrics import Metrics
 from ingress.ops.metrics import metrics as metrics_of_this_process
 from ingress.protocol import proxy_protocol
 from ingress.proxy.relay import AWAIT_PROXY, CLOSED, CONNECTING, RELAY, Relay, ServerSide
-from ingress.proxy.sockets import Engine, create_connection
-from routing.backends import Backend, Endpoint, NoServerReachedError, connect_first
+from ingress.proxy.sockets import (
+    Engine,
+    PendingConnect,
+    SocketTransport,
+    connect_socket,
+    create_connection,
+)
+from routing.backends import NO_SERVER as NO_SERVER_REACHED
+from routing.backends import (
+    Backend,
+    Endpoint,
+    NoServerReachedError,
+    connect_failure,
+    connect_first,
+)
 
 log = logging.getLogger("mta_ingress.tcp")
 
@@ -62,7 +76,8 @@ class RelayContext:
     loop: asyncio.AbstractEventLoop
     worker: int = 0
     metrics: Metrics = field(default_factory=metrics_of_this_process)
-    # io_engine = "epoll": the worker's engine, which opens the backend connections too
+    # io_engine = "epoll": the worker's engine, which opens the backend connections too; to
+    # servers by address in callbacks (connect_socket), to servers by name in the task
     engine: Engine | None = None
 
 
@@ -77,14 +92,17 @@ def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int
 class RelaySession(Relay):
     __slots__ = (
         "_connect_handle", "_connect_started", "_connect_task", "_connect_timed_out", "_counted",
-        "_ctx", "_failed_connects", "_inbound", "_server_label", "client_address",
-        "local_address",
+        "_ctx", "_endpoints", "_failed_connects", "_inbound", "_pending_connect", "_server_label",
+        "client_address", "local_address",
     )
 
     def __init__(self, ctx: RelayContext) -> None:
         super().__init__(ctx.loop, AWAIT_PROXY)
         self._ctx = ctx
         self._connect_task: asyncio.Task[None] | None = None
+        # io_engine = "epoll", servers by address: the connects end in callbacks, no task
+        self._pending_connect: PendingConnect | None = None
+        self._endpoints: list[Endpoint] = []
         self._connect_handle: asyncio.TimerHandle | None = None
         self._connect_timed_out = False
         self._inbound = proxy_protocol.HeaderReader()
@@ -126,6 +144,10 @@ class RelaySession(Relay):
     def _stop_connecting(self) -> None:
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
+        if self._pending_connect is not None:
+            self._pending_connect.cancel()
+            self._pending_connect = None
+            self._cancel_connect_deadline()
 
     # --- inbound PROXY header ------------------------------------------------------------------
 
@@ -157,14 +179,64 @@ class RelaySession(Relay):
         # within timeouts.connect however many servers there are.
         self._connect_handle = loop.call_at(loop.time() + self._ctx.timeouts.connect,
                                             self._connect_deadline)
-        self._connect_task = loop.create_task(self._connect(self._ctx.backend.static_endpoints()))
+        endpoints = self._ctx.backend.static_endpoints()
+        if self._ctx.engine is not None and endpoints is not None:
+            self._endpoints = endpoints
+            self._connect_next(NO_SERVER_REACHED)
+            return
+        self._connect_task = loop.create_task(self._connect(endpoints))
 
     def _connect_deadline(self) -> None:
         self._connect_handle = None
+        if self._state != CONNECTING:
+            return
+        pending = self._pending_connect
+        if pending is not None:
+            pending.cancel()
+            self._pending_connect = None
+            self._connect_timed_out = True
+            self._timed_out(self._endpoints)
+            return
         task = self._connect_task
-        if self._state == CONNECTING and task is not None and not task.done():
+        if task is not None and not task.done():
             self._connect_timed_out = True
             task.cancel()
+
+    # --- on the engine: each server in turn, by callbacks -----------------------------------
+
+    def _connect_next(self, failure: str) -> None:
+        """Connect to the next server of ``_endpoints``, from the ``_failed_connects``-th on;
+        when none is left, the client hears why the last one failed."""
+        engine = self._ctx.engine
+        endpoints = self._endpoints
+        assert engine is not None
+        while self._failed_connects < len(endpoints):
+            endpoint = endpoints[self._failed_connects]
+            sock = socket.socket(socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+            try:
+                self._pending_connect = connect_socket(
+                    engine, sock, (endpoint.host, endpoint.port), self._backend_factory,
+                    self._engine_connect_failed, self._engine_connected)
+            except OSError as error:
+                sock.close()
+                failure = connect_failure(endpoint, error)
+                self._connect_failed()
+                continue
+            return
+        self._no_server(endpoints, failure)
+
+    def _engine_connected(self, transport: SocketTransport, protocol: asyncio.Protocol) -> None:
+        self._pending_connect = None
+        self._connected_to(self._endpoints[self._failed_connects])
+
+    def _engine_connect_failed(self, error: OSError) -> None:
+        self._pending_connect = None
+        failure = connect_failure(self._endpoints[self._failed_connects], error)
+        self._connect_failed()
+        self._connect_next(failure)
+
+    # --- in a task: servers by name, or on uvloop's transports ----------------------------
 
     async def _connect(self, endpoints: list[Endpoint] | None) -> None:
         try:
@@ -175,31 +247,40 @@ class RelaySession(Relay):
                 endpoints, self._backend_factory_for, self._connect_failed,
                 None if engine is None else partial(create_connection, engine))
         except NoServerReachedError as error:
-            # The log names the last server tried, as HAProxy names the one that failed.
-            if endpoints:
-                self._server_label = endpoints[-1].server
-            failure = str(error)
+            self._no_server(endpoints or [], str(error))
         except asyncio.CancelledError:
             if not self._connect_timed_out:
                 self._cancel_connect_deadline()
                 raise
-            if endpoints:
-                self._server_label = endpoints[
-                    min(self._failed_connects, len(endpoints) - 1)].server
-            self._connect_failed()
-            failure = f"connect timeout after {self._ctx.timeouts.connect:g}s"
+            self._timed_out(endpoints or [])
         else:
-            self._server_label = endpoint.server
-            # Only a session that is relaying counts: one whose client left meanwhile has
-            # already ended (or will, without relaying).  Counted whatever the balance: the
-            # access log's beconn and srv_conn are these counts.
-            if self._state == RELAY:
-                self._counted = True
-                self._ctx.backend.acquire(endpoint.server)
-            self._cancel_connect_deadline()
-            return
+            self._connected_to(endpoint)
+
+    # --- how a connect attempt ends, either way ------------------------------------------
+
+    def _connected_to(self, endpoint: Endpoint) -> None:
+        self._server_label = endpoint.server
+        # Only a session that is relaying counts: one whose client left meanwhile has already
+        # ended (or will, without relaying).  Counted whatever the balance: the access log's
+        # beconn and srv_conn are these counts.
+        if self._state == RELAY:
+            self._counted = True
+            self._ctx.backend.acquire(endpoint.server)
+        self._cancel_connect_deadline()
+
+    def _no_server(self, endpoints: list[Endpoint], failure: str) -> None:
+        # The log names the last server tried, as HAProxy names the one that failed.
+        if endpoints:
+            self._server_label = endpoints[-1].server
         self._cancel_connect_deadline()
         self._refuse(failure)
+
+    def _timed_out(self, endpoints: list[Endpoint]) -> None:
+        if endpoints:
+            self._server_label = endpoints[min(self._failed_connects, len(endpoints) - 1)].server
+        self._connect_failed()
+        self._cancel_connect_deadline()
+        self._refuse(f"connect timeout after {self._ctx.timeouts.connect:g}s")
 
     def _connect_failed(self) -> None:
         self._failed_connects += 1

@@ -197,6 +197,8 @@ def test_backend_refusing_gets_421_at_once(tmp_path: Path) -> None:
         assert time.monotonic() - started < 2
         [line] = ingress.access_lines(1)
     assert "end=no-backend" in line
+    assert " SC " in line  # HAProxy's: the server refused, while connecting
+    assert "Connection refused" in line
 
 
 def test_unresolvable_backend_name_is_logged_once_per_worker_naming_the_backend(
@@ -249,12 +251,15 @@ def test_backend_not_answering_gets_421_within_connect_timeout(tmp_path: Path) -
         time.sleep(0.2)
         port = free_port()
         config = relay_config(port, silent.getsockname()[1], timeouts={"connect": "1s"})
-        with IngressProcess(tmp_path, config):
+        with IngressProcess(tmp_path, config) as ingress:
             started = time.monotonic()
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 assert read_reply(sock).startswith(b"421 4.3.2 ")
             elapsed = time.monotonic() - started
+            [line] = ingress.access_lines(1)
         assert 0.9 < elapsed < 3.0
+        assert " sC " in line  # the connect's timeout, while connecting
+        assert "detail=\"connect timeout after 1s\"" in line
     finally:
         for filler in fillers:
             filler.close()
@@ -269,10 +274,14 @@ def test_second_server_is_tried_when_first_refuses(tmp_path: Path,
         {"pair": {"servers": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{backend.port}"],
                   "send_proxy": "v1"}},
     )
-    with IngressProcess(tmp_path, config):
+    with IngressProcess(tmp_path, config) as ingress:
         for _ in range(4):  # round-robin starts on each server in turn
             send_mail("127.0.0.1", port)
         assert len(backend.wait_for_messages(4)) == 4
+        lines = ingress.access_lines(4)
+    # HAProxy's counters field ends in the retries: the sessions that began on the dead server
+    retries = sorted(int(line.split(" 0/0 ")[0].rsplit("/", 1)[1]) for line in lines)
+    assert retries == [0, 0, 1, 1], lines
 
 
 def test_half_close_keeps_the_other_direction(tmp_path: Path) -> None:
