@@ -139,11 +139,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the ingress's C allocator: glibc's malloc (as the image runs "
                              "it), or jemalloc (Debian's libjemalloc2) preloaded; both: glibc's "
                              "compared, jemalloc's measured beside it as mta-ingress+jemalloc")
-    parser.add_argument("--io-engine", choices=("uvloop", "epoll", "both"), default="uvloop",
+    parser.add_argument("--io-engine", choices=("uvloop", "epoll", "both"), default="epoll",
                         help="the SMTP scenarios' tcp listener's and the egress scenarios' "
-                             "listeners' io_engine (docs/configuration.md); both: uvloop's "
-                             "compared, epoll's measured beside it as mta-ingress+epoll "
-                             "(egress: ingress-forward+epoll and the like)")
+                             "listeners' io_engine (docs/configuration.md; epoll is the "
+                             "default there too); both: epoll's compared, uvloop's measured "
+                             "beside it as mta-ingress+uvloop (egress: ingress-forward+uvloop "
+                             "and the like)")
     parser.add_argument("--haproxy-log", choices=("off", "file", "errors"), default="off",
                         help="HAProxy's log: off, or one line per request or session to a file "
                              "in the results directory, as the contract's HAProxy logs to "

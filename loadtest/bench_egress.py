@@ -150,26 +150,25 @@ def floor_values(run: Run, options: argparse.Namespace) -> list[float]:
     return list(getattr(options, "floor", [])) if run.scenario in FLOOR_SCENARIOS else []
 
 
-# --io-engine in the egress scenarios: "epoll" runs the targets' listeners on the engine;
-# "both" keeps them on uvloop's transports and measures each mta-ingress target again with
-# io_engine = "epoll", named with this suffix, as a reference beside the same proxy.
-EPOLL_SUFFIX = "+epoll"
+# --io-engine in the egress scenarios: the targets' listeners' io_engine ("epoll", the default,
+# or "uvloop"); "both" keeps the targets on epoll and measures each mta-ingress target again on
+# uvloop's transports, named with "+uvloop", as a reference beside the same proxy.
+def io_engines(options: argparse.Namespace) -> tuple[str, str | None]:
+    """The targets' io_engine, and the engine measured beside them (None: none)."""
+    engine = getattr(options, "io_engine", "epoll")
+    return ("epoll", "uvloop") if engine == "both" else (engine, None)
 
 
-def io_engines(options: argparse.Namespace) -> tuple[str, bool]:
-    """The targets' io_engine, and whether the epoll references are measured beside them."""
-    engine = getattr(options, "io_engine", "uvloop")
-    return ("uvloop", True) if engine == "both" else (engine, False)
-
-
-def epoll_references() -> tuple[Target, ...]:
-    return tuple(Target(target.name + EPOLL_SUFFIX, target.proxy, target.protocol,
-                        target.label + ', io_engine = "epoll"')
+def engine_references(other: str | None) -> tuple[Target, ...]:
+    if other is None:
+        return ()
+    return tuple(Target(f"{target.name}+{other}", target.proxy, target.protocol,
+                        f'{target.label}, io_engine = "{other}"')
                  for target in TARGETS if target.proxy == "mta-ingress")
 
 
 def targets(run: Run, options: argparse.Namespace) -> tuple[Target, ...]:
-    engines = epoll_references() if io_engines(options)[1] else ()
+    engines = engine_references(io_engines(options)[1])
     references = tuple(
         Target(name, "floor", "proxy-v2",
                "loadtest/floor.py --forward" + (" --epoll" if engine else "")
@@ -327,12 +326,12 @@ def ingress_egress_config(socks_port: int, forward_port: int, sink_port: int,
 
 def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int] | None,
                   access_log: str, haproxy_log: str = "off",
-                  floor_burns: Sequence[float] = (), io_engine: str = "uvloop",
-                  epoll_beside: bool = False) -> dict[str, ProxySetup]:
+                  floor_burns: Sequence[float] = (), io_engine: str = "epoll",
+                  engine_beside: str | None = None) -> dict[str, ProxySetup]:
     """Each target's configuration file, command line and port; the three mta-ingress targets
     share one configuration (both listeners, on ``io_engine``), each measured in a process of
-    its own; with ``epoll_beside``, the same three again on a configuration with io_engine =
-    "epoll" (EPOLL_SUFFIX); then a forward floor per value of ``floor_burns``."""
+    its own; with ``engine_beside``, the same three again on a configuration with that
+    io_engine (named with "+" and it); then a forward floor per value of ``floor_burns``."""
     dante_port, haproxy_port = ports.take(), ports.take()
     socks_port, forward_port = ports.take(), ports.take()
     dante_path = workdir / "danted.conf"
@@ -354,9 +353,9 @@ def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int]
             None if haproxy_log == "off" else str(workdir / "haproxy-forward-access-{tag}.log")),
     }
     configurations = [("", "ingress-egress.toml", io_engine, socks_port, forward_port)]
-    if epoll_beside:
-        configurations.append((EPOLL_SUFFIX, "ingress-egress-epoll.toml", "epoll", ports.take(),
-                               ports.take()))
+    if engine_beside is not None:
+        configurations.append((f"+{engine_beside}", f"ingress-egress-{engine_beside}.toml",
+                               engine_beside, ports.take(), ports.take()))
     for suffix, file_name, engine, socks, forward in configurations:
         ingress_path = workdir / file_name
         ingress_path.write_text(ingress_egress_config(socks, forward, sink_port,
@@ -376,7 +375,7 @@ def egress_setups(workdir: Path, ports: PortPool, sink_port: int, cpus: set[int]
                                   [*taskset(cpus), sys.executable, str(floor_script),
                                    "--forward", *(["--epoll"] if engine else []),
                                    "--port", str(port), "--burn-us", f"{burn_us:g}"])
-    engines = [target.name for target in epoll_references()] if epoll_beside else []
+    engines = [target.name for target in engine_references(engine_beside)]
     return {target.name: setups[target.name] for target in TARGETS} | {
         name: setups[name] for name in engines} | {
         name: setups[name] for name, _, _ in references}
@@ -660,9 +659,9 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
     try:
         measured = targets(run, options)
         floor_burns = floor_values(run, options)
-        io_engine, epoll_beside = io_engines(options)
+        io_engine, engine_beside = io_engines(options)
         setups = egress_setups(workdir, ports, sink.port, run.layout.proxy, options.access_log,
-                               options.haproxy_log, floor_burns, io_engine, epoll_beside)
+                               options.haproxy_log, floor_burns, io_engine, engine_beside)
     except BaseException:
         sink.stop()
         raise
@@ -812,9 +811,10 @@ def summarise(run: Run, measurements: list[Measurement]) -> dict[str, Any]:
     floors = [Comparison(name, "haproxy-forward",
                          f"{name} / HAProxy forward (a reference: no target)")
               for name in parts if name.startswith("floor-forward")]
-    engines = [Comparison(c.subject + EPOLL_SUFFIX, c.reference,
-                          f'{c.label}, io_engine = "epoll" (a reference: no target)')
-               for c in COMPARISONS if c.subject + EPOLL_SUFFIX in parts]
+    engines = [Comparison(f"{c.subject}+{engine}", c.reference,
+                          f'{c.label}, io_engine = "{engine}" (a reference: no target)')
+               for c in COMPARISONS for engine in ("uvloop", "epoll")
+               if f"{c.subject}+{engine}" in parts]
     for comparison in (*COMPARISONS, *engines, *floors):
         subject, reference = parts.get(comparison.subject), parts.get(comparison.reference)
         if subject is None or reference is None:

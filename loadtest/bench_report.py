@@ -358,9 +358,10 @@ def summary_text(run: Run, summary: dict[str, Any], options: argparse.Namespace)
     if "mta-ingress+jemalloc" in references:
         lines.append("  (mta-ingress+jemalloc: the same build and configuration, with jemalloc "
                      "preloaded as its C allocator)")
-    if "mta-ingress+epoll" in references:
-        lines.append('  (mta-ingress+epoll: the same build and configuration, with io_engine = '
-                     '"epoll" on its tcp listener)')
+    for engine in ("epoll", "uvloop"):
+        if f"mta-ingress+{engine}" in references:
+            lines.append(f"  (mta-ingress+{engine}: the same build and configuration, with "
+                         f'io_engine = "{engine}" on its tcp listener)')
     if any(name.startswith("floor") for name in references):
         if run.scenario == "sessions":
             lines.append("  (references: loadtest/floor.py --tcp, uvloop's TCP transports "

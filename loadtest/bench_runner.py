@@ -261,10 +261,11 @@ def cpu_figures(window: load.Window, layout: Layout,
 
 def ingress_variants(allocator: str, io_engine: str) -> list[tuple[str, str, str]]:
     """(name, allocator, io_engine) of each mta-ingress a run measures. The first is the one
-    the targets compare: glibc's malloc and uvloop's transports unless one alone is asked for;
-    "both" adds the other as a reference beside it (mta-ingress+jemalloc, mta-ingress+epoll)."""
+    the targets compare: glibc's malloc and the epoll engine (the defaults) unless one alone is
+    asked for; "both" adds the other as a reference beside it (mta-ingress+jemalloc,
+    mta-ingress+uvloop)."""
     allocators = ("glibc", "jemalloc") if allocator == "both" else (allocator,)
-    engines = ("uvloop", "epoll") if io_engine == "both" else (io_engine,)
+    engines = ("epoll", "uvloop") if io_engine == "both" else (io_engine,)
     variants = [("mta-ingress", allocators[0], engines[0])]
     variants += [(f"mta-ingress+{other}", other, engines[0]) for other in allocators[1:]]
     variants += [(f"mta-ingress+{other}", allocators[0], other) for other in engines[1:]]
@@ -409,7 +410,7 @@ def execute(run: Run, options: argparse.Namespace, ports: PortPool, run_dir: Pat
                                  certs, options.haproxy_log),
     }
     for name, allocator, io_engine in ingress_variants(options.allocator,
-                                                       "uvloop" if http else options.io_engine):
+                                                       "epoll" if http else options.io_engine):
         setups[name] = ingress_setup(workdir, ports.take(), backend.port, run.layout.proxy,
                                      run.workers, options.access_log, http, certs, allocator,
                                      name, io_engine)

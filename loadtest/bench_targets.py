@@ -441,7 +441,7 @@ def jemalloc_available() -> bool:
 def ingress_setup(workdir: Path, port: int, backend_port: int, cpus: set[int] | None,
                   workers: int, access_log: str, http: bool = False,
                   certs: Path | None = None, allocator: str = "glibc",
-                  name: str = "mta-ingress", io_engine: str = "uvloop") -> ProxySetup:
+                  name: str = "mta-ingress", io_engine: str = "epoll") -> ProxySetup:
     """``allocator``: "glibc", or "jemalloc", preloaded. ``name``: the setup's, which its
     configuration and access log files are named after (two setups of one run need two).
     ``io_engine``: the tcp listener's (not in the HTTP scenarios, whose listeners have none)."""

@@ -69,6 +69,7 @@ def to_toml(config: Config) -> str:
                       f"deny_destinations = {_toml(list(listener.deny_destinations))}"]
             if listener.users_file is not None:
                 lines.append(f"users_file = {_toml(listener.users_file)}")
+            lines.append(f"io_engine = {_toml(listener.io_engine)}")
             continue
         lines.append(f"accept_proxy = {_toml(listener.accept_proxy)}")
         if listener.backend is not None:

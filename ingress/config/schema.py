@@ -3,6 +3,7 @@ dataclasses), with their defaults."""
 
 from __future__ import annotations
 
+import select
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,6 +21,9 @@ DEFAULT_KUMOMTA_SERVICE = presets.DEFAULT_KUMOMTA_SERVICE
 
 Mode = Literal["tcp", "http", "socks5", "forward"]
 IoEngine = Literal["uvloop", "epoll"]
+# epoll is Linux's (the image, every supported host); elsewhere uvloop's transports
+EPOLL_AVAILABLE = hasattr(select, "epoll")
+DEFAULT_IO_ENGINE: IoEngine = "epoll" if EPOLL_AVAILABLE else "uvloop"
 # The listener modes of the egress tier (docs/egress.md): no backend, a policy instead.
 EGRESS_MODES = ("socks5", "forward")
 SendProxy = Literal["v1", "v2", "none"]
@@ -59,8 +63,8 @@ class ListenerConfig:
     forwarded_for: ForwardedFor = "append"
     max_body: int | None = None
     forwarded_proto: bool = False
-    # tcp listeners only: "uvloop" (its transports) or "epoll" (ingress/proxy/sockets.py)
-    io_engine: IoEngine = "uvloop"
+    # tcp and egress listeners: "epoll" (ingress/proxy/sockets.py) or "uvloop" (its transports)
+    io_engine: IoEngine = DEFAULT_IO_ENGINE
     # Egress modes only (routing/egress.py says what each check refuses).
     egress_sources: tuple[str, ...] = ()
     egress_ports: tuple[int, ...] = DEFAULT_PORTS

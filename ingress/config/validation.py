@@ -9,10 +9,12 @@ from typing import Any, cast
 
 from ingress.config.layers import Tree, origin_of
 from ingress.config.schema import (
+    DEFAULT_IO_ENGINE,
     DEFAULT_KUMOMTA_SERVICE,
     DEFAULT_PRESET,
     DEFAULT_RELEASE,
     EGRESS_MODES,
+    EPOLL_AVAILABLE,
     Address,
     AdminConfig,
     BackendConfig,
@@ -356,12 +358,20 @@ def _validate_listeners(check: _Checker, tree: Tree, backends: Mapping[str, Back
                 body, path, "forwarded_for", "append", ("append", "replace"))),
             max_body=check.size(body, path, "max_body"),
             forwarded_proto=check.boolean(body, path, "forwarded_proto", False),
-            io_engine=cast(IoEngine, check.string(
-                body, path, "io_engine", "uvloop", ("uvloop", "epoll"))),
+            io_engine=_io_engine(check, body, path),
             **(_validate_egress(check, body, path, mode, enabled) if mode in EGRESS_MODES
                else {}),
         )
     return listeners, seen_binds
+
+
+def _io_engine(check: _Checker, body: Mapping[str, Any], path: str) -> IoEngine:
+    engine = cast(IoEngine, check.string(body, path, "io_engine", DEFAULT_IO_ENGINE,
+                                         ("uvloop", "epoll")))
+    if engine == "epoll" and not EPOLL_AVAILABLE:
+        check.problem(f"{path}.io_engine", 'epoll is Linux\'s and this system has none: '
+                                           'use "uvloop"')
+    return engine
 
 
 def _refuse_ingress_keys(check: _Checker, body: Mapping[str, Any], path: str, mode: str) -> None:

@@ -203,7 +203,7 @@ def test_print_config_applies_file_environment_and_flags(
     assert parsed["listeners"]["smtp587"] == {
         "enabled": True, "bind": ["127.0.0.1:2587"], "mode": "tcp", "accept_proxy": False,
         "backend": "mta-smtp", "tls": False, "on_backend_down": "smtp-421",
-        "forwarded_for": "append", "forwarded_proto": False, "io_engine": "uvloop"}
+        "forwarded_for": "append", "forwarded_proto": False, "io_engine": "epoll"}
     assert parsed["listeners"]["https-proxied"]["enabled"] is False
     assert parsed["backends"]["mta-smtp"] == {"servers": ["prod-ingress-mta:587"],
                                               "send_proxy": "v1", "check": True,

@@ -66,7 +66,7 @@ def test_the_egress_preset_as_the_issue_writes_it(tmp_path: Path) -> None:
 def test_defaults_of_a_socks_listener(tmp_path: Path) -> None:
     effective = load(tmp_path, 'preset = "none"\n' + SOCKS)
     assert effective.listeners["out"].egress_ports == (25,)
-    assert effective.listeners["out"].io_engine == "uvloop"
+    assert effective.listeners["out"].io_engine == "epoll"
     assert effective.timeouts.socks_handshake == 10.0
 
 

@@ -609,36 +609,36 @@ def test_floor_targets_and_setups_only_in_egress_sessions(tmp_path: Path) -> Non
                 if setup.name.startswith("floor")}) == 4
 
 
-def test_io_engine_both_measures_each_ingress_target_again_on_epoll(tmp_path: Path) -> None:
+def test_io_engine_both_measures_each_ingress_target_again_on_uvloop(tmp_path: Path) -> None:
     options = argparse.Namespace(floor=[], io_engine="both")
     names = [t.name for t in bench_egress.targets(RUN, options)]
-    assert names == [*bench_egress.TARGET_NAMES, "ingress-socks5+epoll",
-                     "ingress-socks5-bind+epoll", "ingress-forward+epoll"]
+    assert names == [*bench_egress.TARGET_NAMES, "ingress-socks5+uvloop",
+                     "ingress-socks5-bind+uvloop", "ingress-forward+uvloop"]
     setups = bench_egress.egress_setups(tmp_path, PortPool(31400), 25000, {1}, "file",
-                                        epoll_beside=True)
+                                        engine_beside="uvloop")
     assert list(setups) == names
-    plain, epoll = setups["ingress-forward"], setups["ingress-forward+epoll"]
-    assert plain.config_path != epoll.config_path
-    assert epoll.port != plain.port
-    assert setups["ingress-socks5+epoll"].port == setups["ingress-socks5-bind+epoll"].port
-    for setup, engine in ((plain, "uvloop"), (epoll, "epoll")):
+    default, beside = setups["ingress-forward"], setups["ingress-forward+uvloop"]
+    assert default.config_path != beside.config_path
+    assert beside.port != default.port
+    assert setups["ingress-socks5+uvloop"].port == setups["ingress-socks5-bind+uvloop"].port
+    for setup, engine in ((default, "epoll"), (beside, "uvloop")):
         config = load_config(setup.config_path, environ={})
         assert {listener.io_engine for listener in config.listeners.values()} == {engine}
-    assert "ingress-forward+epoll-access-{tag}" in str(epoll.access_log)
+    assert "ingress-forward+uvloop-access-{tag}" in str(beside.access_log)
 
 
-def test_io_engine_epoll_alone_puts_the_targets_on_it() -> None:
-    assert bench_egress.io_engines(argparse.Namespace(io_engine="epoll")) == ("epoll", False)
-    assert bench_egress.io_engines(argparse.Namespace()) == ("uvloop", False)
-    names = [t.name for t in bench_egress.targets(RUN, argparse.Namespace(io_engine="epoll"))]
+def test_io_engine_alone_puts_the_targets_on_it() -> None:
+    assert bench_egress.io_engines(argparse.Namespace(io_engine="uvloop")) == ("uvloop", None)
+    assert bench_egress.io_engines(argparse.Namespace()) == ("epoll", None)
+    names = [t.name for t in bench_egress.targets(RUN, argparse.Namespace(io_engine="uvloop"))]
     assert names == list(bench_egress.TARGET_NAMES)
 
 
-def test_an_epoll_reference_is_compared_with_its_targets_reference_never_judged() -> None:
-    summary = summarise(RUN, rounds({"haproxy-forward": 5000.0, "ingress-forward": 3000.0,
-                                     "ingress-forward+epoll": 4500.0}))
-    epoll = comparison(summary, "ingress-forward+epoll")
-    assert epoll["reference"] == "haproxy-forward"
-    assert epoll["ratio"] == pytest.approx(0.9)
-    assert "target" not in epoll
-    assert "a reference: no target" in epoll["label"]
+def test_an_engine_reference_is_compared_with_its_targets_reference_never_judged() -> None:
+    summary = summarise(RUN, rounds({"haproxy-forward": 5000.0, "ingress-forward": 4500.0,
+                                     "ingress-forward+uvloop": 3000.0}))
+    beside = comparison(summary, "ingress-forward+uvloop")
+    assert beside["reference"] == "haproxy-forward"
+    assert beside["ratio"] == pytest.approx(0.6)
+    assert "target" not in beside
+    assert "a reference: no target" in beside["label"]
