@@ -325,11 +325,19 @@ class SocketTransport(Handler):
             return None
 
 
-def _tune(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        # as uvloop's TCP transports: a relay's small writes go out at once
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _tune(sock: socket.socket, *, nodelay: bool = True) -> None:
+    if sock.gettimeout() != 0.0:  # a socket made with SOCK_NONBLOCK needs no ioctl
+        sock.setblocking(False)
+    if nodelay and sock.family in _INET:
+        _no_delay(sock)
+
+
+def _no_delay(sock: socket.socket) -> None:
+    # as uvloop's TCP transports: a relay's small writes go out at once
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_INET = (socket.AF_INET, socket.AF_INET6)
 
 
 class SocketListener(Handler):
@@ -343,6 +351,10 @@ class SocketListener(Handler):
         self._factory = factory
         self._closed = False
         sock.setblocking(False)
+        if sock.family in _INET:
+            # set once here: Linux's accepted sockets inherit it (as HAProxy's listeners rely
+            # on), one system call less per connection
+            _no_delay(sock)
         sock.listen(backlog)
         # level-triggered: what one round leaves in the queue is there in the next
         engine.register(sock.fileno(), self, select.EPOLLIN)
@@ -360,7 +372,7 @@ class SocketListener(Handler):
                 # ECONNABORTED and the like: that one connection is gone, the next may not be
                 return
             try:
-                _tune(sock)
+                _tune(sock, nodelay=False)
                 protocol = self._factory()
                 transport = SocketTransport(engine, sock, protocol, peer)
                 engine.register(sock.fileno(), transport)
@@ -521,7 +533,7 @@ async def _connect_one(engine: Engine, factory: Callable[[], asyncio.Protocol], 
     def connected(transport: SocketTransport, protocol: asyncio.Protocol) -> None:
         done.set_result((transport, protocol))
 
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         pending = connect_socket(engine, sock, address, factory, done.set_exception, connected)
     except BaseException:

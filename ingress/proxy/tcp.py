@@ -213,7 +213,7 @@ class RelaySession(Relay):
         while self._failed_connects < len(endpoints):
             endpoint = endpoints[self._failed_connects]
             sock = socket.socket(socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET,
-                                 socket.SOCK_STREAM)
+                                 socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             try:
                 self._pending_connect = connect_socket(
                     engine, sock, (endpoint.host, endpoint.port), self._backend_factory,

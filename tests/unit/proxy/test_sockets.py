@@ -346,3 +346,32 @@ def test_connect_socket_reports_a_refusal_and_closes_the_socket() -> None:
         engine.close()
 
     run(scenario)
+
+
+def test_accepted_and_connected_sockets_are_non_blocking_and_send_at_once() -> None:
+    """TCP_NODELAY is set on the listening socket once, and the accepted ones inherit it."""
+    async def scenario() -> None:
+        engine = Engine(asyncio.get_running_loop())
+        accepted: list[Recorder] = []
+
+        def factory() -> Recorder:
+            accepted.append(Recorder())
+            return accepted[-1]
+
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listener = SocketListener(engine, listening, factory, 16)
+        transport, _ = await create_connection(engine, Recorder, *listening.getsockname())
+        await until(lambda: bool(accepted) and accepted[0].transport is not None)
+        server_side = accepted[0].transport
+        assert server_side is not None
+        for sock in (transport.get_extra_info("socket"), server_side.get_extra_info("socket")):
+            assert sock.getblocking() is False
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        transport.abort()
+        server_side.abort()
+        listener.close()
+        await asyncio.sleep(0)
+        engine.close()
+
+    run(scenario)
