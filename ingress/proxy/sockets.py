@@ -18,6 +18,7 @@ delivered. ``connection_lost`` is called soon after, never from inside the call 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import errno
 import os
@@ -38,14 +39,17 @@ _SHORTAGES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_PAUSE = 1.0
 
 
-class Handler:
+class Handler(metaclass=abc.ABCMeta):
     """What the engine calls with a registered descriptor's events."""
 
+    @abc.abstractmethod
     def on_events(self, events: int) -> None:
-        raise NotImplementedError
+        """The descriptor's epoll events (edge-triggered) of this round."""
 
+    @abc.abstractmethod
     def on_error(self, error: Exception) -> None:
-        """``on_events`` raised: the descriptor's owner ends what it was doing."""
+        """``on_events`` raised (the engine has reported it): the descriptor's owner ends
+        what it was doing."""
 
 
 class Engine:
@@ -386,6 +390,11 @@ class SocketListener(Handler):
                 transport.abort()
                 raise
 
+    def on_error(self, error: Exception) -> None:
+        # one connection's fault, already aborted and reported: the listener goes on, and
+        # (level-triggered) what is left in the queue comes in the next round
+        return None
+
     def _pause_accepting(self, error: OSError) -> None:
         engine = self._engine
         engine.loop.call_exception_handler(
@@ -442,11 +451,8 @@ class PendingConnect(Handler):
                           events & READ_EVENTS, self._connected)
 
     def on_error(self, error: Exception) -> None:
-        # the protocol's connection_made failed: its transport, registered by now, goes
-        handler = self._engine.handlers.get(self._sock.fileno())
-        if isinstance(handler, SocketTransport):
-            handler.abort()
-        else:
+        # a failure after the transport was made has aborted it already (_become_transport)
+        if self.waiting():
             self.cancel()
 
     def waiting(self) -> bool:
@@ -492,13 +498,14 @@ def _become_transport(engine: Engine, sock: socket.socket,
         engine.handlers[sock.fileno()] = transport
     try:
         protocol.connection_made(transport)  # type: ignore[arg-type]
+        if connected is not None:
+            connected(transport, protocol)
+        if read_events:
+            transport.on_events(read_events)
     except BaseException:
+        # the session never began, or broke in its first step: no half-made transport stays
         transport.abort()
         raise
-    if connected is not None:
-        connected(transport, protocol)
-    if read_events:
-        transport.on_events(read_events)
 
 
 async def create_connection(engine: Engine, factory: Callable[[], asyncio.Protocol], host: str,

@@ -375,3 +375,38 @@ def test_accepted_and_connected_sockets_are_non_blocking_and_send_at_once() -> N
         engine.close()
 
     run(scenario)
+
+
+def test_a_connected_callback_that_fails_aborts_the_new_transport() -> None:
+    """A session that breaks in its first step (here the ``connected`` callback) loses its
+    transport at once: connection_lost once, the failure reported, no descriptor left."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[BaseException] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context["exception"]))
+        engine = Engine(loop)
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(8)
+            before = open_descriptors()
+            protocol = Recorder()
+
+            def connected(transport: SocketTransport, made: asyncio.Protocol) -> None:
+                raise RuntimeError("the session's first step broke")
+
+            sock = socket.socket()
+            try:
+                connect_socket(engine, sock, server.getsockname(), lambda: protocol,
+                               lambda error: None, connected)
+            except RuntimeError as at_once:
+                # the connect completed within connect(): the failure came back to the caller
+                reported.append(at_once)
+            assert await asyncio.wait_for(protocol.lost, 5) is None
+            await asyncio.sleep(0)
+            assert [str(error) for error in reported] == ["the session's first step broke"]
+            assert [kind for kind, _ in protocol.events] == ["made", "lost"]
+            assert sock.fileno() == -1
+            assert open_descriptors() == before
+        engine.close()
+
+    run(scenario)
