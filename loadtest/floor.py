@@ -42,6 +42,7 @@ drops a client whose backend cannot be reached. Loopback only, like everything i
 
 from __future__ import annotations
 
+import _socket
 import argparse
 import asyncio
 import errno
@@ -266,7 +267,7 @@ class _ForwardSession(_TcpSession):
     def __init__(self, burn_seconds: float) -> None:
         super().__init__(("", 0), burn_seconds)
         self.reader: HeaderReader | None = HeaderReader()
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.loop = asyncio.get_running_loop()  # made by the server's factory, in the loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -315,11 +316,16 @@ class _ForwardSession(_TcpSession):
             self._wrap()
 
     def _wrap(self) -> None:
-        self.connecting = self.loop.create_task(self._transport_of())
+        # as ingress.proxy.egress does on uvloop: its C-type socket into a socket.socket
+        sock = self.sock
+        assert sock is not None
+        wrapped = socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+        self.sock = wrapped
+        self.connecting = self.loop.create_task(self._transport_of(wrapped))
 
-    async def _transport_of(self) -> None:
+    async def _transport_of(self, sock: socket.socket) -> None:
         try:
-            await self.loop.create_connection(lambda: _TcpServerSide(self), sock=self.sock)
+            await self.loop.create_connection(lambda: _TcpServerSide(self), sock=sock)
         except OSError:
             self._drop()
 
@@ -352,7 +358,7 @@ class _EpollSide:
     __slots__ = ("closed", "connecting", "eof_in", "eof_out", "fd", "hangup", "peer", "pending",
                  "reader", "sock", "starved")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer: _EpollSide = self
@@ -438,7 +444,7 @@ class EpollRelay:
         self.sides[side.fd] = side
         self.epoll.register(side.fd, _EPOLL_EVENTS)
 
-    def _connect(self, client: _EpollSide, sock: socket.socket, destination: tuple[str, int],
+    def _connect(self, client: _EpollSide, sock: _socket.socket, destination: tuple[str, int],
                  first: bytes) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

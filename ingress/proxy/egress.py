@@ -34,6 +34,7 @@ four-tuple space: one source can hold more sessions to distinct MXs than it has 
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import logging
@@ -57,7 +58,7 @@ from ingress.proxy.relay import (
     Relay,
     ServerSide,
 )
-from ingress.proxy.sockets import Engine, PendingConnect, connect_socket
+from ingress.proxy.sockets import Engine, PendingConnect, connect_socket, stream_socket
 from routing import egress
 from routing.egress import EgressPolicy
 
@@ -118,12 +119,11 @@ def policy_of(listener: ListenerConfig) -> EgressPolicy:
                               listener.allow_clients, listener.deny_destinations)
 
 
-def bound_socket(source: str) -> socket.socket:
+def bound_socket(source: str) -> _socket.socket:
     """A non-blocking TCP socket bound to ``source``, its port left to connect (raises
     OSError: EADDRNOTAVAIL when the address is not this host's)."""
-    family = socket.AF_INET6 if ":" in source else socket.AF_INET
     # Non-blocking from the start: one ioctl less than setblocking(False).
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    sock = stream_socket(socket.AF_INET6 if ":" in source else socket.AF_INET)
     try:
         try:
             sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
@@ -169,7 +169,7 @@ class EgressSession(Relay):
         self._step = GREETING
         self._buffer = bytearray()
         self._inbound = proxy_protocol.HeaderReader()
-        self._socket: socket.socket | None = None
+        self._socket: _socket.socket | None = None
         self._source = "-"
         self._destination: tuple[str, int] | None = None
         self._connect_task: asyncio.Task[None] | None = None
@@ -448,8 +448,12 @@ class EgressSession(Relay):
     def _wrap_socket(self) -> None:
         # No synchronous way to make a transport of a connected socket: one task, whose
         # create_connection calls server_connected.
-        if self._socket is not None:
-            self._connect_task = self._loop.create_task(self._transport_of(self._socket))
+        sock = self._socket
+        if sock is not None:
+            # uvloop takes a socket.socket: the C type's descriptor goes into one
+            wrapped = socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+            self._socket = wrapped
+            self._connect_task = self._loop.create_task(self._transport_of(wrapped))
 
     async def _transport_of(self, sock: socket.socket) -> None:
         try:

@@ -18,6 +18,7 @@ delivered. ``connection_lost`` is called soon after, never from inside the call 
 
 from __future__ import annotations
 
+import _socket
 import abc
 import asyncio
 import errno
@@ -58,14 +59,14 @@ class Engine:
         self.epoll = select.epoll()
         self.handlers: dict[int, Handler] = {}
         self._in_round = False
-        self._closing: list[socket.socket] = []
+        self._closing: list[_socket.socket] = []
         loop.add_reader(self.epoll.fileno(), self._ready)
 
     def register(self, fd: int, handler: Handler, events: int = EVENTS) -> None:
         self.handlers[fd] = handler
         self.epoll.register(fd, events)
 
-    def close_socket(self, sock: socket.socket) -> None:
+    def close_socket(self, sock: _socket.socket) -> None:
         """Forget the socket and close it: at once, or after the round of events under way."""
         self.handlers.pop(sock.fileno(), None)
         if self._in_round:
@@ -121,7 +122,7 @@ class SocketTransport(Handler):
         "_writing_paused",
     )
 
-    def __init__(self, engine: Engine, sock: socket.socket, protocol: asyncio.Protocol,
+    def __init__(self, engine: Engine, sock: _socket.socket, protocol: asyncio.Protocol,
                  peername: Any = None) -> None:
         self._engine = engine
         self._sock = sock
@@ -329,31 +330,45 @@ class SocketTransport(Handler):
             return None
 
 
-def _tune(sock: socket.socket, *, nodelay: bool = True) -> None:
+def stream_socket(family: int) -> _socket.socket:
+    """A non-blocking TCP socket to connect with on the engine. The C type itself: the
+    ``socket.socket`` class around it is Python code (its constructor, ``close``, and
+    ``family``, which converts to an enum on every read) that a session would run for
+    nothing."""
+    return _socket.socket(family, _STREAM_NONBLOCK)
+
+
+def _tune(sock: _socket.socket, *, nodelay: bool = True) -> None:
     if sock.gettimeout() != 0.0:  # a socket made with SOCK_NONBLOCK needs no ioctl
         sock.setblocking(False)
     if nodelay and sock.family in _INET:
         _no_delay(sock)
 
 
-def _no_delay(sock: socket.socket) -> None:
+def _no_delay(sock: _socket.socket) -> None:
     # as uvloop's TCP transports: a relay's small writes go out at once
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-_INET = (socket.AF_INET, socket.AF_INET6)
+_INET = (int(socket.AF_INET), int(socket.AF_INET6))
+_STREAM_NONBLOCK = int(socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+# socket.socket.accept() is Python code around this (it builds a socket.socket and reads the
+# listener's family and type as enums): the C method, and the C type, are called directly.
+_accept: Callable[[_socket.socket], tuple[int, Any]] = (
+    _socket.socket._accept)  # type: ignore[attr-defined]
 
 
 class SocketListener(Handler):
     """A listening socket whose connections get a ``SocketTransport`` and a protocol from
     ``factory``; has the ``close``/``wait_closed`` of an asyncio Server."""
 
-    def __init__(self, engine: Engine, sock: socket.socket,
+    def __init__(self, engine: Engine, sock: _socket.socket,
                  factory: Callable[[], asyncio.Protocol], backlog: int) -> None:
         self._engine = engine
         self._sock = sock
         self._factory = factory
         self._closed = False
+        self._family, self._type, self._proto = int(sock.family), int(sock.type), sock.proto
         sock.setblocking(False)
         if sock.family in _INET:
             # set once here: Linux's accepted sockets inherit it (as HAProxy's listeners rely
@@ -367,7 +382,7 @@ class SocketListener(Handler):
         engine, listening = self._engine, self._sock
         for _ in range(ACCEPTS_PER_ROUND):
             try:
-                sock, peer = listening.accept()
+                fd, peer = _accept(listening)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
@@ -375,6 +390,13 @@ class SocketListener(Handler):
                     self._pause_accepting(error)
                 # ECONNABORTED and the like: that one connection is gone, the next may not be
                 return
+            try:
+                # not SOCK_NONBLOCK in the type: given a descriptor, the constructor would
+                # believe it without setting it (accept4 left it blocking)
+                sock = _socket.socket(self._family, self._type, self._proto, fd)
+            except BaseException:
+                os.close(fd)
+                raise
             try:
                 _tune(sock, nodelay=False)
                 protocol = self._factory()
@@ -429,7 +451,7 @@ class PendingConnect(Handler):
 
     __slots__ = ("_connected", "_engine", "_factory", "_failed", "_sock", "address")
 
-    def __init__(self, engine: Engine, sock: socket.socket, address: tuple[Any, ...],
+    def __init__(self, engine: Engine, sock: _socket.socket, address: tuple[Any, ...],
                  factory: Callable[[], asyncio.Protocol], failed: Callable[[OSError], None],
                  connected: Connected | None) -> None:
         self._engine = engine
@@ -465,7 +487,7 @@ class PendingConnect(Handler):
         self._engine.close_socket(self._sock)
 
 
-def connect_socket(engine: Engine, sock: socket.socket, address: tuple[Any, ...],
+def connect_socket(engine: Engine, sock: _socket.socket, address: tuple[Any, ...],
                    factory: Callable[[], asyncio.Protocol], failed: Callable[[OSError], None],
                    connected: Connected | None = None) -> PendingConnect | None:
     """Connect ``sock`` (bound or not) to ``address`` on the engine. When it is connected, the
@@ -486,7 +508,7 @@ def connect_socket(engine: Engine, sock: socket.socket, address: tuple[Any, ...]
     return pending
 
 
-def _become_transport(engine: Engine, sock: socket.socket,
+def _become_transport(engine: Engine, sock: _socket.socket,
                       factory: Callable[[], asyncio.Protocol], address: tuple[Any, ...],
                       read_events: int, connected: Connected | None, *,
                       register: bool = False) -> None:
@@ -540,7 +562,7 @@ async def _connect_one(engine: Engine, factory: Callable[[], asyncio.Protocol], 
     def connected(transport: SocketTransport, protocol: asyncio.Protocol) -> None:
         done.set_result((transport, protocol))
 
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    sock = stream_socket(family)
     try:
         pending = connect_socket(engine, sock, address, factory, done.set_exception, connected)
     except BaseException:

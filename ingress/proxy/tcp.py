@@ -46,6 +46,7 @@ from ingress.proxy.sockets import (
     SocketTransport,
     connect_socket,
     create_connection,
+    stream_socket,
 )
 from routing.backends import NO_SERVER as NO_SERVER_REACHED
 from routing.backends import (
@@ -212,8 +213,7 @@ class RelaySession(Relay):
         assert engine is not None
         while self._failed_connects < len(endpoints):
             endpoint = endpoints[self._failed_connects]
-            sock = socket.socket(socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET,
-                                 socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = stream_socket(socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET)
             try:
                 self._pending_connect = connect_socket(
                     engine, sock, (endpoint.host, endpoint.port), self._backend_factory,
