@@ -60,6 +60,7 @@ class Engine:
         self.handlers: dict[int, Handler] = {}
         self._in_round = False
         self._closing: list[_socket.socket] = []
+        self._lost: list[tuple[asyncio.BaseProtocol, Exception | None]] = []
         loop.add_reader(self.epoll.fileno(), self._ready)
 
     def register(self, fd: int, handler: Handler, events: int = EVENTS) -> None:
@@ -73,6 +74,14 @@ class Engine:
             self._closing.append(sock)
         else:
             sock.close()
+
+    def connection_lost(self, protocol: asyncio.BaseProtocol, error: Exception | None) -> None:
+        """``protocol.connection_lost(error)``, never from inside the call that closed: at the
+        end of the round of events under way (no loop callback per transport), else soon."""
+        if self._in_round:
+            self._lost.append((protocol, error))
+        else:
+            self.loop.call_soon(protocol.connection_lost, error)
 
     def _ready(self) -> None:
         self._in_round = True
@@ -88,6 +97,17 @@ class Engine:
                     self.loop.call_exception_handler(
                         {"message": "socket event handler failed", "exception": error})
                     handler.on_error(error)
+            # still in the round: a session's connection_lost that closes its other side
+            # (the relays do) has that side's connection_lost come in the same pass
+            while self._lost:
+                lost, self._lost = self._lost, []
+                for protocol, reason in lost:
+                    try:
+                        protocol.connection_lost(reason)
+                    except Exception as failure:
+                        self.loop.call_exception_handler(
+                            {"message": "connection_lost failed", "exception": failure,
+                             "protocol": protocol})
         finally:
             self._in_round = False
             closing, self._closing = self._closing, []
@@ -304,7 +324,7 @@ class SocketTransport(Handler):
             return
         self._lost = True
         self._engine.close_socket(self._sock)
-        self._engine.loop.call_soon(self._protocol.connection_lost, error)
+        self._engine.connection_lost(self._protocol, error)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         # asked for once a session at most: a system call only then (an accepted socket's peer

@@ -410,3 +410,44 @@ def test_a_connected_callback_that_fails_aborts_the_new_transport() -> None:
         engine.close()
 
     run(scenario)
+
+
+def test_connection_lost_that_closes_another_transport_and_one_that_fails() -> None:
+    """connection_lost comes at the end of the engine's round: one that closes the other side
+    of its session (as the relays do) has that side's connection_lost follow, and one that
+    raises is reported without keeping the others from theirs."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[BaseException] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context["exception"]))
+        engine = Engine(loop)
+        first, first_client, listener = await accepted_pair(engine)
+        listener.close()
+        second, second_client, listener = await accepted_pair(engine)
+        listener.close()
+        assert first.transport is not None
+        assert second.transport is not None
+        other = second.transport
+        recorded = first.connection_lost
+
+        def close_the_other_side(exc: Exception | None) -> None:
+            recorded(exc)
+            other.close()
+            raise RuntimeError("connection_lost broke")
+
+        first.connection_lost = close_the_other_side  # type: ignore[method-assign]
+        first.keep_open = False
+        first_client.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(first.lost, 5) is None
+        assert await asyncio.wait_for(second.lost, 5) is None
+        assert [str(error) for error in reported] == ["connection_lost broke"]
+        await asyncio.sleep(0)
+        # both server-side sockets are closed: each client reads its EOF
+        for client in (first_client, second_client):
+            client.setblocking(True)
+            client.settimeout(5)
+            assert client.recv(16) == b""
+            client.close()
+        engine.close()
+
+    run(scenario)
