@@ -117,12 +117,18 @@ def _within(address: Numeric, ranges: Ranges) -> bool:
     return False
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, its __init__ written out: one or two per session, and a frozen dataclass's
+# generated __init__ is interpreted (ingress/protocol/proxy_protocol.py's ProxyHeader says more).
+@dataclass(slots=True, init=False)
 class SourceChoice:
     """The address a session leaves from, or why there is none."""
 
     address: str | None
-    refusal: str | None = None
+    refusal: str | None
+
+    def __init__(self, address: str | None, refusal: str | None = None) -> None:
+        self.address = address
+        self.refusal = refusal
 
 
 class EgressPolicy:
