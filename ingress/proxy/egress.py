@@ -59,6 +59,7 @@ from ingress.proxy.relay import (
     ServerSide,
 )
 from ingress.proxy.sockets import Engine, PendingConnect, connect_socket, stream_socket
+from ingress.proxy.timers import Deadline, Deadlines
 from routing import egress
 from routing.egress import EgressPolicy
 
@@ -112,6 +113,11 @@ class EgressContext:
     metrics: Metrics = field(default_factory=metrics_of_this_process)
     # io_engine = "epoll": the worker's engine, which opens the remote connections too
     engine: Engine | None = None
+    # every session's connect timeout, on one loop timer (ingress/proxy/timers.py)
+    connect_deadlines: Deadlines = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.connect_deadlines = Deadlines(self.loop, self.timeouts.connect)
 
 
 def policy_of(listener: ListenerConfig) -> EgressPolicy:
@@ -173,7 +179,7 @@ class EgressSession(Relay):
         self._source = "-"
         self._destination: tuple[str, int] | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        self._connect_handle: asyncio.TimerHandle | None = None
+        self._connect_handle: Deadline | None = None
         self._writer = -1  # the socket's descriptor while its connect is awaited
         self._pending_connect: PendingConnect | None = None  # the same, on the engine
         self._checking: asyncio.Future[bool] | None = None
@@ -413,8 +419,7 @@ class EgressSession(Relay):
         loop = self._loop
         self._state = CONNECTING
         self._connect_started = loop.time()
-        self._connect_handle = loop.call_at(self._connect_started + self._ctx.timeouts.connect,
-                                            self._connect_deadline)
+        self._connect_handle = self._ctx.connect_deadlines.add(self._connect_deadline)
         engine = self._ctx.engine
         if engine is not None:
             # the engine makes the transport when the connect completes: no task either

@@ -48,6 +48,7 @@ from ingress.proxy.sockets import (
     create_connection,
     stream_socket,
 )
+from ingress.proxy.timers import Deadline, Deadlines
 from routing.backends import NO_SERVER as NO_SERVER_REACHED
 from routing.backends import (
     Backend,
@@ -80,6 +81,11 @@ class RelayContext:
     # io_engine = "epoll": the worker's engine, which opens the backend connections too; to
     # servers by address in callbacks (connect_socket), to servers by name in the task
     engine: Engine | None = None
+    # every session's connect timeout, on one loop timer (ingress/proxy/timers.py)
+    connect_deadlines: Deadlines = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.connect_deadlines = Deadlines(self.loop, self.timeouts.connect)
 
 
 def outbound_header(version: str, client: tuple[str, int], local: tuple[str, int]) -> bytes:
@@ -104,7 +110,7 @@ class RelaySession(Relay):
         # io_engine = "epoll", servers by address: the connects end in callbacks, no task
         self._pending_connect: PendingConnect | None = None
         self._endpoints: list[Endpoint] = []
-        self._connect_handle: asyncio.TimerHandle | None = None
+        self._connect_handle: Deadline | None = None
         self._connect_timed_out = False
         self._inbound = proxy_protocol.HeaderReader()
         self._server_label = "-"
@@ -178,8 +184,7 @@ class RelaySession(Relay):
         self._connect_started = loop.time()
         # One timer for the whole attempt, over every server tried: the client hears the 421
         # within timeouts.connect however many servers there are.
-        self._connect_handle = loop.call_at(loop.time() + self._ctx.timeouts.connect,
-                                            self._connect_deadline)
+        self._connect_handle = self._ctx.connect_deadlines.add(self._connect_deadline)
         endpoints = self._ctx.backend.static_endpoints()
         if self._ctx.engine is not None and endpoints is not None:
             self._endpoints = endpoints
