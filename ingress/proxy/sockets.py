@@ -13,7 +13,10 @@ Each socket is registered once, for reading and writing. A read shorter than the
 round unless the event said the peer's EOF came with it (EPOLLRDHUP), as nginx reads; so no call
 is made only to learn that nothing is left. Sockets closed during a round are closed after it,
 so that a descriptor number is not reused while events for its old socket are still being
-delivered. ``connection_lost`` is called soon after, never from inside the call that closed.
+delivered. ``connection_lost`` is called at the end of the round (or soon, when the close came
+from outside one), never from inside the call that closed. The sockets are the C type
+(``_socket.socket``), not ``socket.socket``, whose methods a session would otherwise run as
+Python code.
 """
 
 from __future__ import annotations
