@@ -71,7 +71,9 @@ class Deadlines:
                 queue.popleft()
                 continue
             if head.at > due:
-                self._timer = loop.call_at(head.at, self._expire)
+                # unless a callback's add() has armed one meanwhile: one timer, never two
+                if self._timer is None:
+                    self._timer = loop.call_at(head.at, self._expire)
                 return
             queue.popleft()
             head.callback = None

@@ -73,3 +73,24 @@ def test_a_callback_that_raises_is_reported_and_the_next_still_runs() -> None:
         assert [str(error) for error in reported] == ["timeout handler broke"]
 
     run(scenario)
+
+
+def test_a_deadline_set_by_a_callback_runs_once_on_one_timer() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop, SECONDS)
+        ran: list[str] = []
+
+        def first() -> None:
+            ran.append("first")
+            deadlines.add(lambda: ran.append("set by first"))
+
+        deadlines.add(first)
+        await asyncio.sleep(SECONDS / 2)
+        deadlines.add(lambda: ran.append("second"))
+        await asyncio.sleep(SECONDS * 3)
+        assert ran == ["first", "second", "set by first"]
+        assert deadlines._timer is None  # nothing left armed
+        assert len(deadlines) == 0
+
+    run(scenario)
