@@ -75,6 +75,7 @@ from ingress.protocol.proxy_protocol import (  # noqa: E402  (the path above fir
 )
 from ingress.proxy.egress import bound_socket  # noqa: E402
 from ingress.proxy.flow import Outbox, WriteBatch  # noqa: E402
+from ingress.proxy.sockets import python_socket  # noqa: E402
 
 
 class _Upstream(asyncio.Protocol):
@@ -316,10 +317,9 @@ class _ForwardSession(_TcpSession):
             self._wrap()
 
     def _wrap(self) -> None:
-        # as ingress.proxy.egress does on uvloop: its C-type socket into a socket.socket
-        sock = self.sock
-        assert sock is not None
-        wrapped = socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+        # as ingress.proxy.egress does on uvloop
+        assert self.sock is not None
+        wrapped = python_socket(self.sock)
         self.sock = wrapped
         self.connecting = self.loop.create_task(self._transport_of(wrapped))
 

@@ -52,7 +52,7 @@ from ingress.protocol.http1 import Limits
 from ingress.proxy import egress
 from ingress.proxy import http as http_proxy
 from ingress.proxy.flow import WriteBatch
-from ingress.proxy.sockets import Engine, SocketListener
+from ingress.proxy.sockets import Engine, SocketListener, family_of
 from ingress.proxy.tcp import RelayContext, RelaySession, make_factory
 from ingress.proxy.tls_accept import ProxiedTlsListener, handshake_failure_logger
 from ingress.proxy.tls_transport import tls_factory
@@ -136,7 +136,7 @@ def acme_manager(config: Config) -> AcmeManager:
 
 
 def listening_socket(address: Address) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    family = family_of(address.host)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -58,7 +58,14 @@ from ingress.proxy.relay import (
     Relay,
     ServerSide,
 )
-from ingress.proxy.sockets import Engine, PendingConnect, connect_socket, stream_socket
+from ingress.proxy.sockets import (
+    Engine,
+    PendingConnect,
+    connect_socket,
+    family_of,
+    python_socket,
+    stream_socket,
+)
 from ingress.proxy.timers import Deadline, Deadlines
 from routing import egress
 from routing.egress import EgressPolicy
@@ -129,7 +136,7 @@ def bound_socket(source: str) -> _socket.socket:
     """A non-blocking TCP socket bound to ``source``, its port left to connect (raises
     OSError: EADDRNOTAVAIL when the address is not this host's)."""
     # Non-blocking from the start: one ioctl less than setblocking(False).
-    sock = stream_socket(socket.AF_INET6 if ":" in source else socket.AF_INET)
+    sock = stream_socket(family_of(source))
     try:
         try:
             sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
@@ -455,8 +462,7 @@ class EgressSession(Relay):
         # create_connection calls server_connected.
         sock = self._socket
         if sock is not None:
-            # uvloop takes a socket.socket: the C type's descriptor goes into one
-            wrapped = socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+            wrapped = python_socket(sock)
             self._socket = wrapped
             self._connect_task = self._loop.create_task(self._transport_of(wrapped))
 

@@ -361,6 +361,17 @@ def stream_socket(family: int) -> _socket.socket:
     return _socket.socket(family, _STREAM_NONBLOCK)
 
 
+def family_of(host: str) -> int:
+    """The address family of an IP address's text."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def python_socket(sock: _socket.socket) -> socket.socket:
+    """The descriptor of a C-type socket in a ``socket.socket``, for what takes only that
+    (uvloop's ``create_connection(sock=)``); ``sock`` is left detached."""
+    return socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+
+
 def _tune(sock: _socket.socket, *, nodelay: bool = True) -> None:
     if sock.gettimeout() != 0.0:  # a socket made with SOCK_NONBLOCK needs no ioctl
         sock.setblocking(False)
@@ -393,7 +404,7 @@ class SocketListener(Handler):
         self._closed = False
         self._family, self._type, self._proto = int(sock.family), int(sock.type), sock.proto
         sock.setblocking(False)
-        if sock.family in _INET:
+        if self._family in _INET:
             # set once here: Linux's accepted sockets inherit it (as HAProxy's listeners rely
             # on), one system call less per connection
             _no_delay(sock)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,6 +45,7 @@ from ingress.proxy.sockets import (
     SocketTransport,
     connect_socket,
     create_connection,
+    family_of,
     stream_socket,
 )
 from ingress.proxy.timers import Deadline, Deadlines
@@ -218,7 +218,7 @@ class RelaySession(Relay):
         assert engine is not None
         while self._failed_connects < len(endpoints):
             endpoint = endpoints[self._failed_connects]
-            sock = stream_socket(socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET)
+            sock = stream_socket(family_of(endpoint.host))
             try:
                 self._pending_connect = connect_socket(
                     engine, sock, (endpoint.host, endpoint.port), self._backend_factory,
